@@ -1,0 +1,77 @@
+//! `weft.v1.AdminService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weft_proto::v1 as pb;
+use weft_proto::v1::admin_service_server::AdminService;
+
+use super::{caller, convert};
+use crate::service::NodeService;
+
+/// The admin service over a node.
+pub struct AdminApi {
+    svc: Arc<NodeService>,
+}
+
+impl AdminApi {
+    /// Wraps a node service.
+    pub fn new(svc: Arc<NodeService>) -> Self {
+        Self { svc }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    /// `Status`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "Status"))]
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        let (stats, uptime) = self.svc.status(&who).await?;
+        Ok(Response::new(pb::StatusResponse {
+            agency: self.svc.agency().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            plans: stats.plans,
+            feed_seq: stats.feed_seq,
+            audit_entries: stats.audit_entries,
+            store_bytes: stats.bytes,
+            uptime_seconds: uptime,
+        }))
+    }
+
+    /// `AuditLog`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "AuditLog"))]
+    async fn audit_log(
+        &self,
+        req: Request<pb::AuditLogRequest>,
+    ) -> Result<Response<pb::AuditLogResponse>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        let r = req.into_inner();
+        let plan = convert::opt(&r.plan_id).map(convert::plan_id).transpose()?;
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let entries = self.svc.audit_log(&who, plan, r.after_index, limit).await?;
+        Ok(Response::new(pb::AuditLogResponse { entries: entries.iter().map(convert::audit).collect() }))
+    }
+
+    /// `VerifyAudit`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "VerifyAudit"))]
+    async fn verify_audit(
+        &self,
+        req: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        let out = match self.svc.verify_audit(&who).await? {
+            Ok(n) => pb::VerifyAuditResponse { ok: true, entries: n, first_bad_index: 0, problem: String::new() },
+            Err(b) => pb::VerifyAuditResponse {
+                ok: false,
+                entries: 0,
+                first_bad_index: b.index,
+                problem: b.problem,
+            },
+        };
+        Ok(Response::new(out))
+    }
+}

@@ -1,0 +1,69 @@
+//! `weft.v1.UserService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weft_proto::v1 as pb;
+use weft_proto::v1::user_service_server::UserService;
+
+use super::{caller, convert};
+use crate::service::NodeService;
+
+/// The user service over a node.
+pub struct UserApi {
+    svc: Arc<NodeService>,
+}
+
+impl UserApi {
+    /// Wraps a node service.
+    pub fn new(svc: Arc<NodeService>) -> Self {
+        Self { svc }
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    /// `AddUser`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "AddUser"))]
+    async fn add_user(
+        &self,
+        req: Request<pb::AddUserRequest>,
+    ) -> Result<Response<pb::AddUserResponse>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        let r = req.into_inner();
+        let role = r.role.parse()?;
+        let plans = r.plan_ids.iter().map(|p| convert::plan_id(p)).collect::<Result<Vec<_>, _>>()?;
+        let (user, token) = self.svc.add_user(&who, &r.name, role, &plans).await?;
+        Ok(Response::new(pb::AddUserResponse {
+            user: Some(convert::user(&user, self.svc.agency().as_str())),
+            token,
+        }))
+    }
+
+    /// `ListUsers`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "ListUsers"))]
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        let users = self.svc.list_users(&who).await?;
+        let agency = self.svc.agency().as_str();
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(|u| convert::user(u, agency)).collect(),
+        }))
+    }
+
+    /// `WhoAmI`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "WhoAmI"))]
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::User>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        Ok(Response::new(pb::User {
+            name: who.user.clone(),
+            role: who.role.to_string(),
+            agency: who.agency.to_string(),
+            subject_ids: who.subjects.iter().map(|s| s.to_string()).collect(),
+            created_at_ms: 0,
+        }))
+    }
+}

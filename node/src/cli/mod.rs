@@ -1,0 +1,255 @@
+//! The `weft` command line: the server commands (`serve`, `dev`, `config`, `pki`, offline
+//! `user add --config`) and the client commands, which talk to a node over gRPC + TLS using
+//! `WEFT_NODE`, `WEFT_CA` and `WEFT_TOKEN` (or `--node`, `--ca`, `--token`).
+
+pub mod client;
+pub mod dev;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Weft: federated success plans for integrated student support.
+#[derive(Parser, Debug)]
+#[command(name = "weft", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format for server commands: `human` or `json`.
+    #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node from a config file.
+    Serve {
+        /// The node's TOML config (see deploy/weft.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start a ready-to-use local node (school.test) with a dev CA, a coordinator user and a
+    /// sample plan; writes DIR/school.env for the client commands. Stops on Ctrl-C.
+    Dev {
+        /// Where to keep certificates, configs, data and env files.
+        #[arg(long, default_value = "weft-dev")]
+        dir: PathBuf,
+        /// Client API port of the school node.
+        #[arg(long, default_value_t = 7400)]
+        port: u16,
+    },
+    /// Config files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Development certificates.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+    /// Plans and their sections.
+    #[command(subcommand)]
+    Plan(client::PlanCmd),
+    /// Goals in a plan's `goals` section.
+    #[command(subcommand)]
+    Goal(client::GoalCmd),
+    /// Referrals in a plan's `services` section.
+    #[command(subcommand)]
+    Referral(client::ReferralCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(client::AuditCmd),
+    /// Users and their tokens.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// The node's identity and counters.
+    Status(client::StatusArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate a config file and print every problem at once.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PkiCmd {
+    /// Create a federation CA (ca.crt, ca.key) in DIR.
+    InitCa {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a node certificate for an agency, signed by the CA in --ca.
+    Issue {
+        /// The CA directory (ca.crt, ca.key).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The agency id to put in the certificate's SAN.
+        #[arg(long)]
+        agency: String,
+        /// Output directory (AGENCY.crt, AGENCY.key, ca.crt).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Add a user and print its token (shown once). With --config, works offline on a
+    /// stopped node's store (to create the first admin); otherwise asks the node.
+    Add(UserAddArgs),
+    /// List users.
+    List(client::JsonConn),
+    /// Show who the token belongs to.
+    Whoami(client::JsonConn),
+}
+
+/// `weft user add`
+#[derive(Args, Debug)]
+pub struct UserAddArgs {
+    /// The user's name: a-z, 0-9, '.', '_', '-'.
+    pub name: String,
+    /// admin | coordinator | caseworker | guardian | auditor
+    #[arg(long)]
+    pub role: String,
+    /// Guardians: a plan whose child they may see (repeat for siblings).
+    #[arg(long = "plan")]
+    pub plans: Vec<String>,
+    /// Offline: the stopped node's config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: client::JsonConn,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::server::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server_command = matches!(cli.command, Command::Serve { .. } | Command::Dev { .. });
+    if server_command {
+        init_tracing(&cli.log_format);
+    }
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => serve(config).await,
+        Command::Dev { dir, port } => dev::run(&dir, port).await,
+        Command::Config(ConfigCmd::Check { file }) => {
+            match crate::config::Config::load(&file) {
+                Ok(c) => {
+                    println!("{}: ok (agency {}, api {})", file.display(), c.agency, c.api_listen);
+                    Ok(())
+                }
+                Err(e) => {
+                    for p in &e.problems {
+                        eprintln!("{}: {p}", e.path);
+                    }
+                    anyhow::bail!("{} problem(s) in {}", e.problems.len(), e.path)
+                }
+            }
+        }
+        Command::Pki(PkiCmd::InitCa { out }) => {
+            let path = crate::pki::init_ca(&out, "Weft federation CA")?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Pki(PkiCmd::Issue { ca, agency, out, days }) => {
+            let agency = crate::model::AgencyId::parse(&agency)?;
+            let files = crate::pki::issue(&ca, &agency, &out, days)?;
+            println!("{}\n{}\n{}", files.cert.display(), files.key.display(), files.ca.display());
+            Ok(())
+        }
+        Command::Plan(cmd) => client::plan(cmd).await,
+        Command::Goal(cmd) => client::goal(cmd).await,
+        Command::Referral(cmd) => client::referral(cmd).await,
+        Command::Audit(cmd) => client::audit(cmd).await,
+        Command::Status(args) => client::status(args).await,
+        Command::User(UserCmd::Add(args)) => match &args.config {
+            Some(config) => offline_user_add(config, &args),
+            None => client::user_add(args).await,
+        },
+        Command::User(UserCmd::List(conn)) => client::user_list(conn).await,
+        Command::User(UserCmd::Whoami(conn)) => client::whoami(conn).await,
+    }
+}
+
+async fn serve(config: PathBuf) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(&config)?;
+    let node = crate::server::Node::bind(config).await?;
+    println!("weft node {} serving the client API on https://{}", node.service().agency(), node.api_addr());
+    wait_for_stop_signal().await;
+    tracing::info!("stopping");
+    node.stop().await?;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn offline_user_add(config: &std::path::Path, args: &UserAddArgs) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(config)?;
+    let role: crate::model::Role = args.role.parse()?;
+    if !args.plans.is_empty() {
+        anyhow::bail!("offline `user add` makes operators (admin, coordinator, caseworker, auditor); add guardians through the running node");
+    }
+    let store = crate::server::open_store(&config.data)?;
+    let (user, token) =
+        crate::service::bootstrap_user(&store, &config.agency, &args.name, role, crate::model::now())?;
+    if args.conn.json {
+        println!("{}", serde_json::json!({"name": user.name, "role": user.role.as_str(), "token": token}));
+    } else {
+        println!("added {} as {} at {}", user.name, user.role, config.agency);
+        println!("token (shown once): {token}");
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Node configuration: a TOML file read in two steps. [`FileConfig`] mirrors the file
+//! (unknown keys are an error), and [`FileConfig::validate`] turns it into the runtime
+//! [`Config`], reporting every problem at once.
+//!
+//! ```toml
+//! agency = "school.test"          # this node's agency id (DNS-like)
+//! data_dir = "data"               # sled store; relative paths are from the config file
+//!
+//! [api]
+//! listen = "127.0.0.1:7400"       # client API (gRPC over TLS)
+//!
+//! [tls]
+//! cert = "certs/school.test.crt"  # this node's certificate (PEM), signed by the CA
+//! key = "certs/school.test.key"   # its private key (PEM)
+//! ca = "certs/ca.crt"             # the federation CA (PEM)
+//!
+//! [storage]
+//! compact_after_chunks = 64       # fold a section's change chunks into a snapshot
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::AgencyId;
+
+/// The config file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// This node's agency id.
+    pub agency: String,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// The client API.
+    pub api: ApiSection,
+    /// Certificates.
+    pub tls: TlsSection,
+    /// Storage tuning.
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// `[api]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address to listen on, `host:port`.
+    pub listen: String,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+    /// Federation CA, PEM.
+    pub ca: PathBuf,
+}
+
+/// `[storage]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Fold chunks into a snapshot after this many (2–100000).
+    #[serde(default = "default_compact")]
+    pub compact_after_chunks: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self { compact_after_chunks: default_compact() }
+    }
+}
+
+fn default_compact() -> u64 {
+    64
+}
+
+/// Where the node keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataLocation {
+    /// A sled store in this directory.
+    Dir(PathBuf),
+    /// In memory (tests only); lost when the node stops.
+    Memory,
+}
+
+/// Certificate files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+    /// Federation CA, PEM.
+    pub ca: PathBuf,
+}
+
+/// The validated runtime configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's agency.
+    pub agency: AgencyId,
+    /// The store.
+    pub data: DataLocation,
+    /// Client API address.
+    pub api_listen: SocketAddr,
+    /// Certificates.
+    pub tls: TlsFiles,
+    /// Fold chunks into a snapshot after this many.
+    pub compact_after_chunks: u64,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {}", problems.join("; "))]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// Each problem, in plain words.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |p: String| ConfigError { path: path.display().to_string(), problems: vec![p] };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.validate(base)
+            .map_err(|problems| ConfigError { path: path.display().to_string(), problems })
+    }
+}
+
+impl FileConfig {
+    /// Checks every field; relative paths are taken from `base`. Returns every problem.
+    pub fn validate(self, base: &Path) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let agency = AgencyId::parse(&self.agency)
+            .map_err(|e| problems.push(format!("agency: {e}")))
+            .ok();
+        let api_listen = self
+            .api
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| problems.push(format!("api.listen: `{}` is not host:port", self.api.listen)))
+            .ok();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let tls = TlsFiles {
+            cert: resolve(&self.tls.cert),
+            key: resolve(&self.tls.key),
+            ca: resolve(&self.tls.ca),
+        };
+        for (name, p) in [("tls.cert", &tls.cert), ("tls.key", &tls.key), ("tls.ca", &tls.ca)] {
+            if !p.is_file() {
+                problems.push(format!("{name}: no file at {}", p.display()));
+            }
+        }
+        if !(2..=100_000).contains(&self.storage.compact_after_chunks) {
+            problems.push("storage.compact_after_chunks: must be between 2 and 100000".into());
+        }
+        match (agency, api_listen, problems.is_empty()) {
+            (Some(agency), Some(api_listen), true) => Ok(Config {
+                agency,
+                data: DataLocation::Dir(resolve(&self.data_dir)),
+                api_listen,
+                tls,
+                compact_after_chunks: self.storage.compact_after_chunks,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// Writes a config file for a node (used by `weft dev`).
+pub fn render(agency: &AgencyId, data_dir: &Path, listen: SocketAddr, tls: &TlsFiles) -> String {
+    format!(
+        "# Weft node config (written by `weft dev`)\n\
+         agency = \"{agency}\"\n\
+         data_dir = \"{}\"\n\n\
+         [api]\n\
+         listen = \"{listen}\"\n\n\
+         [tls]\n\
+         cert = \"{}\"\n\
+         key = \"{}\"\n\
+         ca = \"{}\"\n\n\
+         [storage]\n\
+         compact_after_chunks = 64\n",
+        data_dir.display(),
+        tls.cert.display(),
+        tls.key.display(),
+        tls.ca.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let text = "agency = \"a.test\"\ndata_dir = \"d\"\ncolour = \"blue\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
+        let err = toml::from_str::<FileConfig>(text).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "agency = \"Not An Agency\"\ndata_dir = \"d\"\n[api]\nlisten = \"nowhere\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n[storage]\ncompact_after_chunks = 1\n";
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let problems = file.validate(Path::new("/nonexistent")).unwrap_err();
+        let all = problems.join("\n");
+        for needle in ["agency:", "api.listen", "tls.cert", "tls.key", "tls.ca", "compact_after_chunks"] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! One section document: an Automerge document whose shape follows the catalogue.
+//!
+//! Plain fields are scalars (or lists of text) under the root map. A section with a
+//! collection keeps it as a map from item id to item, so concurrent additions at two agencies
+//! never collide; progress notes and referral history are lists that concurrent appends merge.
+//! Every change is committed with the caller's actor id (`<agency>|<user>`), a timestamp and a
+//! message that names the fields touched, never their values.
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use serde_json::Value as Json;
+
+use crate::catalogue::{
+    CollectionSpec, FieldSpec, FieldValue, SectionSpec, GOALS, MAX_ITEMS, MAX_NOTES, REFERRALS,
+};
+use crate::error::{Error, Result};
+use crate::model::{parse_actor, Caller, Timestamp};
+
+/// A validated change to one section.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// Set plain fields.
+    Set(Vec<(&'static FieldSpec, FieldValue)>),
+    /// Add a goal (the `goals` section).
+    AddGoal {
+        /// New goal id.
+        id: String,
+        /// Field values: domain, text, horizon, status, target_date.
+        fields: Vec<(&'static FieldSpec, FieldValue)>,
+    },
+    /// Change a goal and/or add a progress note.
+    UpdateGoal {
+        /// The goal.
+        id: String,
+        /// Fields to change.
+        fields: Vec<(&'static FieldSpec, FieldValue)>,
+        /// A progress note to append.
+        note: Option<String>,
+    },
+    /// Add a referral (the `services` section), status `proposed`.
+    AddReferral {
+        /// New referral id.
+        id: String,
+        /// Field values: service, provider_agency, status.
+        fields: Vec<(&'static FieldSpec, FieldValue)>,
+        /// An optional note for the first history step.
+        note: Option<String>,
+    },
+    /// Move a referral to a new status.
+    UpdateReferral {
+        /// The referral.
+        id: String,
+        /// The new status.
+        status: String,
+        /// An optional note.
+        note: Option<String>,
+    },
+}
+
+impl Edit {
+    /// A summary for the change message: the fields touched, never their values.
+    pub fn summary(&self, section: &str) -> String {
+        let names = |fields: &[(&FieldSpec, FieldValue)]| {
+            fields.iter().map(|(f, _)| format!("{section}.{}", f.name)).collect::<Vec<_>>().join(", ")
+        };
+        match self {
+            Edit::Set(fields) => format!("set {}", names(fields)),
+            Edit::AddGoal { id, .. } => format!("add goal {id}"),
+            Edit::UpdateGoal { id, fields, note } => {
+                let mut parts: Vec<String> = fields.iter().map(|(f, _)| f.name.to_string()).collect();
+                if note.is_some() {
+                    parts.push("progress note".into());
+                }
+                format!("update goal {id}: {}", parts.join(", "))
+            }
+            Edit::AddReferral { id, .. } => format!("add referral {id}"),
+            Edit::UpdateReferral { id, status, .. } => format!("referral {id} -> {status}"),
+        }
+    }
+}
+
+/// One entry of a section's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeInfo {
+    /// Agency of the actor, or `unknown` for a foreign actor id.
+    pub agency: String,
+    /// User of the actor.
+    pub user: String,
+    /// Commit time, unix milliseconds.
+    pub time_ms: i64,
+    /// The change message (what changed, never values).
+    pub summary: String,
+    /// The change hash, hex.
+    pub hash: String,
+}
+
+/// A section document in memory.
+pub struct SectionDoc {
+    doc: AutoCommit,
+}
+
+impl SectionDoc {
+    /// An empty document.
+    pub fn new() -> Self {
+        Self { doc: AutoCommit::new() }
+    }
+
+    /// Loads a document from its snapshot and the change chunks stored after it.
+    pub fn load(snapshot: Option<&[u8]>, chunks: &[Vec<u8>]) -> Result<Self> {
+        let mut doc = match snapshot {
+            Some(bytes) => AutoCommit::load(bytes)?,
+            None => AutoCommit::new(),
+        };
+        for chunk in chunks {
+            doc.load_incremental(chunk)?;
+        }
+        Ok(Self { doc })
+    }
+
+    /// Current heads.
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Saves the whole document (for compaction and snapshots).
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Saves the whole document without compression (tests that scan raw bytes use it).
+    pub fn save_nocompress(&mut self) -> Vec<u8> {
+        self.doc.save_nocompress()
+    }
+
+    /// Applies an edit as `caller` at time `at` and returns the encoded change, or an error
+    /// (naming the problem) that leaves the stored document untouched.
+    pub fn apply(
+        &mut self,
+        spec: &SectionSpec,
+        caller: &Caller,
+        edit: &Edit,
+        at: Timestamp,
+    ) -> Result<Vec<u8>> {
+        let before = self.doc.get_heads();
+        self.doc.set_actor(caller.actor());
+        let author = format!("{}/{}", caller.agency, caller.user);
+        match edit {
+            Edit::Set(fields) => {
+                for (f, v) in fields {
+                    put_value(&mut self.doc, &ROOT, f.name, v)?;
+                }
+            }
+            Edit::AddGoal { id, fields } => {
+                let goals = self.collection(spec, &GOALS)?;
+                self.add_item(&goals, id, fields)?;
+                let item = self.item(&goals, id, "goal")?;
+                self.doc.put_object(&item, "progress", ObjType::List)?;
+            }
+            Edit::UpdateGoal { id, fields, note } => {
+                let goals = self.collection(spec, &GOALS)?;
+                let item = self.item(&goals, id, "goal")?;
+                for (f, v) in fields {
+                    put_value(&mut self.doc, &item, f.name, v)?;
+                }
+                if let Some(text) = note {
+                    let list = self.list(&item, "progress")?;
+                    self.append_entry(&list, &[("author", &author), ("text", text)], at)?;
+                }
+            }
+            Edit::AddReferral { id, fields, note } => {
+                let refs = self.collection(spec, &REFERRALS)?;
+                self.add_item(&refs, id, fields)?;
+                let item = self.item(&refs, id, "referral")?;
+                let history = self.doc.put_object(&item, "history", ObjType::List)?;
+                let mut entry = vec![("status", "proposed"), ("by", author.as_str())];
+                if let Some(n) = note {
+                    entry.push(("note", n));
+                }
+                self.append_entry(&history, &entry, at)?;
+            }
+            Edit::UpdateReferral { id, status, note } => {
+                let refs = self.collection(spec, &REFERRALS)?;
+                let item = self.item(&refs, id, "referral")?;
+                self.doc.put(&item, "status", status.as_str())?;
+                let history = self.list(&item, "history")?;
+                let mut entry = vec![("status", status.as_str()), ("by", author.as_str())];
+                if let Some(n) = note {
+                    entry.push(("note", n));
+                }
+                self.append_entry(&history, &entry, at)?;
+            }
+        }
+        let options = CommitOptions::default()
+            .with_message(edit.summary(spec_name(spec)))
+            .with_time(at.as_millis());
+        self.doc.commit_with(options);
+        Ok(self.doc.save_after(&before))
+    }
+
+    /// Loads changes made elsewhere (another session or, later, another agency).
+    pub fn merge_changes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.doc.load_incremental(bytes)?;
+        Ok(())
+    }
+
+    /// The document as JSON.
+    pub fn render(&self) -> Json {
+        serde_json::to_value(automerge::AutoSerde::from(&self.doc)).unwrap_or(Json::Null)
+    }
+
+    /// One item of a collection as JSON.
+    pub fn render_item(&self, collection: &str, id: &str) -> Json {
+        self.render().get(collection).and_then(|c| c.get(id)).cloned().unwrap_or(Json::Null)
+    }
+
+    /// Every change, in causal order.
+    pub fn history(&mut self) -> Vec<ChangeInfo> {
+        self.doc
+            .get_changes(&[])
+            .into_iter()
+            .map(|c| {
+                let (agency, user) = match parse_actor(c.actor_id()) {
+                    Some((a, u)) => (a.to_string(), u),
+                    None => ("unknown".into(), c.actor_id().to_hex_string()),
+                };
+                ChangeInfo {
+                    agency,
+                    user,
+                    time_ms: c.timestamp(),
+                    summary: c.message().map(String::from).unwrap_or_default(),
+                    hash: c.hash().to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether an item with this id exists in the collection.
+    pub fn has_item(&self, collection: &CollectionSpec, id: &str) -> bool {
+        match self.doc.get(ROOT, collection.name) {
+            Ok(Some((Value::Object(ObjType::Map), map))) => {
+                matches!(self.doc.get(&map, id), Ok(Some((Value::Object(ObjType::Map), _))))
+            }
+            _ => false,
+        }
+    }
+
+    fn collection(&mut self, spec: &SectionSpec, want: &'static CollectionSpec) -> Result<ObjId> {
+        if !spec.collection.is_some_and(|c| std::ptr::eq(c, want)) {
+            return Err(Error::invalid(format!(
+                "section `{}` holds no {}",
+                spec_name(spec),
+                want.name
+            )));
+        }
+        match self.doc.get(ROOT, want.name)? {
+            Some((Value::Object(ObjType::Map), id)) => Ok(id),
+            _ => Ok(self.doc.put_object(ROOT, want.name, ObjType::Map)?),
+        }
+    }
+
+    fn add_item(
+        &mut self,
+        collection: &ObjId,
+        id: &str,
+        fields: &[(&'static FieldSpec, FieldValue)],
+    ) -> Result<()> {
+        if self.doc.length(collection) >= MAX_ITEMS {
+            return Err(Error::invalid(format!("a plan holds at most {MAX_ITEMS} of these")));
+        }
+        let item = self.doc.put_object(collection, id, ObjType::Map)?;
+        self.doc.put(&item, "id", id)?;
+        for (f, v) in fields {
+            put_value(&mut self.doc, &item, f.name, v)?;
+        }
+        Ok(())
+    }
+
+    fn item(&self, collection: &ObjId, id: &str, what: &str) -> Result<ObjId> {
+        match self.doc.get(collection, id)? {
+            Some((Value::Object(ObjType::Map), obj)) => Ok(obj),
+            _ => Err(Error::NotFound(format!("{what} `{}`", id.chars().take(40).collect::<String>()))),
+        }
+    }
+
+    fn list(&mut self, parent: &ObjId, key: &str) -> Result<ObjId> {
+        match self.doc.get(parent, key)? {
+            Some((Value::Object(ObjType::List), id)) => Ok(id),
+            _ => Ok(self.doc.put_object(parent, key, ObjType::List)?),
+        }
+    }
+
+    fn append_entry(&mut self, list: &ObjId, fields: &[(&str, &str)], at: Timestamp) -> Result<()> {
+        let len = self.doc.length(list);
+        if len >= MAX_NOTES {
+            return Err(Error::invalid(format!("at most {MAX_NOTES} entries are kept here")));
+        }
+        let entry = self.doc.insert_object(list, len, ObjType::Map)?;
+        self.doc.put(&entry, "at_ms", at.as_millis())?;
+        for (k, v) in fields {
+            self.doc.put(&entry, *k, *v)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for SectionDoc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn spec_name(spec: &SectionSpec) -> &'static str {
+    spec.name
+}
+
+fn put_value(doc: &mut AutoCommit, obj: &ObjId, key: &str, value: &FieldValue) -> Result<()> {
+    match value {
+        FieldValue::Text(s) => doc.put(obj, key, s.as_str())?,
+        FieldValue::Integer(i) => doc.put(obj, key, ScalarValue::Int(*i))?,
+        FieldValue::Bool(b) => doc.put(obj, key, *b)?,
+        FieldValue::List(items) => {
+            let list = doc.put_object(obj, key, ObjType::List)?;
+            for (i, item) in items.iter().enumerate() {
+                doc.insert(&list, i, item.as_str())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::spec_for;
+    use crate::model::{AgencyId, Role};
+
+    fn caller(user: &str) -> Caller {
+        Caller {
+            agency: AgencyId::parse("school.test").unwrap(),
+            user: user.into(),
+            role: Role::Coordinator,
+            subjects: vec![],
+        }
+    }
+
+    fn field(section: &str, name: &str, v: &str) -> (&'static FieldSpec, FieldValue) {
+        let f = spec_for(section).unwrap().field(name).unwrap();
+        (f, f.parse(section, v).unwrap())
+    }
+
+    #[test]
+    fn concurrent_edits_from_two_copies_converge() {
+        let spec = spec_for("profile").unwrap();
+        let mut base = SectionDoc::new();
+        let c0 = base.apply(spec, &caller("a"), &Edit::Set(vec![field("profile", "grade", "3")]), Timestamp::from_millis(1)).unwrap();
+        let mut one = SectionDoc::load(None, &[c0.clone()]).unwrap();
+        let mut two = SectionDoc::load(None, &[c0]).unwrap();
+        let c1 = one.apply(spec, &caller("a"), &Edit::Set(vec![field("profile", "school", "Lincoln")]), Timestamp::from_millis(2)).unwrap();
+        let c2 = two.apply(spec, &caller("b"), &Edit::Set(vec![field("profile", "tier", "2")]), Timestamp::from_millis(3)).unwrap();
+        one.merge_changes(&c2).unwrap();
+        two.merge_changes(&c1).unwrap();
+        assert_eq!(one.render(), two.render());
+        assert_eq!(one.render()["school"], "Lincoln");
+        assert_eq!(one.render()["tier"], 2);
+        let history = one.history();
+        assert_eq!(history.len(), 3);
+        assert!(history.iter().any(|h| h.user == "b" && h.summary == "set profile.tier"));
+    }
+
+    #[test]
+    fn goals_with_progress_notes() {
+        let spec = spec_for("goals").unwrap();
+        let mut doc = SectionDoc::new();
+        let fields = vec![field("goals", "notes", "x")];
+        assert!(doc.apply(spec, &caller("a"), &Edit::Set(fields), Timestamp::from_millis(1)).is_ok());
+        let goal_fields = vec![
+            (&GOALS.fields[0], FieldValue::Text("academic".into())),
+        ];
+        doc.apply(spec, &caller("a"), &Edit::AddGoal { id: "g1".into(), fields: goal_fields }, Timestamp::from_millis(2)).unwrap();
+        doc.apply(spec, &caller("a"), &Edit::UpdateGoal { id: "g1".into(), fields: vec![], note: Some("reading daily".into()) }, Timestamp::from_millis(3)).unwrap();
+        let goal = doc.render_item("goals", "g1");
+        assert_eq!(goal["domain"], "academic");
+        assert_eq!(goal["progress"][0]["text"], "reading daily");
+        assert_eq!(goal["progress"][0]["author"], "school.test/a");
+        let missing = doc.apply(spec, &caller("a"), &Edit::UpdateGoal { id: "nope".into(), fields: vec![], note: None }, Timestamp::from_millis(4));
+        assert!(matches!(missing, Err(Error::NotFound(_))));
+    }
+}

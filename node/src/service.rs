@@ -1,0 +1,904 @@
+//! The node's domain service: what the client API does, with no gRPC in sight.
+//!
+//! Every operation authenticates the caller, asks the gate, works on section documents, and
+//! commits through the store with its audit entry. Denials are audited too. Bad input is
+//! rejected before anything is written and leaves no trace in the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use rand::RngCore;
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use weft_consent::ConsentSet;
+
+use crate::audit::{AuditAction, AuditDraft, AuditEntry, Outcome};
+use crate::catalogue::{self, FieldSpec, FieldValue, GOALS, REFERRALS};
+use crate::error::{Error, Result};
+use crate::gate::{self, Denial, WritePermit};
+use crate::model::{
+    validate_user_name, AgencyId, Caller, PlanId, PlanRecord, Right, Role, SectionKey,
+    SectionName, SubjectId, Timestamp, UserRecord,
+};
+use crate::section::{ChangeInfo, Edit, SectionDoc};
+use crate::storage::{StoreHandle, StoreStats};
+
+/// A source of the current time, injectable for tests.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// A change event on a plan, as pushed to watchers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanEvent {
+    /// The plan.
+    pub plan: PlanId,
+    /// The section that changed.
+    pub section: SectionName,
+    /// The change's feed sequence.
+    pub seq: u64,
+    /// Who.
+    pub agency: AgencyId,
+    /// Who.
+    pub user: String,
+    /// When.
+    pub time: Timestamp,
+    /// What (field names, never values).
+    pub summary: String,
+}
+
+/// One section as shown to a caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SectionView {
+    /// The section.
+    pub name: SectionName,
+    /// Its content.
+    pub content: Json,
+    /// `<agency>/<user>` of the last change.
+    pub last_changed_by: String,
+    /// When, unix ms.
+    pub last_changed_at: i64,
+    /// Number of changes in its history.
+    pub changes: u64,
+}
+
+/// A plan as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanSummary {
+    /// The plan.
+    pub plan: PlanRecord,
+    /// Preferred or given name plus family name; empty if the caller may not read `profile`.
+    pub display_name: String,
+    /// Need tier, 0 if unknown.
+    pub tier: u32,
+}
+
+/// One history entry of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The section.
+    pub section: SectionName,
+    /// The change.
+    pub change: ChangeInfo,
+}
+
+/// Options of the service.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    /// Fold a section's change chunks into a snapshot once it has this many.
+    pub compact_after_chunks: u64,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self { compact_after_chunks: 64 }
+    }
+}
+
+const LOCK_STRIPES: usize = 256;
+
+/// The node's state and operations.
+pub struct NodeService {
+    agency: AgencyId,
+    store: StoreHandle,
+    users: RwLock<HashMap<String, UserRecord>>,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    events: broadcast::Sender<PlanEvent>,
+    clock: Clock,
+    started: Instant,
+    options: ServiceOptions,
+}
+
+/// SHA-256 of a bearer token, hex: the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh bearer token.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("weft_{}", hex::encode(bytes))
+}
+
+fn short_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 6];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}-{}", hex::encode(bytes))
+}
+
+/// Adds a user straight to a store, for bootstrap (`weft user add --data`, `weft dev`).
+/// Returns the user and its token.
+pub fn bootstrap_user(
+    store: &StoreHandle,
+    agency: &AgencyId,
+    name: &str,
+    role: Role,
+    now: Timestamp,
+) -> Result<(UserRecord, String)> {
+    validate_user_name(name)?;
+    let token = new_token();
+    let user = UserRecord {
+        name: name.to_string(),
+        role,
+        subjects: vec![],
+        created_at: now,
+        token_hash: token_hash(&token),
+    };
+    let audit = AuditDraft {
+        time: now,
+        agency: agency.to_string(),
+        user: "local-operator".into(),
+        action: AuditAction::AddUser,
+        outcome: Outcome::Ok,
+        plan: None,
+        sections: vec![],
+        detail: format!("{name} as {role}"),
+    };
+    store.blocking().commit(&crate::storage::CommitBatch {
+        new_plan: None,
+        changes: vec![],
+        new_user: Some(user.clone()),
+        audit,
+    })?;
+    Ok((user, token))
+}
+
+impl NodeService {
+    /// A service over an opened store.
+    pub async fn new(
+        agency: AgencyId,
+        store: StoreHandle,
+        clock: Clock,
+        options: ServiceOptions,
+    ) -> Result<Arc<Self>> {
+        let users = store.users().await?.into_iter().map(|u| (u.token_hash.clone(), u)).collect();
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Self {
+            agency,
+            store,
+            users: RwLock::new(users),
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            events,
+            clock,
+            started: Instant::now(),
+            options,
+        }))
+    }
+
+    /// This node's agency.
+    pub fn agency(&self) -> &AgencyId {
+        &self.agency
+    }
+
+    /// The store.
+    pub fn store(&self) -> &StoreHandle {
+        &self.store
+    }
+
+    fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    fn draft(&self, caller: &Caller, action: AuditAction, plan: Option<PlanId>) -> AuditDraft {
+        AuditDraft {
+            time: self.now(),
+            agency: caller.agency.to_string(),
+            user: caller.user.clone(),
+            action,
+            outcome: Outcome::Ok,
+            plan,
+            sections: vec![],
+            detail: String::new(),
+        }
+    }
+
+    /// Records a denial in the audit log and returns the error for the caller.
+    async fn deny(
+        &self,
+        caller: &Caller,
+        action: AuditAction,
+        plan: Option<PlanId>,
+        sections: Vec<String>,
+        denial: Denial,
+    ) -> Error {
+        let mut draft = self.draft(caller, action, plan);
+        draft.outcome = Outcome::Denied;
+        draft.sections = sections;
+        draft.detail = denial.code.to_string();
+        tracing::info!(target: "weft::audit", user = %caller.user, action = action.as_str(), code = denial.code, "access denied");
+        if let Err(e) = self.store.audit(draft).await {
+            return e;
+        }
+        denial.into()
+    }
+
+    async fn require(&self, caller: &Caller, right: Right, action: AuditAction) -> Result<()> {
+        match gate::require(caller, right) {
+            Ok(()) => Ok(()),
+            Err(d) => Err(self.deny(caller, action, None, vec![], d).await),
+        }
+    }
+
+    /// Resolves a bearer token to a caller; a missing or unknown token is audited.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller> {
+        let found = token.and_then(|t| {
+            let users = self.users.read().ok()?;
+            users.get(&token_hash(t)).cloned()
+        });
+        match found {
+            Some(u) => Ok(Caller {
+                agency: self.agency.clone(),
+                user: u.name,
+                role: u.role,
+                subjects: u.subjects,
+            }),
+            None => {
+                let why = if token.is_some() { "unknown_token" } else { "missing_token" };
+                let draft = AuditDraft {
+                    time: self.now(),
+                    agency: self.agency.to_string(),
+                    user: "-".into(),
+                    action: AuditAction::Authenticate,
+                    outcome: Outcome::Denied,
+                    plan: None,
+                    sections: vec![],
+                    detail: why.into(),
+                };
+                self.store.audit(draft).await?;
+                Err(Error::Unauthenticated(if token.is_some() {
+                    "the bearer token is not valid"
+                } else {
+                    "a bearer token is required (authorization: Bearer <token>)"
+                }))
+            }
+        }
+    }
+
+    /// The consents that apply to a subject. The consent issue fills this in; until then no
+    /// agency but the home agency may hold anything.
+    fn consents_for(&self, _subject: SubjectId) -> ConsentSet {
+        ConsentSet::new()
+    }
+
+    async fn load_plan(&self, caller: &Caller, id: PlanId, action: AuditAction) -> Result<PlanRecord> {
+        let plan = self.store.plan(id).await?.ok_or_else(|| Error::NotFound(format!("plan {id}")))?;
+        if !gate::may_see_plan(caller, &plan) {
+            let denial = Denial {
+                code: "guardian_binding",
+                message: "this guardian is not bound to the plan's subject".into(),
+            };
+            return Err(self.deny(caller, action, Some(id), vec![], denial).await);
+        }
+        Ok(plan)
+    }
+
+    fn stripe(&self, key: &SectionKey) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() as usize) % LOCK_STRIPES
+    }
+
+    /// Applies edits to sections of one plan atomically: every edit is checked by the gate and
+    /// validated against its document first; then all changes and one audit entry commit
+    /// together. Returns the feed sequence of the last change.
+    async fn edit(
+        &self,
+        caller: &Caller,
+        plan: &PlanRecord,
+        new_plan: bool,
+        edits: Vec<(SectionName, Edit, Right)>,
+        action: AuditAction,
+    ) -> Result<(Vec<SectionName>, u64, BTreeMap<SectionName, SectionDoc>)> {
+        let now = self.now();
+        let consents = self.consents_for(plan.subject);
+        let sections: Vec<String> = edits.iter().map(|(s, _, _)| s.to_string()).collect();
+        let mut permits: Vec<WritePermit> = Vec::with_capacity(edits.len());
+        for (section, _, right) in &edits {
+            match gate::write(caller, plan, section, *right, &consents, now) {
+                Ok(p) => permits.push(p),
+                Err(d) => return Err(self.deny(caller, action, Some(plan.id), sections, d).await),
+            }
+        }
+        let mut stripes: Vec<usize> = permits.iter().map(|p| self.stripe(p.key())).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.locks[s].lock().await);
+        }
+
+        // Group edits by section so several fields of one section make one change.
+        let mut docs: BTreeMap<SectionName, (SectionDoc, u64, u64)> = BTreeMap::new();
+        let mut changes: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, (section, edit, _)) in edits.iter().enumerate() {
+            if !docs.contains_key(section) {
+                let stored = self.store.read_section(&as_read(&permits[i])).await?;
+                let (doc, next_chunk, bytes) = match stored {
+                    Some(s) => (
+                        SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?,
+                        s.meta.next_chunk - s.meta.first_chunk,
+                        s.meta.bytes,
+                    ),
+                    None => (SectionDoc::new(), 0, 0),
+                };
+                docs.insert(section.clone(), (doc, next_chunk, bytes));
+            }
+            let (doc, _, bytes) = docs.get_mut(section).expect("inserted above");
+            let change = doc.apply(section.spec(), caller, edit, now)?;
+            *bytes += change.len() as u64;
+            if *bytes as usize > catalogue::MAX_SECTION_BYTES {
+                return Err(Error::invalid(format!(
+                    "section {section} would exceed its size limit of {} bytes",
+                    catalogue::MAX_SECTION_BYTES
+                )));
+            }
+            changes.push((i, change));
+        }
+
+        let mut draft = self.draft(caller, action, Some(plan.id));
+        let mut touched: Vec<String> = edits.iter().map(|(s, _, _)| s.to_string()).collect();
+        touched.dedup();
+        draft.sections = touched;
+        draft.detail = edits
+            .iter()
+            .map(|(s, e, _)| e.summary(s.as_str()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let batch: Vec<(&WritePermit, Vec<u8>)> =
+            changes.into_iter().map(|(i, bytes)| (&permits[i], bytes)).collect();
+        let committed = self
+            .store
+            .write_sections(batch, new_plan.then(|| plan.clone()), draft)
+            .await?;
+
+        let mut last_seq = 0;
+        for (entry, (section, edit, _)) in committed.feed.iter().zip(&edits) {
+            last_seq = entry.seq;
+            let _ = self.events.send(PlanEvent {
+                plan: plan.id,
+                section: section.clone(),
+                seq: entry.seq,
+                agency: caller.agency.clone(),
+                user: caller.user.clone(),
+                time: now,
+                summary: edit.summary(section.as_str()),
+            });
+        }
+
+        // Compact sections whose chunk count passed the threshold, while still locked.
+        let mut out = BTreeMap::new();
+        for (section, (mut doc, chunks, _)) in docs {
+            let chunks_now = chunks + edits.iter().filter(|(s, _, _)| *s == section).count() as u64;
+            if chunks_now >= self.options.compact_after_chunks {
+                if let Some(p) = permits.iter().find(|p| p.key().section == section) {
+                    let stored = self.store.read_section(&as_read(p)).await?;
+                    if let Some(s) = stored {
+                        self.store.compact(p, doc.save(), s.meta.next_chunk).await?;
+                    }
+                }
+            }
+            out.insert(section, doc);
+        }
+        drop(guards);
+        let names = out.keys().cloned().collect();
+        Ok((names, last_seq, out))
+    }
+
+    /// Creates a plan with a fresh subject; the caller's agency is its home.
+    pub async fn create_plan(
+        &self,
+        caller: &Caller,
+        given_name: &str,
+        family_name: &str,
+        date_of_birth: Option<&str>,
+        fields: Vec<(String, String, String)>,
+    ) -> Result<PlanRecord> {
+        self.require(caller, Right::CreatePlan, AuditAction::CreatePlan).await?;
+        let mut all = vec![
+            ("profile".to_string(), "given_name".to_string(), given_name.to_string()),
+            ("profile".to_string(), "family_name".to_string(), family_name.to_string()),
+        ];
+        if given_name.trim().is_empty() || family_name.trim().is_empty() {
+            return Err(Error::invalid("a plan needs a given name and a family name"));
+        }
+        if let Some(d) = date_of_birth {
+            all.push(("profile".into(), "date_of_birth".into(), d.to_string()));
+        }
+        all.extend(fields);
+        let edits = parse_field_edits(&all)?;
+        let plan = PlanRecord {
+            id: PlanId::random(),
+            subject: SubjectId::random(),
+            home: caller.agency.clone(),
+            created_at: self.now(),
+        };
+        self.edit(caller, &plan, true, edits, AuditAction::CreatePlan).await?;
+        tracing::info!(plan = %plan.id, user = %caller.user, "plan created");
+        Ok(plan)
+    }
+
+    /// Sets fields, all or nothing.
+    pub async fn set_fields(
+        &self,
+        caller: &Caller,
+        plan: PlanId,
+        fields: Vec<(String, String, String)>,
+    ) -> Result<(Vec<SectionName>, u64)> {
+        self.require(caller, Right::WritePlan, AuditAction::Write).await?;
+        if fields.is_empty() {
+            return Err(Error::invalid("no fields to set"));
+        }
+        let edits = parse_field_edits(&fields)?;
+        let plan = self.load_plan(caller, plan, AuditAction::Write).await?;
+        let (names, seq, _) = self.edit(caller, &plan, false, edits, AuditAction::Write).await?;
+        Ok((names, seq))
+    }
+
+    /// Adds a goal; returns its id and the goal as stored.
+    pub async fn add_goal(
+        &self,
+        caller: &Caller,
+        plan: PlanId,
+        domain: &str,
+        text: &str,
+        horizon: &str,
+        target_date: Option<&str>,
+    ) -> Result<(String, Json)> {
+        self.require(caller, Right::WriteGoals, AuditAction::Write).await?;
+        if text.trim().is_empty() {
+            return Err(Error::invalid("goals.text: a goal needs a text"));
+        }
+        let mut fields = vec![
+            item_field(&GOALS.fields[0], "goals", domain)?,
+            item_field(&GOALS.fields[1], "goals", text)?,
+            item_field(&GOALS.fields[2], "goals", horizon)?,
+            item_field(&GOALS.fields[3], "goals", "open")?,
+        ];
+        if let Some(d) = target_date {
+            fields.push(item_field(&GOALS.fields[4], "goals", d)?);
+        }
+        let id = short_id("g");
+        let edit = Edit::AddGoal { id: id.clone(), fields };
+        let json = self.edit_item(caller, plan, "goals", edit, Right::WriteGoals, &id).await?;
+        Ok((id, json))
+    }
+
+    /// Changes a goal and/or adds a progress note.
+    pub async fn update_goal(
+        &self,
+        caller: &Caller,
+        plan: PlanId,
+        goal: &str,
+        status: Option<&str>,
+        text: Option<&str>,
+        target_date: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<Json> {
+        self.require(caller, Right::WriteGoals, AuditAction::Write).await?;
+        let mut fields = vec![];
+        if let Some(s) = status {
+            fields.push(item_field(&GOALS.fields[3], "goals", s)?);
+        }
+        if let Some(t) = text {
+            fields.push(item_field(&GOALS.fields[1], "goals", t)?);
+        }
+        if let Some(d) = target_date {
+            fields.push(item_field(&GOALS.fields[4], "goals", d)?);
+        }
+        if let Some(n) = note {
+            check_note(n)?;
+        }
+        if fields.is_empty() && note.is_none() {
+            return Err(Error::invalid("nothing to change: give a status, text, target date or note"));
+        }
+        let edit = Edit::UpdateGoal { id: goal.to_string(), fields, note: note.map(String::from) };
+        self.edit_item(caller, plan, "goals", edit, Right::WriteGoals, goal).await
+    }
+
+    /// Adds a referral; returns its id and the referral as stored.
+    pub async fn add_referral(
+        &self,
+        caller: &Caller,
+        plan: PlanId,
+        service: &str,
+        provider: &str,
+        note: Option<&str>,
+    ) -> Result<(String, Json)> {
+        self.require(caller, Right::WritePlan, AuditAction::Write).await?;
+        if service.trim().is_empty() {
+            return Err(Error::invalid("services.service: a referral needs a service"));
+        }
+        AgencyId::parse(provider).map_err(|e| Error::invalid(format!("services.provider_agency: {e}")))?;
+        if let Some(n) = note {
+            check_note(n)?;
+        }
+        let fields = vec![
+            item_field(&REFERRALS.fields[0], "services", service)?,
+            item_field(&REFERRALS.fields[1], "services", provider)?,
+            item_field(&REFERRALS.fields[2], "services", "proposed")?,
+        ];
+        let id = short_id("r");
+        let edit = Edit::AddReferral { id: id.clone(), fields, note: note.map(String::from) };
+        let json = self.edit_item(caller, plan, "services", edit, Right::WritePlan, &id).await?;
+        Ok((id, json))
+    }
+
+    /// Moves a referral to a new status.
+    pub async fn update_referral(
+        &self,
+        caller: &Caller,
+        plan: PlanId,
+        referral: &str,
+        status: &str,
+        note: Option<&str>,
+    ) -> Result<Json> {
+        self.require(caller, Right::WritePlan, AuditAction::Write).await?;
+        item_field(&REFERRALS.fields[2], "services", status)?;
+        if let Some(n) = note {
+            check_note(n)?;
+        }
+        let edit = Edit::UpdateReferral {
+            id: referral.to_string(),
+            status: status.to_string(),
+            note: note.map(String::from),
+        };
+        self.edit_item(caller, plan, "services", edit, Right::WritePlan, referral).await
+    }
+
+    async fn edit_item(
+        &self,
+        caller: &Caller,
+        plan: PlanId,
+        section: &str,
+        edit: Edit,
+        right: Right,
+        id: &str,
+    ) -> Result<Json> {
+        let plan = self.load_plan(caller, plan, AuditAction::Write).await?;
+        let name = SectionName::parse(section)?;
+        let (_, _, docs) =
+            self.edit(caller, &plan, false, vec![(name.clone(), edit, right)], AuditAction::Write).await?;
+        let collection = if section == "goals" { GOALS.name } else { REFERRALS.name };
+        Ok(docs.get(&name).map(|d| d.render_item(collection, id)).unwrap_or(Json::Null))
+    }
+
+    /// Reads sections of a plan: the ones named, or all the caller may read. Returns the views
+    /// and the names of sections withheld from the caller. One audit entry lists what was read.
+    pub async fn get_plan(
+        &self,
+        caller: &Caller,
+        plan: PlanId,
+        wanted: &[String],
+    ) -> Result<(PlanRecord, Vec<SectionView>, Vec<SectionName>)> {
+        self.require(caller, Right::ReadPlan, AuditAction::Read).await?;
+        let wanted: Vec<SectionName> =
+            wanted.iter().map(|s| SectionName::parse(s)).collect::<Result<_>>()?;
+        let plan = self.load_plan(caller, plan, AuditAction::Read).await?;
+        let mut names = if wanted.is_empty() {
+            let mut all: Vec<SectionName> = catalogue::fixed_sections()
+                .map(|s| SectionName::parse(s.name).expect("catalogue names parse"))
+                .collect();
+            for s in self.store.sections_of(plan.id).await? {
+                if !all.contains(&s) {
+                    all.push(s);
+                }
+            }
+            all
+        } else {
+            wanted.clone()
+        };
+        names.dedup();
+        let now = self.now();
+        let consents = self.consents_for(plan.subject);
+        let mut views = Vec::new();
+        let mut withheld = Vec::new();
+        for name in names {
+            match gate::read(caller, &plan, &name, &consents, now) {
+                Ok(permit) => views.push(self.view(&permit).await?),
+                Err(denial) => {
+                    if !wanted.is_empty() {
+                        let e = self
+                            .deny(caller, AuditAction::Read, Some(plan.id), vec![name.to_string()], denial)
+                            .await;
+                        return Err(e);
+                    }
+                    withheld.push(name);
+                }
+            }
+        }
+        let mut draft = self.draft(caller, AuditAction::Read, Some(plan.id));
+        draft.sections = views.iter().map(|v| v.name.to_string()).collect();
+        self.store.audit(draft).await?;
+        Ok((plan, views, withheld))
+    }
+
+    async fn view(&self, permit: &gate::ReadPermit) -> Result<SectionView> {
+        let name = permit.key().section.clone();
+        let Some(stored) = self.store.read_section(permit).await? else {
+            return Ok(SectionView {
+                name,
+                content: Json::Object(Default::default()),
+                last_changed_by: String::new(),
+                last_changed_at: 0,
+                changes: 0,
+            });
+        };
+        let mut doc = SectionDoc::load(stored.snapshot.as_deref(), &stored.chunks)?;
+        let history = doc.history();
+        let last = history.iter().max_by_key(|c| c.time_ms);
+        Ok(SectionView {
+            name,
+            content: doc.render(),
+            last_changed_by: last.map(|c| format!("{}/{}", c.agency, c.user)).unwrap_or_default(),
+            last_changed_at: last.map_or(0, |c| c.time_ms),
+            changes: history.len() as u64,
+        })
+    }
+
+    /// Lists plans the caller may see, a page at a time. One audit entry per page.
+    pub async fn list_plans(
+        &self,
+        caller: &Caller,
+        after: Option<PlanId>,
+        limit: usize,
+    ) -> Result<(Vec<PlanSummary>, Option<PlanId>)> {
+        self.require(caller, Right::ReadPlan, AuditAction::ListPlans).await?;
+        let limit = limit.clamp(1, 1000);
+        let now = self.now();
+        let profile = SectionName::parse("profile").expect("in catalogue");
+        let mut out = Vec::new();
+        let mut cursor = after;
+        let mut next = None;
+        'pages: loop {
+            let page = self.store.plans(cursor, limit).await?;
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id);
+            let full = page.len() == limit;
+            for plan in page {
+                if !gate::may_see_plan(caller, &plan) {
+                    continue;
+                }
+                let consents = self.consents_for(plan.subject);
+                let (display_name, tier) = match gate::read(caller, &plan, &profile, &consents, now) {
+                    Ok(p) => {
+                        let v = self.view(&p).await?.content;
+                        let s = |k: &str| v.get(k).and_then(Json::as_str).unwrap_or("").to_string();
+                        let first = if s("preferred_name").is_empty() { s("given_name") } else { s("preferred_name") };
+                        let name = format!("{} {}", first, s("family_name")).trim().to_string();
+                        (name, v.get("tier").and_then(Json::as_u64).unwrap_or(0) as u32)
+                    }
+                    Err(_) => (String::new(), 0),
+                };
+                out.push(PlanSummary { plan: plan.clone(), display_name, tier });
+                if out.len() == limit {
+                    next = Some(plan.id);
+                    break 'pages;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        let mut draft = self.draft(caller, AuditAction::ListPlans, None);
+        draft.detail = format!("{} plans", out.len());
+        self.store.audit(draft).await?;
+        Ok((out, next))
+    }
+
+    /// The change history of every section of a plan the caller may read, oldest first.
+    pub async fn history(&self, caller: &Caller, plan: PlanId) -> Result<Vec<HistoryEntry>> {
+        self.require(caller, Right::ReadPlan, AuditAction::History).await?;
+        let plan = self.load_plan(caller, plan, AuditAction::History).await?;
+        let now = self.now();
+        let consents = self.consents_for(plan.subject);
+        let mut out = Vec::new();
+        let mut read = Vec::new();
+        for name in self.store.sections_of(plan.id).await? {
+            let Ok(permit) = gate::read(caller, &plan, &name, &consents, now) else { continue };
+            if let Some(s) = self.store.read_section(&permit).await? {
+                let mut doc = SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?;
+                out.extend(doc.history().into_iter().map(|change| HistoryEntry { section: name.clone(), change }));
+                read.push(name.to_string());
+            }
+        }
+        out.sort_by(|a, b| a.change.time_ms.cmp(&b.change.time_ms).then(a.section.cmp(&b.section)));
+        let mut draft = self.draft(caller, AuditAction::History, Some(plan.id));
+        draft.sections = read;
+        self.store.audit(draft).await?;
+        Ok(out)
+    }
+
+    /// Subscribes to a plan's change events; each event is filtered by the gate for the
+    /// caller when it is delivered.
+    pub async fn watch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        plan: PlanId,
+    ) -> Result<impl futures::Stream<Item = PlanEvent> + Send + 'static> {
+        self.require(caller, Right::ReadPlan, AuditAction::Watch).await?;
+        let plan = self.load_plan(caller, plan, AuditAction::Watch).await?;
+        let rx = self.events.subscribe();
+        self.store.audit(self.draft(caller, AuditAction::Watch, Some(plan.id))).await?;
+        let service = self.clone();
+        let caller = caller.clone();
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |ev| {
+            let ev = ev.ok()?;
+            if ev.plan != plan.id {
+                return None;
+            }
+            let consents = service.consents_for(plan.subject);
+            gate::read(&caller, &plan, &ev.section, &consents, service.now()).ok()?;
+            Some(ev)
+        });
+        Ok(stream)
+    }
+
+    /// Adds a user and returns it with its token (shown once).
+    pub async fn add_user(
+        &self,
+        caller: &Caller,
+        name: &str,
+        role: Role,
+        plans: &[PlanId],
+    ) -> Result<(UserRecord, String)> {
+        self.require(caller, Right::AddUser(role), AuditAction::AddUser).await?;
+        validate_user_name(name)?;
+        let mut subjects = Vec::new();
+        if role == Role::Guardian {
+            if plans.is_empty() {
+                return Err(Error::invalid("a guardian must be bound to at least one plan (--plan)"));
+            }
+            for id in plans {
+                let plan = self.store.plan(*id).await?.ok_or_else(|| Error::NotFound(format!("plan {id}")))?;
+                if plan.home != self.agency {
+                    return Err(Error::invalid(format!("plan {id} is not held by this agency")));
+                }
+                subjects.push(plan.subject);
+            }
+        } else if !plans.is_empty() {
+            return Err(Error::invalid("only guardians are bound to plans"));
+        }
+        let token = new_token();
+        let user = UserRecord {
+            name: name.to_string(),
+            role,
+            subjects,
+            created_at: self.now(),
+            token_hash: token_hash(&token),
+        };
+        let mut draft = self.draft(caller, AuditAction::AddUser, None);
+        draft.detail = format!("{name} as {role}");
+        self.store.add_user(user.clone(), draft).await?;
+        self.users
+            .write()
+            .map_err(|_| Error::internal("user table poisoned"))?
+            .insert(user.token_hash.clone(), user.clone());
+        Ok((user, token))
+    }
+
+    /// Every user (never their token hashes).
+    pub async fn list_users(&self, caller: &Caller) -> Result<Vec<UserRecord>> {
+        self.require(caller, Right::ListUsers, AuditAction::ListUsers).await?;
+        let mut users = self.store.users().await?;
+        for u in &mut users {
+            u.token_hash.clear();
+        }
+        self.store.audit(self.draft(caller, AuditAction::ListUsers, None)).await?;
+        Ok(users)
+    }
+
+    /// Node counters.
+    pub async fn status(&self, caller: &Caller) -> Result<(StoreStats, u64)> {
+        self.require(caller, Right::ReadStatus, AuditAction::Status).await?;
+        Ok((self.store.stats().await?, self.started.elapsed().as_secs()))
+    }
+
+    /// Audit entries after `after`, optionally for one plan.
+    pub async fn audit_log(
+        &self,
+        caller: &Caller,
+        plan: Option<PlanId>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        self.require(caller, Right::ReadAudit, AuditAction::ReadAudit).await?;
+        let limit = limit.clamp(1, 10_000);
+        let mut out = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = self.store.audit_entries(cursor, 4096).await?;
+            let Some(last) = page.last() else { break };
+            cursor = match last {
+                Ok(e) => e.index,
+                Err((i, _)) => *i,
+            };
+            for e in page.into_iter().flatten() {
+                if plan.is_none() || e.draft.plan == plan {
+                    out.push(e);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        let mut draft = self.draft(caller, AuditAction::ReadAudit, plan);
+        draft.detail = format!("{} entries", out.len());
+        self.store.audit(draft).await?;
+        Ok(out)
+    }
+
+    /// Verifies the audit chain: the number of entries, or the first bad one.
+    pub async fn verify_audit(&self, caller: &Caller) -> Result<Result<u64, crate::audit::ChainBreak>> {
+        self.require(caller, Right::ReadAudit, AuditAction::VerifyAudit).await?;
+        let result = self.store.verify_audit().await?;
+        let mut draft = self.draft(caller, AuditAction::VerifyAudit, None);
+        draft.detail = match &result {
+            Ok(n) => format!("ok: {n} entries"),
+            Err(b) => format!("broken at entry {}", b.index),
+        };
+        self.store.audit(draft).await?;
+        Ok(result)
+    }
+}
+
+fn as_read(permit: &WritePermit) -> gate::ReadPermit {
+    gate::downgrade(permit)
+}
+
+fn check_note(note: &str) -> Result<()> {
+    let n = note.chars().count();
+    if n > 4000 {
+        return Err(Error::invalid(format!("note: {n} characters is over the limit of 4000")));
+    }
+    Ok(())
+}
+
+fn item_field(spec: &'static FieldSpec, section: &str, value: &str) -> Result<(&'static FieldSpec, FieldValue)> {
+    Ok((spec, spec.parse(section, value)?))
+}
+
+/// Parses `(section, field, value)` triples against the catalogue into one `Set` edit per
+/// section, in first-seen order. Any error aborts the whole request.
+pub fn parse_field_edits(fields: &[(String, String, String)]) -> Result<Vec<(SectionName, Edit, Right)>> {
+    let mut out: Vec<(SectionName, Vec<(&'static FieldSpec, FieldValue)>)> = Vec::new();
+    for (section, field, value) in fields {
+        let name = SectionName::parse(section)?;
+        let spec = name.spec().field(field)?;
+        let parsed = spec.parse(section, value)?;
+        match out.iter_mut().find(|(s, _)| *s == name) {
+            Some((_, list)) => {
+                list.retain(|(f, _)| f.name != spec.name);
+                list.push((spec, parsed));
+            }
+            None => out.push((name, vec![(spec, parsed)])),
+        }
+    }
+    Ok(out.into_iter().map(|(s, f)| (s, Edit::Set(f), Right::WritePlan)).collect())
+}
+
+use tokio_stream::StreamExt as _;

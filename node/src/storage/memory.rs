@@ -1,0 +1,97 @@
+//! An in-memory [`Backend`] for tests: the same semantics as sled, nothing on disk.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{Backend, Tree, Txn};
+use crate::error::{Error, Result};
+
+type Map = BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
+
+/// Trees in a `BTreeMap` behind a mutex.
+#[derive(Default)]
+pub struct MemoryBackend {
+    data: Mutex<Map>,
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Map>> {
+        self.data.lock().map_err(|_| Error::internal("memory store poisoned"))
+    }
+}
+
+struct Overlay<'a> {
+    base: &'a Map,
+    writes: RefCell<BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>>,
+}
+
+impl Txn for Overlay<'_> {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let k = (tree, key.to_vec());
+        if let Some(v) = self.writes.borrow().get(&k) {
+            return Ok(v.clone());
+        }
+        Ok(self.base.get(&k).cloned())
+    }
+
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
+        self.writes.borrow_mut().insert((tree, key.to_vec()), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<()> {
+        self.writes.borrow_mut().insert((tree, key.to_vec()), None);
+        Ok(())
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock()?.get(&(tree, key.to_vec())).cloned())
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let data = self.lock()?;
+        Ok(data
+            .range((tree, prefix.to_vec())..)
+            .take_while(|((t, k), _)| *t == tree && k.starts_with(prefix))
+            .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        let mut data = self.lock()?;
+        let overlay = Overlay { base: &data, writes: RefCell::new(BTreeMap::new()) };
+        f(&overlay)?;
+        let writes = overlay.writes.into_inner();
+        for (k, v) in writes {
+            match v {
+                Some(v) => data.insert(k, v),
+                None => data.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+
+    fn len(&self, tree: Tree) -> Result<u64> {
+        Ok(self.lock()?.keys().filter(|(t, _)| *t == tree).count() as u64)
+    }
+}

@@ -1,0 +1,570 @@
+//! Storage: plans, section documents, the change feed, the audit chain and users.
+//!
+//! The logic lives once, in [`Store`], over a small key-value [`Backend`] trait with two
+//! implementations: [`sled::SledBackend`] (the embedded default) and [`memory::MemoryBackend`]
+//! (tests). A section document is a snapshot plus incremental change chunks; [`Store::compact`]
+//! folds the chunks into a new snapshot. Every commit writes its section chunks, one change-feed
+//! entry per chunk, any new plan or user, and its audit entry in one atomic, durable
+//! transaction.
+//!
+//! *Architecture invariant:* only `storage::sled` imports sled.
+//! *Architecture invariant:* [`StoreHandle`] is the only way the rest of the node reaches the
+//! store; its section reads and writes take a `gate::Permit`, and its blocking work runs off the
+//! async worker threads.
+
+pub mod memory;
+pub mod sled;
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{self, AuditDraft, AuditEntry, AuditHead, ChainBreak};
+use crate::error::{Error, Result};
+use crate::gate::{ReadPermit, WritePermit};
+use crate::model::{PlanId, PlanRecord, SectionKey, SectionName, Timestamp, UserRecord};
+
+/// The trees (key spaces) of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tree {
+    /// Counters and heads: feed sequence, audit head, format version.
+    Meta = 0,
+    /// Plan id → plan record.
+    Plans,
+    /// Section key → section metadata.
+    Sections,
+    /// Section key + chunk number → change bytes.
+    Chunks,
+    /// Section key → saved document.
+    Snapshots,
+    /// Feed sequence → feed entry.
+    Feed,
+    /// Audit index → audit entry.
+    Audit,
+    /// User name → user record.
+    Users,
+}
+
+impl Tree {
+    /// Every tree, in discriminant order.
+    pub const ALL: [Tree; 8] = [
+        Tree::Meta,
+        Tree::Plans,
+        Tree::Sections,
+        Tree::Chunks,
+        Tree::Snapshots,
+        Tree::Feed,
+        Tree::Audit,
+        Tree::Users,
+    ];
+
+    /// The tree's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Plans => "plans",
+            Tree::Sections => "sections",
+            Tree::Chunks => "chunks",
+            Tree::Snapshots => "snapshots",
+            Tree::Feed => "feed",
+            Tree::Audit => "audit",
+            Tree::Users => "users",
+        }
+    }
+}
+
+/// Reads and writes inside one atomic transaction.
+pub trait Txn {
+    /// Reads a key, seeing this transaction's own writes.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Writes a key.
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Removes a key.
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<()>;
+}
+
+/// A key-value engine with trees, prefix scans and atomic, durable transactions.
+pub trait Backend: Send + Sync + 'static {
+    /// Reads a key.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Up to `limit` entries whose key starts with `prefix` and is greater than `after`
+    /// (or all from the prefix's start when `after` is `None`), in key order.
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Runs `f` atomically; when it returns `Ok`, its writes are durable on return. `f` may
+    /// be run more than once and must only act through the `Txn`.
+    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()>;
+    /// Approximate bytes used on disk (0 in memory).
+    fn size_on_disk(&self) -> u64;
+    /// Number of entries in a tree.
+    fn len(&self, tree: Tree) -> Result<u64>;
+}
+
+/// The storage format version this binary writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+const KEY_FEED_SEQ: &[u8] = b"feed_seq";
+const KEY_AUDIT_HEAD: &[u8] = b"audit_head";
+const KEY_FORMAT: &[u8] = b"format_version";
+
+/// Per-section bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionMeta {
+    /// First chunk number still stored (chunks before it are in the snapshot).
+    pub first_chunk: u64,
+    /// The next chunk number to use.
+    pub next_chunk: u64,
+    /// Bytes of snapshot plus chunks.
+    pub bytes: u64,
+    /// Feed sequence of the last change.
+    pub last_seq: u64,
+}
+
+/// A section as stored: snapshot plus the chunks after it.
+#[derive(Clone, Debug, Default)]
+pub struct StoredSection {
+    /// The saved document the chunks apply to.
+    pub snapshot: Option<Vec<u8>>,
+    /// Change chunks in order.
+    pub chunks: Vec<Vec<u8>>,
+    /// Bookkeeping.
+    pub meta: SectionMeta,
+}
+
+/// One change-feed entry: which section changed, never what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    /// The local sequence number.
+    pub seq: u64,
+    /// The section that changed.
+    pub key: SectionKey,
+    /// When.
+    pub time: Timestamp,
+}
+
+/// Everything one commit writes.
+#[derive(Clone, Debug)]
+pub struct CommitBatch {
+    /// A plan to create (it must not exist).
+    pub new_plan: Option<PlanRecord>,
+    /// Section changes to append.
+    pub changes: Vec<(SectionKey, Vec<u8>)>,
+    /// A user to add (the name must be free).
+    pub new_user: Option<UserRecord>,
+    /// The audit entry for all of it.
+    pub audit: AuditDraft,
+}
+
+impl CommitBatch {
+    /// A batch that only appends an audit entry.
+    pub fn audit_only(audit: AuditDraft) -> Self {
+        Self { new_plan: None, changes: vec![], new_user: None, audit }
+    }
+}
+
+/// What a commit wrote.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    /// Feed entries, one per change, in order.
+    pub feed: Vec<FeedEntry>,
+    /// The sealed audit entry.
+    pub audit: AuditEntry,
+}
+
+/// Counters for status and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Plans stored.
+    pub plans: u64,
+    /// Last feed sequence.
+    pub feed_seq: u64,
+    /// Audit entries.
+    pub audit_entries: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialize")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("corrupt {what} record: {e}")))
+}
+
+/// The key of a section: plan id (16 bytes), name length (1 byte), name.
+pub fn section_key_bytes(key: &SectionKey) -> Vec<u8> {
+    let name = key.section.as_str().as_bytes();
+    let mut out = Vec::with_capacity(17 + name.len());
+    out.extend_from_slice(key.plan.0.as_bytes());
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out
+}
+
+fn chunk_key(key: &SectionKey, n: u64) -> Vec<u8> {
+    let mut out = section_key_bytes(key);
+    out.extend_from_slice(&n.to_be_bytes());
+    out
+}
+
+fn parse_section_key(bytes: &[u8]) -> Result<SectionKey> {
+    let bad = || Error::Storage("corrupt section key".into());
+    if bytes.len() < 17 {
+        return Err(bad());
+    }
+    let plan = uuid::Uuid::from_slice(&bytes[..16]).map_err(|_| bad())?;
+    let len = bytes[16] as usize;
+    let name = bytes.get(17..17 + len).ok_or_else(bad)?;
+    let name = std::str::from_utf8(name).map_err(|_| bad())?;
+    Ok(SectionKey { plan: PlanId(plan), section: SectionName::parse(name).map_err(|_| bad())? })
+}
+
+fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
+    Ok(txn
+        .get(Tree::Meta, key)?
+        .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0))
+}
+
+/// The store: all of the storage logic, over any [`Backend`].
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    /// Serialises commits, so the feed sequence and audit head never contend.
+    writer: Mutex<()>,
+}
+
+impl Store {
+    /// Opens a store over a backend, checking (or writing) the format version.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        let store = Self { backend, writer: Mutex::new(()) };
+        match store.backend.get(Tree::Meta, KEY_FORMAT)? {
+            None => store.backend.transact(&|txn| {
+                txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes())
+            })?,
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4]));
+                if found != FORMAT_VERSION {
+                    return Err(Error::Storage(format!(
+                        "the store has format version {found}; this weft reads version {FORMAT_VERSION}"
+                    )));
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Writes a batch atomically and durably, sealing its audit entry into the chain.
+    pub fn commit(&self, batch: &CommitBatch) -> Result<Committed> {
+        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        let out = std::cell::RefCell::new(None);
+        self.backend.transact(&|txn| {
+            if let Some(plan) = &batch.new_plan {
+                if txn.get(Tree::Plans, plan.id.0.as_bytes())?.is_some() {
+                    return Err(Error::AlreadyExists(format!("plan {}", plan.id)));
+                }
+                txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
+            }
+            if let Some(user) = &batch.new_user {
+                if txn.get(Tree::Users, user.name.as_bytes())?.is_some() {
+                    return Err(Error::AlreadyExists(format!("user `{}`", user.name)));
+                }
+                txn.put(Tree::Users, user.name.as_bytes(), &json(user))?;
+            }
+            let mut seq = read_u64(txn, KEY_FEED_SEQ)?;
+            let mut feed = Vec::with_capacity(batch.changes.len());
+            for (key, bytes) in &batch.changes {
+                let skey = section_key_bytes(key);
+                let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
+                    Some(b) => from_json(&b, "section")?,
+                    None => SectionMeta::default(),
+                };
+                seq += 1;
+                txn.put(Tree::Chunks, &chunk_key(key, meta.next_chunk), bytes)?;
+                meta.next_chunk += 1;
+                meta.bytes += bytes.len() as u64;
+                meta.last_seq = seq;
+                txn.put(Tree::Sections, &skey, &json(&meta))?;
+                let entry = FeedEntry { seq, key: key.clone(), time: batch.audit.time };
+                txn.put(Tree::Feed, &seq.to_be_bytes(), &json(&entry))?;
+                feed.push(entry);
+            }
+            txn.put(Tree::Meta, KEY_FEED_SEQ, &seq.to_be_bytes())?;
+            let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
+                Some(b) => from_json(&b, "audit head")?,
+                None => AuditHead::default(),
+            };
+            let (entry, head) = audit::seal(&head, batch.audit.clone());
+            txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
+            txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
+            *out.borrow_mut() = Some(Committed { feed, audit: entry });
+            Ok(())
+        })?;
+        out.into_inner().ok_or_else(|| Error::internal("commit produced no result"))
+    }
+
+    /// Replaces a section's snapshot and the chunks up to `through` (exclusive) by `snapshot`.
+    pub fn compact(&self, key: &SectionKey, snapshot: &[u8], through: u64) -> Result<()> {
+        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        let skey = section_key_bytes(key);
+        self.backend.transact(&|txn| {
+            let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
+                Some(b) => from_json(&b, "section")?,
+                None => return Ok(()),
+            };
+            if through > meta.next_chunk || through <= meta.first_chunk {
+                return Ok(());
+            }
+            for n in meta.first_chunk..through {
+                txn.remove(Tree::Chunks, &chunk_key(key, n))?;
+            }
+            let mut rest = 0u64;
+            for n in through..meta.next_chunk {
+                rest += txn.get(Tree::Chunks, &chunk_key(key, n))?.map_or(0, |b| b.len() as u64);
+            }
+            meta.first_chunk = through;
+            meta.bytes = snapshot.len() as u64 + rest;
+            txn.put(Tree::Snapshots, &skey, snapshot)?;
+            txn.put(Tree::Sections, &skey, &json(&meta))
+        })
+    }
+
+    /// A plan's record.
+    pub fn plan(&self, id: PlanId) -> Result<Option<PlanRecord>> {
+        self.backend
+            .get(Tree::Plans, id.0.as_bytes())?
+            .map(|b| from_json(&b, "plan"))
+            .transpose()
+    }
+
+    /// Plans in id order after `after`.
+    pub fn plans(&self, after: Option<PlanId>, limit: usize) -> Result<Vec<PlanRecord>> {
+        let after = after.map(|p| p.0.as_bytes().to_vec());
+        self.backend
+            .scan(Tree::Plans, &[], after.as_deref(), limit)?
+            .into_iter()
+            .map(|(_, v)| from_json(&v, "plan"))
+            .collect()
+    }
+
+    /// The sections of a plan that have been written.
+    pub fn sections_of(&self, plan: PlanId) -> Result<Vec<SectionName>> {
+        self.backend
+            .scan(Tree::Sections, plan.0.as_bytes(), None, usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| parse_section_key(&k).map(|k| k.section))
+            .collect()
+    }
+
+    /// A section's snapshot and chunks, or `None` if it was never written.
+    pub fn section(&self, key: &SectionKey) -> Result<Option<StoredSection>> {
+        let skey = section_key_bytes(key);
+        let Some(meta) = self.backend.get(Tree::Sections, &skey)? else {
+            return Ok(None);
+        };
+        let meta: SectionMeta = from_json(&meta, "section")?;
+        let snapshot = self.backend.get(Tree::Snapshots, &skey)?;
+        let chunks = self
+            .backend
+            .scan(Tree::Chunks, &skey, None, usize::MAX)?
+            .into_iter()
+            .filter(|(k, _)| k.len() == skey.len() + 8)
+            .map(|(_, v)| v)
+            .collect();
+        Ok(Some(StoredSection { snapshot, chunks, meta }))
+    }
+
+    /// Every user.
+    pub fn users(&self) -> Result<Vec<UserRecord>> {
+        self.backend
+            .scan(Tree::Users, &[], None, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| from_json(&v, "user"))
+            .collect()
+    }
+
+    /// Audit entries with index greater than `after`, at most `limit`. An entry that does not
+    /// decode is returned as `Err((index, problem))`.
+    pub fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Result<AuditEntry, (u64, String)>>> {
+        let after = after.to_be_bytes();
+        Ok(self
+            .backend
+            .scan(Tree::Audit, &[], Some(&after), limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let index = k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                serde_json::from_slice::<AuditEntry>(&v)
+                    .map_err(|_| (index, "entry does not decode (entry altered)".to_string()))
+            })
+            .collect())
+    }
+
+    /// The audit chain's head.
+    pub fn audit_head(&self) -> Result<AuditHead> {
+        match self.backend.get(Tree::Meta, KEY_AUDIT_HEAD)? {
+            Some(b) => from_json(&b, "audit head"),
+            None => Ok(AuditHead::default()),
+        }
+    }
+
+    /// Verifies the whole audit chain, reading it in pages.
+    pub fn verify_audit(&self) -> Result<Result<u64, ChainBreak>> {
+        let head = self.audit_head()?;
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.audit_entries(after, 4096)?;
+            let Some(last) = page.last() else { break };
+            after = match last {
+                Ok(e) => e.index,
+                Err((i, _)) => *i,
+            };
+            all.extend(page);
+        }
+        Ok(audit::verify(all, &head))
+    }
+
+    /// Feed entries after `after`, at most `limit`.
+    pub fn feed_since(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
+        self.backend
+            .scan(Tree::Feed, &[], Some(&after.to_be_bytes()), limit)?
+            .into_iter()
+            .map(|(_, v)| from_json(&v, "feed"))
+            .collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Result<StoreStats> {
+        Ok(StoreStats {
+            plans: self.backend.len(Tree::Plans)?,
+            feed_seq: self
+                .backend
+                .get(Tree::Meta, KEY_FEED_SEQ)?
+                .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])))
+                .unwrap_or(0),
+            audit_entries: self.audit_head()?.index,
+            bytes: self.backend.size_on_disk(),
+        })
+    }
+}
+
+/// The async face of the store: cheap to clone, runs blocking work with `spawn_blocking`, and
+/// takes a permit from the gate for every section read and write.
+#[derive(Clone)]
+pub struct StoreHandle {
+    store: Arc<Store>,
+}
+
+impl StoreHandle {
+    /// Wraps a store.
+    pub fn new(store: Store) -> Self {
+        Self { store: Arc::new(store) }
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
+    }
+
+    /// Reads a section the permit allows reading.
+    pub async fn read_section(&self, permit: &ReadPermit) -> Result<Option<StoredSection>> {
+        let key = permit.key().clone();
+        self.run(move |s| s.section(&key)).await
+    }
+
+    /// Commits section changes, each under its write permit, with one audit entry.
+    pub async fn write_sections(
+        &self,
+        changes: Vec<(&WritePermit, Vec<u8>)>,
+        new_plan: Option<PlanRecord>,
+        audit: AuditDraft,
+    ) -> Result<Committed> {
+        let changes = changes.into_iter().map(|(p, bytes)| (p.key().clone(), bytes)).collect();
+        let batch = CommitBatch { new_plan, changes, new_user: None, audit };
+        self.run(move |s| s.commit(&batch)).await
+    }
+
+    /// Folds a section's chunks into a snapshot (the caller holds the section's lock).
+    pub async fn compact(&self, permit: &WritePermit, snapshot: Vec<u8>, through: u64) -> Result<()> {
+        let key = permit.key().clone();
+        self.run(move |s| s.compact(&key, &snapshot, through)).await
+    }
+
+    /// Adds a user, with its audit entry.
+    pub async fn add_user(&self, user: UserRecord, audit: AuditDraft) -> Result<Committed> {
+        let batch = CommitBatch { new_plan: None, changes: vec![], new_user: Some(user), audit };
+        self.run(move |s| s.commit(&batch)).await
+    }
+
+    /// Appends an audit entry on its own (reads, denials).
+    pub async fn audit(&self, draft: AuditDraft) -> Result<AuditEntry> {
+        self.run(move |s| s.commit(&CommitBatch::audit_only(draft)).map(|c| c.audit)).await
+    }
+
+    /// A plan's record.
+    pub async fn plan(&self, id: PlanId) -> Result<Option<PlanRecord>> {
+        self.run(move |s| s.plan(id)).await
+    }
+
+    /// A page of plans.
+    pub async fn plans(&self, after: Option<PlanId>, limit: usize) -> Result<Vec<PlanRecord>> {
+        self.run(move |s| s.plans(after, limit)).await
+    }
+
+    /// Sections of a plan that have been written.
+    pub async fn sections_of(&self, plan: PlanId) -> Result<Vec<SectionName>> {
+        self.run(move |s| s.sections_of(plan)).await
+    }
+
+    /// Every user.
+    pub async fn users(&self) -> Result<Vec<UserRecord>> {
+        self.run(|s| s.users()).await
+    }
+
+    /// A page of audit entries.
+    pub async fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Result<AuditEntry, (u64, String)>>> {
+        self.run(move |s| s.audit_entries(after, limit)).await
+    }
+
+    /// Verifies the audit chain.
+    pub async fn verify_audit(&self) -> Result<Result<u64, ChainBreak>> {
+        self.run(|s| s.verify_audit()).await
+    }
+
+    /// Feed entries after `after`.
+    pub async fn feed_since(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
+        self.run(move |s| s.feed_since(after, limit)).await
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> Result<StoreStats> {
+        self.run(|s| s.stats()).await
+    }
+
+    /// The synchronous store, for offline tools (`weft user add --data`).
+    pub fn blocking(&self) -> &Store {
+        &self.store
+    }
+}
+
+#[cfg(test)]
+mod tests;
