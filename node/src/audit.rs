@@ -132,7 +132,10 @@ pub struct AuditHead {
 
 impl Default for AuditHead {
     fn default() -> Self {
-        Self { index: 0, hash: GENESIS.to_string() }
+        Self {
+            index: 0,
+            hash: GENESIS.to_string(),
+        }
     }
 }
 
@@ -149,7 +152,12 @@ fn entry_hash(index: u64, prev_hash: &str, draft: &AuditDraft) -> String {
 pub fn seal(head: &AuditHead, draft: AuditDraft) -> (AuditEntry, AuditHead) {
     let index = head.index + 1;
     let hash = entry_hash(index, &head.hash, &draft);
-    let entry = AuditEntry { index, draft, prev_hash: head.hash.clone(), hash: hash.clone() };
+    let entry = AuditEntry {
+        index,
+        draft,
+        prev_hash: head.hash.clone(),
+        hash: hash.clone(),
+    };
     (entry, AuditHead { index, hash })
 }
 
@@ -190,7 +198,10 @@ where
                 problem: "content does not match its hash (entry altered)".into(),
             });
         }
-        prev = AuditHead { index: entry.index, hash: entry.hash };
+        prev = AuditHead {
+            index: entry.index,
+            hash: entry.hash,
+        };
     }
     if prev != *head {
         return Err(ChainBreak {
@@ -249,10 +260,20 @@ mod tests {
 
         let (mut entries, head) = chain(5);
         entries.remove(1);
-        assert_eq!(verify(entries.into_iter().map(Ok), &head).unwrap_err().index, 2);
+        assert_eq!(
+            verify(entries.into_iter().map(Ok), &head)
+                .unwrap_err()
+                .index,
+            2
+        );
 
         let (mut entries, head) = chain(5);
         entries.pop();
-        assert_eq!(verify(entries.into_iter().map(Ok), &head).unwrap_err().index, 5);
+        assert_eq!(
+            verify(entries.into_iter().map(Ok), &head)
+                .unwrap_err()
+                .index,
+            5
+        );
     }
 }

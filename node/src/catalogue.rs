@@ -110,9 +110,9 @@ impl SectionSpec {
         self.fields.iter().find(|f| f.name == name).ok_or_else(|| {
             let known: Vec<_> = self.fields.iter().map(|f| f.name).collect();
             let hint = match self.collection {
-                Some(c) if c.name == name => format!(
-                    " (`{name}` is changed with its own commands, not set as a field)"
-                ),
+                Some(c) if c.name == name => {
+                    format!(" (`{name}` is changed with its own commands, not set as a field)")
+                }
                 _ => String::new(),
             };
             Error::invalid(format!(
@@ -124,24 +124,48 @@ impl SectionSpec {
     }
 }
 
-const NOTES: FieldSpec = FieldSpec { name: "notes", ty: FieldType::LongText { max: 8000 } };
+const NOTES: FieldSpec = FieldSpec {
+    name: "notes",
+    ty: FieldType::LongText { max: 8000 },
+};
 const fn text(name: &'static str, max: usize) -> FieldSpec {
-    FieldSpec { name, ty: FieldType::Text { max } }
+    FieldSpec {
+        name,
+        ty: FieldType::Text { max },
+    }
 }
 const fn list(name: &'static str) -> FieldSpec {
-    FieldSpec { name, ty: FieldType::TextList { max_items: 50, max_len: 200 } }
+    FieldSpec {
+        name,
+        ty: FieldType::TextList {
+            max_items: 50,
+            max_len: 200,
+        },
+    }
 }
 const fn one_of(name: &'static str, values: &'static [&'static str]) -> FieldSpec {
-    FieldSpec { name, ty: FieldType::Enum(values) }
+    FieldSpec {
+        name,
+        ty: FieldType::Enum(values),
+    }
 }
 const fn date(name: &'static str) -> FieldSpec {
-    FieldSpec { name, ty: FieldType::Date }
+    FieldSpec {
+        name,
+        ty: FieldType::Date,
+    }
 }
 const fn flag(name: &'static str) -> FieldSpec {
-    FieldSpec { name, ty: FieldType::Bool }
+    FieldSpec {
+        name,
+        ty: FieldType::Bool,
+    }
 }
 const fn int(name: &'static str, min: i64, max: i64) -> FieldSpec {
-    FieldSpec { name, ty: FieldType::Integer { min, max } }
+    FieldSpec {
+        name,
+        ty: FieldType::Integer { min, max },
+    }
 }
 
 /// Goal domains.
@@ -151,15 +175,24 @@ pub const GOAL_HORIZONS: &[&str] = &["short", "long"];
 /// Goal statuses.
 pub const GOAL_STATUSES: &[&str] = &["open", "in_progress", "met", "dropped"];
 /// Referral statuses, in the order a closed-loop referral moves through them.
-pub const REFERRAL_STATUSES: &[&str] =
-    &["proposed", "sent", "accepted", "in_progress", "completed", "declined"];
+pub const REFERRAL_STATUSES: &[&str] = &[
+    "proposed",
+    "sent",
+    "accepted",
+    "in_progress",
+    "completed",
+    "declined",
+];
 
 /// The fields of one goal (progress notes are a list beside them).
 pub static GOALS: CollectionSpec = CollectionSpec {
     name: "goals",
     fields: &[
         one_of("domain", GOAL_DOMAINS),
-        FieldSpec { name: "text", ty: FieldType::Text { max: 1000 } },
+        FieldSpec {
+            name: "text",
+            ty: FieldType::Text { max: 1000 },
+        },
         one_of("horizon", GOAL_HORIZONS),
         one_of("status", GOAL_STATUSES),
         date("target_date"),
@@ -188,11 +221,20 @@ pub static CATALOGUE: &[SectionSpec] = &[
             date("date_of_birth"),
             one_of(
                 "grade",
-                &["pre_k", "k", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "ungraded"],
+                &[
+                    "pre_k", "k", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+                    "ungraded",
+                ],
             ),
             text("school", 200),
             text("home_language", 64),
-            FieldSpec { name: "guardians", ty: FieldType::TextList { max_items: 10, max_len: 200 } },
+            FieldSpec {
+                name: "guardians",
+                ty: FieldType::TextList {
+                    max_items: 10,
+                    max_len: 200,
+                },
+            },
             int("tier", 1, 4),
             NOTES,
         ],
@@ -244,7 +286,10 @@ pub static CATALOGUE: &[SectionSpec] = &[
             list("concerns"),
             list("screenings"),
             text("counselor", 200),
-            FieldSpec { name: "crisis_plan", ty: FieldType::LongText { max: 4000 } },
+            FieldSpec {
+                name: "crisis_plan",
+                ty: FieldType::LongText { max: 4000 },
+            },
             NOTES,
         ],
         collection: None,
@@ -265,7 +310,10 @@ pub static CATALOGUE: &[SectionSpec] = &[
         about: "household, housing, contact, family needs",
         fields: &[
             int("household_size", 1, 30),
-            one_of("housing", &["stable", "doubled_up", "shelter", "unsheltered", "unknown"]),
+            one_of(
+                "housing",
+                &["stable", "doubled_up", "shelter", "unsheltered", "unknown"],
+            ),
             text("primary_contact", 200),
             text("contact_phone", 32),
             list("needs"),
@@ -282,7 +330,10 @@ pub static CATALOGUE: &[SectionSpec] = &[
     SectionSpec {
         name: NOTES_PREFIX,
         about: "an agency's own case notes (`notes/<agency>`)",
-        fields: &[FieldSpec { name: "notes", ty: FieldType::LongText { max: 20000 } }],
+        fields: &[FieldSpec {
+            name: "notes",
+            ty: FieldType::LongText { max: 20000 },
+        }],
         collection: None,
     },
 ];
@@ -295,22 +346,34 @@ pub fn spec_for(name: &str) -> Result<&'static SectionSpec, Error> {
                 "unknown section `{name}`: notes sections are `notes/<agency id>`"
             ))
         })?;
-        return Ok(CATALOGUE.iter().find(|s| s.name == NOTES_PREFIX).expect("in table"));
+        return Ok(CATALOGUE
+            .iter()
+            .find(|s| s.name == NOTES_PREFIX)
+            .expect("in table"));
     }
-    CATALOGUE.iter().find(|s| s.name == name && s.name != NOTES_PREFIX).ok_or_else(|| {
-        Error::invalid(format!(
-            "unknown section `{}`; sections are: {}",
-            shorten(name),
-            section_names().join(", ")
-        ))
-    })
+    CATALOGUE
+        .iter()
+        .find(|s| s.name == name && s.name != NOTES_PREFIX)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown section `{}`; sections are: {}",
+                shorten(name),
+                section_names().join(", ")
+            ))
+        })
 }
 
 /// The names of the fixed sections, plus `notes/<agency>`.
 pub fn section_names() -> Vec<&'static str> {
     CATALOGUE
         .iter()
-        .map(|s| if s.name == NOTES_PREFIX { "notes/<agency>" } else { s.name })
+        .map(|s| {
+            if s.name == NOTES_PREFIX {
+                "notes/<agency>"
+            } else {
+                s.name
+            }
+        })
         .collect()
 }
 
@@ -345,7 +408,9 @@ impl FieldSpec {
             FieldType::Integer { min, max } => match input.trim().parse::<i64>() {
                 Ok(v) if (min..=max).contains(&v) => Ok(FieldValue::Integer(v)),
                 Ok(_) => Err(bad(format!("must be between {min} and {max}"))),
-                Err(_) => Err(bad(format!("expected a whole number between {min} and {max}"))),
+                Err(_) => Err(bad(format!(
+                    "expected a whole number between {min} and {max}"
+                ))),
             },
             FieldType::Bool => match input.trim() {
                 "true" | "yes" => Ok(FieldValue::Bool(true)),
@@ -369,10 +434,16 @@ impl FieldSpec {
                     input.split(';').map(|s| s.trim().to_string()).collect()
                 };
                 if items.len() > max_items {
-                    return Err(bad(format!("{} items is over the limit of {max_items}", items.len())));
+                    return Err(bad(format!(
+                        "{} items is over the limit of {max_items}",
+                        items.len()
+                    )));
                 }
                 if let Some(i) = items.iter().position(|s| s.chars().count() > max_len) {
-                    return Err(bad(format!("item {} is over the limit of {max_len} characters", i + 1)));
+                    return Err(bad(format!(
+                        "item {} is over the limit of {max_len} characters",
+                        i + 1
+                    )));
                 }
                 Ok(FieldValue::List(items))
             }
@@ -425,25 +496,55 @@ mod tests {
     #[test]
     fn fields_parse_by_type() {
         let p = spec_for("profile").unwrap();
-        assert_eq!(p.field("tier").unwrap().parse("profile", "3").unwrap(), FieldValue::Integer(3));
-        let e = p.field("tier").unwrap().parse("profile", "7").unwrap_err().to_string();
-        assert!(e.contains("profile.tier") && e.contains("between 1 and 4"), "{e}");
-        assert!(p.field("date_of_birth").unwrap().parse("profile", "2015-02-30").is_err());
         assert_eq!(
-            p.field("guardians").unwrap().parse("profile", "A B; C D").unwrap(),
+            p.field("tier").unwrap().parse("profile", "3").unwrap(),
+            FieldValue::Integer(3)
+        );
+        let e = p
+            .field("tier")
+            .unwrap()
+            .parse("profile", "7")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("profile.tier") && e.contains("between 1 and 4"),
+            "{e}"
+        );
+        assert!(p
+            .field("date_of_birth")
+            .unwrap()
+            .parse("profile", "2015-02-30")
+            .is_err());
+        assert_eq!(
+            p.field("guardians")
+                .unwrap()
+                .parse("profile", "A B; C D")
+                .unwrap(),
             FieldValue::List(vec!["A B".into(), "C D".into()])
         );
         assert_eq!(
-            p.field("guardians").unwrap().parse("profile", r#"["A; B"]"#).unwrap(),
+            p.field("guardians")
+                .unwrap()
+                .parse("profile", r#"["A; B"]"#)
+                .unwrap(),
             FieldValue::List(vec!["A; B".into()])
         );
         let long = "x".repeat(101);
-        let e = p.field("given_name").unwrap().parse("profile", &long).unwrap_err().to_string();
+        let e = p
+            .field("given_name")
+            .unwrap()
+            .parse("profile", &long)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("over the limit of 100"), "{e}");
         assert!(p.field("grade").unwrap().parse("profile", "13").is_err());
         let e = p.field("goals").unwrap_err().to_string();
         assert!(e.contains("has no field `goals`"), "{e}");
-        let e = spec_for("goals").unwrap().field("goals").unwrap_err().to_string();
+        let e = spec_for("goals")
+            .unwrap()
+            .field("goals")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("own commands"), "{e}");
     }
 }

@@ -73,7 +73,9 @@ pub struct StorageSection {
 
 impl Default for StorageSection {
     fn default() -> Self {
-        Self { compact_after_chunks: default_compact() }
+        Self {
+            compact_after_chunks: default_compact(),
+        }
     }
 }
 
@@ -129,12 +131,17 @@ pub struct ConfigError {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let err = |p: String| ConfigError { path: path.display().to_string(), problems: vec![p] };
+        let err = |p: String| ConfigError {
+            path: path.display().to_string(),
+            problems: vec![p],
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let file: FileConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        file.validate(base)
-            .map_err(|problems| ConfigError { path: path.display().to_string(), problems })
+        file.validate(base).map_err(|problems| ConfigError {
+            path: path.display().to_string(),
+            problems,
+        })
     }
 }
 
@@ -149,15 +156,30 @@ impl FileConfig {
             .api
             .listen
             .parse::<SocketAddr>()
-            .map_err(|_| problems.push(format!("api.listen: `{}` is not host:port", self.api.listen)))
+            .map_err(|_| {
+                problems.push(format!(
+                    "api.listen: `{}` is not host:port",
+                    self.api.listen
+                ))
+            })
             .ok();
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         let tls = TlsFiles {
             cert: resolve(&self.tls.cert),
             key: resolve(&self.tls.key),
             ca: resolve(&self.tls.ca),
         };
-        for (name, p) in [("tls.cert", &tls.cert), ("tls.key", &tls.key), ("tls.ca", &tls.ca)] {
+        for (name, p) in [
+            ("tls.cert", &tls.cert),
+            ("tls.key", &tls.key),
+            ("tls.ca", &tls.ca),
+        ] {
             if !p.is_file() {
                 problems.push(format!("{name}: no file at {}", p.display()));
             }
@@ -216,7 +238,14 @@ mod tests {
         let file: FileConfig = toml::from_str(text).unwrap();
         let problems = file.validate(Path::new("/nonexistent")).unwrap_err();
         let all = problems.join("\n");
-        for needle in ["agency:", "api.listen", "tls.cert", "tls.key", "tls.ca", "compact_after_chunks"] {
+        for needle in [
+            "agency:",
+            "api.listen",
+            "tls.cert",
+            "tls.key",
+            "tls.ca",
+            "compact_after_chunks",
+        ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
     }

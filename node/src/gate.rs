@@ -107,12 +107,22 @@ fn check(
             message: "this guardian is not bound to the plan's subject".into(),
         });
     }
-    match evaluate(consents, &caller.agency, &plan.home, section.as_str(), action, now) {
+    match evaluate(
+        consents,
+        &caller.agency,
+        &plan.home,
+        section.as_str(),
+        action,
+        now,
+    ) {
         Decision::Allow(reason) => Ok(reason),
         Decision::Deny(reason) => Err(Denial {
             code: "consent",
-            message: format!("agency {} may not {action:?} section {section}: {reason}", caller.agency)
-                .to_lowercase(),
+            message: format!(
+                "agency {} may not {action:?} section {section}: {reason}",
+                caller.agency
+            )
+            .to_lowercase(),
         }),
     }
 }
@@ -125,8 +135,20 @@ pub fn read(
     consents: &ConsentSet,
     now: Timestamp,
 ) -> Result<ReadPermit, Denial> {
-    let reason = check(caller, plan, section, Right::ReadPlan, Action::Read, consents, now)?;
-    Ok(Permit { key: key(plan, section), reason, _access: PhantomData })
+    let reason = check(
+        caller,
+        plan,
+        section,
+        Right::ReadPlan,
+        Action::Read,
+        consents,
+        now,
+    )?;
+    Ok(Permit {
+        key: key(plan, section),
+        reason,
+        _access: PhantomData,
+    })
 }
 
 /// Asks whether `caller` may write `section` of `plan` now, using `right` (`WritePlan` for
@@ -140,16 +162,27 @@ pub fn write(
     now: Timestamp,
 ) -> Result<WritePermit, Denial> {
     let reason = check(caller, plan, section, right, Action::Write, consents, now)?;
-    Ok(Permit { key: key(plan, section), reason, _access: PhantomData })
+    Ok(Permit {
+        key: key(plan, section),
+        reason,
+        _access: PhantomData,
+    })
 }
 
 /// A write permit implies a read permit for the same section (`read_write` implies read).
 pub fn downgrade(permit: &WritePermit) -> ReadPermit {
-    Permit { key: permit.key.clone(), reason: permit.reason.clone(), _access: PhantomData }
+    Permit {
+        key: permit.key.clone(),
+        reason: permit.reason.clone(),
+        _access: PhantomData,
+    }
 }
 
 fn key(plan: &PlanRecord, section: &SectionName) -> SectionKey {
-    SectionKey { plan: plan.id, section: section.clone() }
+    SectionKey {
+        plan: plan.id,
+        section: section.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -167,7 +200,12 @@ mod tests {
     }
 
     fn caller(agency: &str, role: Role, subjects: Vec<SubjectId>) -> Caller {
-        Caller { agency: AgencyId::parse(agency).unwrap(), user: "u".into(), role, subjects }
+        Caller {
+            agency: AgencyId::parse(agency).unwrap(),
+            user: "u".into(),
+            role,
+            subjects,
+        }
     }
 
     #[test]
@@ -177,7 +215,15 @@ mod tests {
         let c = caller("school.test", Role::Caseworker, vec![]);
         let none = ConsentSet::new();
         assert!(read(&c, &p, &goals, &none, Timestamp::from_millis(1)).is_ok());
-        assert!(write(&c, &p, &goals, Right::WritePlan, &none, Timestamp::from_millis(1)).is_ok());
+        assert!(write(
+            &c,
+            &p,
+            &goals,
+            Right::WritePlan,
+            &none,
+            Timestamp::from_millis(1)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -185,7 +231,14 @@ mod tests {
         let p = plan();
         let goals = SectionName::parse("goals").unwrap();
         let c = caller("clinic.test", Role::Caseworker, vec![]);
-        let d = read(&c, &p, &goals, &ConsentSet::new(), Timestamp::from_millis(1)).unwrap_err();
+        let d = read(
+            &c,
+            &p,
+            &goals,
+            &ConsentSet::new(),
+            Timestamp::from_millis(1),
+        )
+        .unwrap_err();
         assert_eq!(d.code, "consent");
     }
 
@@ -197,12 +250,34 @@ mod tests {
         let other = caller("school.test", Role::Guardian, vec![SubjectId::random()]);
         let none = ConsentSet::new();
         assert!(read(&theirs, &p, &goals, &none, Timestamp::from_millis(1)).is_ok());
-        assert_eq!(read(&other, &p, &goals, &none, Timestamp::from_millis(1)).unwrap_err().code, "guardian_binding");
         assert_eq!(
-            write(&theirs, &p, &goals, Right::WritePlan, &none, Timestamp::from_millis(1)).unwrap_err().code,
+            read(&other, &p, &goals, &none, Timestamp::from_millis(1))
+                .unwrap_err()
+                .code,
+            "guardian_binding"
+        );
+        assert_eq!(
+            write(
+                &theirs,
+                &p,
+                &goals,
+                Right::WritePlan,
+                &none,
+                Timestamp::from_millis(1)
+            )
+            .unwrap_err()
+            .code,
             "role"
         );
-        assert!(write(&theirs, &p, &goals, Right::WriteGoals, &none, Timestamp::from_millis(1)).is_ok());
+        assert!(write(
+            &theirs,
+            &p,
+            &goals,
+            Right::WriteGoals,
+            &none,
+            Timestamp::from_millis(1)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -211,7 +286,14 @@ mod tests {
         let profile = SectionName::parse("profile").unwrap();
         for role in [Role::Admin, Role::Auditor] {
             let c = caller("school.test", role, vec![]);
-            assert!(read(&c, &p, &profile, &ConsentSet::new(), Timestamp::from_millis(1)).is_err());
+            assert!(read(
+                &c,
+                &p,
+                &profile,
+                &ConsentSet::new(),
+                Timestamp::from_millis(1)
+            )
+            .is_err());
         }
     }
 }

@@ -194,7 +194,10 @@ impl Role {
         use Role::*;
         match (self, right) {
             (Admin, AddUser(_) | ListUsers | ReadAudit | ReadStatus) => true,
-            (Coordinator, CreatePlan | ReadPlan | WritePlan | WriteGoals | ListUsers | ReadAudit) => true,
+            (
+                Coordinator,
+                CreatePlan | ReadPlan | WritePlan | WriteGoals | ListUsers | ReadAudit,
+            ) => true,
             (Coordinator, AddUser(Caseworker | Guardian)) => true,
             (Coordinator, ReadStatus) => true,
             (Caseworker, ReadPlan | WritePlan | WriteGoals | ReadStatus) => true,
@@ -240,7 +243,10 @@ impl FromStr for Role {
 pub fn validate_user_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));

@@ -31,7 +31,10 @@ pub enum PkiError {
 }
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io { path: path.display().to_string(), source };
+    let io = |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -47,7 +50,10 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The CA certificate's path in a CA directory.
@@ -75,20 +81,34 @@ pub fn init_ca(dir: &Path, name: &str) -> Result<PathBuf, PkiError> {
 
 /// Issues a node certificate for `agency`, signed by the CA in `ca_dir`, into `out_dir`
 /// (`<agency>.crt`, `<agency>.key`), valid for `days`. Returns the files with the CA.
-pub fn issue(ca_dir: &Path, agency: &AgencyId, out_dir: &Path, days: i64) -> Result<TlsFiles, PkiError> {
+pub fn issue(
+    ca_dir: &Path,
+    agency: &AgencyId,
+    out_dir: &Path,
+    days: i64,
+) -> Result<TlsFiles, PkiError> {
     let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))?)?;
     let ca_pem = read(&ca_cert_path(ca_dir))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![agency.to_string(), "localhost".to_string()])?;
-    params.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    params.subject_alt_names.push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, agency.as_str());
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
     let cert = params.signed_by(&key, &issuer)?;
@@ -114,7 +134,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         init_ca(&dir.path().join("ca"), "test CA").unwrap();
         let agency = AgencyId::parse("clinic.test").unwrap();
-        let files = issue(&dir.path().join("ca"), &agency, &dir.path().join("clinic"), 30).unwrap();
+        let files = issue(
+            &dir.path().join("ca"),
+            &agency,
+            &dir.path().join("clinic"),
+            30,
+        )
+        .unwrap();
         let pem = std::fs::read_to_string(&files.cert).unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(files.key.is_file() && files.ca.is_file());

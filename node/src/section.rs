@@ -61,13 +61,18 @@ impl Edit {
     /// A summary for the change message: the fields touched, never their values.
     pub fn summary(&self, section: &str) -> String {
         let names = |fields: &[(&FieldSpec, FieldValue)]| {
-            fields.iter().map(|(f, _)| format!("{section}.{}", f.name)).collect::<Vec<_>>().join(", ")
+            fields
+                .iter()
+                .map(|(f, _)| format!("{section}.{}", f.name))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         match self {
             Edit::Set(fields) => format!("set {}", names(fields)),
             Edit::AddGoal { id, .. } => format!("add goal {id}"),
             Edit::UpdateGoal { id, fields, note } => {
-                let mut parts: Vec<String> = fields.iter().map(|(f, _)| f.name.to_string()).collect();
+                let mut parts: Vec<String> =
+                    fields.iter().map(|(f, _)| f.name.to_string()).collect();
                 if note.is_some() {
                     parts.push("progress note".into());
                 }
@@ -102,7 +107,9 @@ pub struct SectionDoc {
 impl SectionDoc {
     /// An empty document.
     pub fn new() -> Self {
-        Self { doc: AutoCommit::new() }
+        Self {
+            doc: AutoCommit::new(),
+        }
     }
 
     /// Loads a document from its snapshot and the change chunks stored after it.
@@ -210,7 +217,11 @@ impl SectionDoc {
 
     /// One item of a collection as JSON.
     pub fn render_item(&self, collection: &str, id: &str) -> Json {
-        self.render().get(collection).and_then(|c| c.get(id)).cloned().unwrap_or(Json::Null)
+        self.render()
+            .get(collection)
+            .and_then(|c| c.get(id))
+            .cloned()
+            .unwrap_or(Json::Null)
     }
 
     /// Every change, in causal order.
@@ -238,7 +249,10 @@ impl SectionDoc {
     pub fn has_item(&self, collection: &CollectionSpec, id: &str) -> bool {
         match self.doc.get(ROOT, collection.name) {
             Ok(Some((Value::Object(ObjType::Map), map))) => {
-                matches!(self.doc.get(&map, id), Ok(Some((Value::Object(ObjType::Map), _))))
+                matches!(
+                    self.doc.get(&map, id),
+                    Ok(Some((Value::Object(ObjType::Map), _)))
+                )
             }
             _ => false,
         }
@@ -265,7 +279,9 @@ impl SectionDoc {
         fields: &[(&'static FieldSpec, FieldValue)],
     ) -> Result<()> {
         if self.doc.length(collection) >= MAX_ITEMS {
-            return Err(Error::invalid(format!("a plan holds at most {MAX_ITEMS} of these")));
+            return Err(Error::invalid(format!(
+                "a plan holds at most {MAX_ITEMS} of these"
+            )));
         }
         let item = self.doc.put_object(collection, id, ObjType::Map)?;
         self.doc.put(&item, "id", id)?;
@@ -278,7 +294,10 @@ impl SectionDoc {
     fn item(&self, collection: &ObjId, id: &str, what: &str) -> Result<ObjId> {
         match self.doc.get(collection, id)? {
             Some((Value::Object(ObjType::Map), obj)) => Ok(obj),
-            _ => Err(Error::NotFound(format!("{what} `{}`", id.chars().take(40).collect::<String>()))),
+            _ => Err(Error::NotFound(format!(
+                "{what} `{}`",
+                id.chars().take(40).collect::<String>()
+            ))),
         }
     }
 
@@ -292,7 +311,9 @@ impl SectionDoc {
     fn append_entry(&mut self, list: &ObjId, fields: &[(&str, &str)], at: Timestamp) -> Result<()> {
         let len = self.doc.length(list);
         if len >= MAX_NOTES {
-            return Err(Error::invalid(format!("at most {MAX_NOTES} entries are kept here")));
+            return Err(Error::invalid(format!(
+                "at most {MAX_NOTES} entries are kept here"
+            )));
         }
         let entry = self.doc.insert_object(list, len, ObjType::Map)?;
         self.doc.put(&entry, "at_ms", at.as_millis())?;
@@ -352,11 +373,32 @@ mod tests {
     fn concurrent_edits_from_two_copies_converge() {
         let spec = spec_for("profile").unwrap();
         let mut base = SectionDoc::new();
-        let c0 = base.apply(spec, &caller("a"), &Edit::Set(vec![field("profile", "grade", "3")]), Timestamp::from_millis(1)).unwrap();
+        let c0 = base
+            .apply(
+                spec,
+                &caller("a"),
+                &Edit::Set(vec![field("profile", "grade", "3")]),
+                Timestamp::from_millis(1),
+            )
+            .unwrap();
         let mut one = SectionDoc::load(None, &[c0.clone()]).unwrap();
         let mut two = SectionDoc::load(None, &[c0]).unwrap();
-        let c1 = one.apply(spec, &caller("a"), &Edit::Set(vec![field("profile", "school", "Lincoln")]), Timestamp::from_millis(2)).unwrap();
-        let c2 = two.apply(spec, &caller("b"), &Edit::Set(vec![field("profile", "tier", "2")]), Timestamp::from_millis(3)).unwrap();
+        let c1 = one
+            .apply(
+                spec,
+                &caller("a"),
+                &Edit::Set(vec![field("profile", "school", "Lincoln")]),
+                Timestamp::from_millis(2),
+            )
+            .unwrap();
+        let c2 = two
+            .apply(
+                spec,
+                &caller("b"),
+                &Edit::Set(vec![field("profile", "tier", "2")]),
+                Timestamp::from_millis(3),
+            )
+            .unwrap();
         one.merge_changes(&c2).unwrap();
         two.merge_changes(&c1).unwrap();
         assert_eq!(one.render(), two.render());
@@ -364,7 +406,9 @@ mod tests {
         assert_eq!(one.render()["tier"], 2);
         let history = one.history();
         assert_eq!(history.len(), 3);
-        assert!(history.iter().any(|h| h.user == "b" && h.summary == "set profile.tier"));
+        assert!(history
+            .iter()
+            .any(|h| h.user == "b" && h.summary == "set profile.tier"));
     }
 
     #[test]
@@ -372,17 +416,50 @@ mod tests {
         let spec = spec_for("goals").unwrap();
         let mut doc = SectionDoc::new();
         let fields = vec![field("goals", "notes", "x")];
-        assert!(doc.apply(spec, &caller("a"), &Edit::Set(fields), Timestamp::from_millis(1)).is_ok());
-        let goal_fields = vec![
-            (&GOALS.fields[0], FieldValue::Text("academic".into())),
-        ];
-        doc.apply(spec, &caller("a"), &Edit::AddGoal { id: "g1".into(), fields: goal_fields }, Timestamp::from_millis(2)).unwrap();
-        doc.apply(spec, &caller("a"), &Edit::UpdateGoal { id: "g1".into(), fields: vec![], note: Some("reading daily".into()) }, Timestamp::from_millis(3)).unwrap();
+        assert!(doc
+            .apply(
+                spec,
+                &caller("a"),
+                &Edit::Set(fields),
+                Timestamp::from_millis(1)
+            )
+            .is_ok());
+        let goal_fields = vec![(&GOALS.fields[0], FieldValue::Text("academic".into()))];
+        doc.apply(
+            spec,
+            &caller("a"),
+            &Edit::AddGoal {
+                id: "g1".into(),
+                fields: goal_fields,
+            },
+            Timestamp::from_millis(2),
+        )
+        .unwrap();
+        doc.apply(
+            spec,
+            &caller("a"),
+            &Edit::UpdateGoal {
+                id: "g1".into(),
+                fields: vec![],
+                note: Some("reading daily".into()),
+            },
+            Timestamp::from_millis(3),
+        )
+        .unwrap();
         let goal = doc.render_item("goals", "g1");
         assert_eq!(goal["domain"], "academic");
         assert_eq!(goal["progress"][0]["text"], "reading daily");
         assert_eq!(goal["progress"][0]["author"], "school.test/a");
-        let missing = doc.apply(spec, &caller("a"), &Edit::UpdateGoal { id: "nope".into(), fields: vec![], note: None }, Timestamp::from_millis(4));
+        let missing = doc.apply(
+            spec,
+            &caller("a"),
+            &Edit::UpdateGoal {
+                id: "nope".into(),
+                fields: vec![],
+                note: None,
+            },
+            Timestamp::from_millis(4),
+        );
         assert!(matches!(missing, Err(Error::NotFound(_))));
     }
 }

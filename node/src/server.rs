@@ -65,14 +65,21 @@ impl Node {
             config.agency.clone(),
             store,
             clock,
-            ServiceOptions { compact_after_chunks: config.compact_after_chunks },
+            ServiceOptions {
+                compact_after_chunks: config.compact_after_chunks,
+            },
         )
         .await?;
         let (tx, rx) = watch::channel(false);
         let api_addr = listener.local_addr().map_err(Error::internal)?;
         let task = tokio::spawn(serve(config, service.clone(), listener, rx));
         tracing::info!(agency = %service.agency(), addr = %api_addr, "node started");
-        Ok(Node { api_addr, service, shutdown: tx, task })
+        Ok(Node {
+            api_addr,
+            service,
+            shutdown: tx,
+            task,
+        })
     }
 
     /// The client API's bound address.
@@ -92,7 +99,9 @@ impl Node {
 
     /// Waits until the node has stopped.
     pub async fn join(self) -> Result<()> {
-        self.task.await.map_err(|e| Error::internal(format!("node task failed: {e}")))?
+        self.task
+            .await
+            .map_err(|e| Error::internal(format!("node task failed: {e}")))?
     }
 
     /// Stops the node and waits for it.
@@ -119,7 +128,9 @@ pub async fn serve(
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity))
         .map_err(|e| Error::Internal(format!("tls config: {e}")))?
-        .trace_fn(move |req| tracing::info_span!("request", agency = %agency, path = %req.uri().path()))
+        .trace_fn(
+            move |req| tracing::info_span!("request", agency = %agency, path = %req.uri().path()),
+        )
         .add_routes(crate::api::routes(service))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

@@ -20,8 +20,8 @@ use crate::catalogue::{self, FieldSpec, FieldValue, GOALS, REFERRALS};
 use crate::error::{Error, Result};
 use crate::gate::{self, Denial, WritePermit};
 use crate::model::{
-    validate_user_name, AgencyId, Caller, PlanId, PlanRecord, Right, Role, SectionKey,
-    SectionName, SubjectId, Timestamp, UserRecord,
+    validate_user_name, AgencyId, Caller, PlanId, PlanRecord, Right, Role, SectionKey, SectionName,
+    SubjectId, Timestamp, UserRecord,
 };
 use crate::section::{ChangeInfo, Edit, SectionDoc};
 use crate::storage::{StoreHandle, StoreStats};
@@ -92,7 +92,9 @@ pub struct ServiceOptions {
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        Self { compact_after_chunks: 64 }
+        Self {
+            compact_after_chunks: 64,
+        }
     }
 }
 
@@ -173,13 +175,20 @@ impl NodeService {
         clock: Clock,
         options: ServiceOptions,
     ) -> Result<Arc<Self>> {
-        let users = store.users().await?.into_iter().map(|u| (u.token_hash.clone(), u)).collect();
+        let users = store
+            .users()
+            .await?
+            .into_iter()
+            .map(|u| (u.token_hash.clone(), u))
+            .collect();
         let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Self {
             agency,
             store,
             users: RwLock::new(users),
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             events,
             clock,
             started: Instant::now(),
@@ -255,7 +264,11 @@ impl NodeService {
                 subjects: u.subjects,
             }),
             None => {
-                let why = if token.is_some() { "unknown_token" } else { "missing_token" };
+                let why = if token.is_some() {
+                    "unknown_token"
+                } else {
+                    "missing_token"
+                };
                 let draft = AuditDraft {
                     time: self.now(),
                     agency: self.agency.to_string(),
@@ -282,8 +295,17 @@ impl NodeService {
         ConsentSet::new()
     }
 
-    async fn load_plan(&self, caller: &Caller, id: PlanId, action: AuditAction) -> Result<PlanRecord> {
-        let plan = self.store.plan(id).await?.ok_or_else(|| Error::NotFound(format!("plan {id}")))?;
+    async fn load_plan(
+        &self,
+        caller: &Caller,
+        id: PlanId,
+        action: AuditAction,
+    ) -> Result<PlanRecord> {
+        let plan = self
+            .store
+            .plan(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("plan {id}")))?;
         if !gate::may_see_plan(caller, &plan) {
             let denial = Denial {
                 code: "guardian_binding",
@@ -366,8 +388,10 @@ impl NodeService {
             .map(|(s, e, _)| e.summary(s.as_str()))
             .collect::<Vec<_>>()
             .join("; ");
-        let batch: Vec<(&WritePermit, Vec<u8>)> =
-            changes.into_iter().map(|(i, bytes)| (&permits[i], bytes)).collect();
+        let batch: Vec<(&WritePermit, Vec<u8>)> = changes
+            .into_iter()
+            .map(|(i, bytes)| (&permits[i], bytes))
+            .collect();
         let committed = self
             .store
             .write_sections(batch, new_plan.then(|| plan.clone()), draft)
@@ -415,13 +439,24 @@ impl NodeService {
         date_of_birth: Option<&str>,
         fields: Vec<(String, String, String)>,
     ) -> Result<PlanRecord> {
-        self.require(caller, Right::CreatePlan, AuditAction::CreatePlan).await?;
+        self.require(caller, Right::CreatePlan, AuditAction::CreatePlan)
+            .await?;
         let mut all = vec![
-            ("profile".to_string(), "given_name".to_string(), given_name.to_string()),
-            ("profile".to_string(), "family_name".to_string(), family_name.to_string()),
+            (
+                "profile".to_string(),
+                "given_name".to_string(),
+                given_name.to_string(),
+            ),
+            (
+                "profile".to_string(),
+                "family_name".to_string(),
+                family_name.to_string(),
+            ),
         ];
         if given_name.trim().is_empty() || family_name.trim().is_empty() {
-            return Err(Error::invalid("a plan needs a given name and a family name"));
+            return Err(Error::invalid(
+                "a plan needs a given name and a family name",
+            ));
         }
         if let Some(d) = date_of_birth {
             all.push(("profile".into(), "date_of_birth".into(), d.to_string()));
@@ -434,7 +469,8 @@ impl NodeService {
             home: caller.agency.clone(),
             created_at: self.now(),
         };
-        self.edit(caller, &plan, true, edits, AuditAction::CreatePlan).await?;
+        self.edit(caller, &plan, true, edits, AuditAction::CreatePlan)
+            .await?;
         tracing::info!(plan = %plan.id, user = %caller.user, "plan created");
         Ok(plan)
     }
@@ -446,13 +482,16 @@ impl NodeService {
         plan: PlanId,
         fields: Vec<(String, String, String)>,
     ) -> Result<(Vec<SectionName>, u64)> {
-        self.require(caller, Right::WritePlan, AuditAction::Write).await?;
+        self.require(caller, Right::WritePlan, AuditAction::Write)
+            .await?;
         if fields.is_empty() {
             return Err(Error::invalid("no fields to set"));
         }
         let edits = parse_field_edits(&fields)?;
         let plan = self.load_plan(caller, plan, AuditAction::Write).await?;
-        let (names, seq, _) = self.edit(caller, &plan, false, edits, AuditAction::Write).await?;
+        let (names, seq, _) = self
+            .edit(caller, &plan, false, edits, AuditAction::Write)
+            .await?;
         Ok((names, seq))
     }
 
@@ -466,7 +505,8 @@ impl NodeService {
         horizon: &str,
         target_date: Option<&str>,
     ) -> Result<(String, Json)> {
-        self.require(caller, Right::WriteGoals, AuditAction::Write).await?;
+        self.require(caller, Right::WriteGoals, AuditAction::Write)
+            .await?;
         if text.trim().is_empty() {
             return Err(Error::invalid("goals.text: a goal needs a text"));
         }
@@ -480,8 +520,13 @@ impl NodeService {
             fields.push(item_field(&GOALS.fields[4], "goals", d)?);
         }
         let id = short_id("g");
-        let edit = Edit::AddGoal { id: id.clone(), fields };
-        let json = self.edit_item(caller, plan, "goals", edit, Right::WriteGoals, &id).await?;
+        let edit = Edit::AddGoal {
+            id: id.clone(),
+            fields,
+        };
+        let json = self
+            .edit_item(caller, plan, "goals", edit, Right::WriteGoals, &id)
+            .await?;
         Ok((id, json))
     }
 
@@ -496,7 +541,8 @@ impl NodeService {
         target_date: Option<&str>,
         note: Option<&str>,
     ) -> Result<Json> {
-        self.require(caller, Right::WriteGoals, AuditAction::Write).await?;
+        self.require(caller, Right::WriteGoals, AuditAction::Write)
+            .await?;
         let mut fields = vec![];
         if let Some(s) = status {
             fields.push(item_field(&GOALS.fields[3], "goals", s)?);
@@ -511,10 +557,17 @@ impl NodeService {
             check_note(n)?;
         }
         if fields.is_empty() && note.is_none() {
-            return Err(Error::invalid("nothing to change: give a status, text, target date or note"));
+            return Err(Error::invalid(
+                "nothing to change: give a status, text, target date or note",
+            ));
         }
-        let edit = Edit::UpdateGoal { id: goal.to_string(), fields, note: note.map(String::from) };
-        self.edit_item(caller, plan, "goals", edit, Right::WriteGoals, goal).await
+        let edit = Edit::UpdateGoal {
+            id: goal.to_string(),
+            fields,
+            note: note.map(String::from),
+        };
+        self.edit_item(caller, plan, "goals", edit, Right::WriteGoals, goal)
+            .await
     }
 
     /// Adds a referral; returns its id and the referral as stored.
@@ -526,11 +579,15 @@ impl NodeService {
         provider: &str,
         note: Option<&str>,
     ) -> Result<(String, Json)> {
-        self.require(caller, Right::WritePlan, AuditAction::Write).await?;
+        self.require(caller, Right::WritePlan, AuditAction::Write)
+            .await?;
         if service.trim().is_empty() {
-            return Err(Error::invalid("services.service: a referral needs a service"));
+            return Err(Error::invalid(
+                "services.service: a referral needs a service",
+            ));
         }
-        AgencyId::parse(provider).map_err(|e| Error::invalid(format!("services.provider_agency: {e}")))?;
+        AgencyId::parse(provider)
+            .map_err(|e| Error::invalid(format!("services.provider_agency: {e}")))?;
         if let Some(n) = note {
             check_note(n)?;
         }
@@ -540,8 +597,14 @@ impl NodeService {
             item_field(&REFERRALS.fields[2], "services", "proposed")?,
         ];
         let id = short_id("r");
-        let edit = Edit::AddReferral { id: id.clone(), fields, note: note.map(String::from) };
-        let json = self.edit_item(caller, plan, "services", edit, Right::WritePlan, &id).await?;
+        let edit = Edit::AddReferral {
+            id: id.clone(),
+            fields,
+            note: note.map(String::from),
+        };
+        let json = self
+            .edit_item(caller, plan, "services", edit, Right::WritePlan, &id)
+            .await?;
         Ok((id, json))
     }
 
@@ -554,7 +617,8 @@ impl NodeService {
         status: &str,
         note: Option<&str>,
     ) -> Result<Json> {
-        self.require(caller, Right::WritePlan, AuditAction::Write).await?;
+        self.require(caller, Right::WritePlan, AuditAction::Write)
+            .await?;
         item_field(&REFERRALS.fields[2], "services", status)?;
         if let Some(n) = note {
             check_note(n)?;
@@ -564,7 +628,8 @@ impl NodeService {
             status: status.to_string(),
             note: note.map(String::from),
         };
-        self.edit_item(caller, plan, "services", edit, Right::WritePlan, referral).await
+        self.edit_item(caller, plan, "services", edit, Right::WritePlan, referral)
+            .await
     }
 
     async fn edit_item(
@@ -578,10 +643,24 @@ impl NodeService {
     ) -> Result<Json> {
         let plan = self.load_plan(caller, plan, AuditAction::Write).await?;
         let name = SectionName::parse(section)?;
-        let (_, _, docs) =
-            self.edit(caller, &plan, false, vec![(name.clone(), edit, right)], AuditAction::Write).await?;
-        let collection = if section == "goals" { GOALS.name } else { REFERRALS.name };
-        Ok(docs.get(&name).map(|d| d.render_item(collection, id)).unwrap_or(Json::Null))
+        let (_, _, docs) = self
+            .edit(
+                caller,
+                &plan,
+                false,
+                vec![(name.clone(), edit, right)],
+                AuditAction::Write,
+            )
+            .await?;
+        let collection = if section == "goals" {
+            GOALS.name
+        } else {
+            REFERRALS.name
+        };
+        Ok(docs
+            .get(&name)
+            .map(|d| d.render_item(collection, id))
+            .unwrap_or(Json::Null))
     }
 
     /// Reads sections of a plan: the ones named, or all the caller may read. Returns the views
@@ -592,9 +671,12 @@ impl NodeService {
         plan: PlanId,
         wanted: &[String],
     ) -> Result<(PlanRecord, Vec<SectionView>, Vec<SectionName>)> {
-        self.require(caller, Right::ReadPlan, AuditAction::Read).await?;
-        let wanted: Vec<SectionName> =
-            wanted.iter().map(|s| SectionName::parse(s)).collect::<Result<_>>()?;
+        self.require(caller, Right::ReadPlan, AuditAction::Read)
+            .await?;
+        let wanted: Vec<SectionName> = wanted
+            .iter()
+            .map(|s| SectionName::parse(s))
+            .collect::<Result<_>>()?;
         let plan = self.load_plan(caller, plan, AuditAction::Read).await?;
         let mut names = if wanted.is_empty() {
             let mut all: Vec<SectionName> = catalogue::fixed_sections()
@@ -620,7 +702,13 @@ impl NodeService {
                 Err(denial) => {
                     if !wanted.is_empty() {
                         let e = self
-                            .deny(caller, AuditAction::Read, Some(plan.id), vec![name.to_string()], denial)
+                            .deny(
+                                caller,
+                                AuditAction::Read,
+                                Some(plan.id),
+                                vec![name.to_string()],
+                                denial,
+                            )
                             .await;
                         return Err(e);
                     }
@@ -651,7 +739,9 @@ impl NodeService {
         Ok(SectionView {
             name,
             content: doc.render(),
-            last_changed_by: last.map(|c| format!("{}/{}", c.agency, c.user)).unwrap_or_default(),
+            last_changed_by: last
+                .map(|c| format!("{}/{}", c.agency, c.user))
+                .unwrap_or_default(),
             last_changed_at: last.map_or(0, |c| c.time_ms),
             changes: history.len() as u64,
         })
@@ -664,7 +754,8 @@ impl NodeService {
         after: Option<PlanId>,
         limit: usize,
     ) -> Result<(Vec<PlanSummary>, Option<PlanId>)> {
-        self.require(caller, Right::ReadPlan, AuditAction::ListPlans).await?;
+        self.require(caller, Right::ReadPlan, AuditAction::ListPlans)
+            .await?;
         let limit = limit.clamp(1, 1000);
         let now = self.now();
         let profile = SectionName::parse("profile").expect("in catalogue");
@@ -681,17 +772,29 @@ impl NodeService {
                     continue;
                 }
                 let consents = self.consents_for(plan.subject);
-                let (display_name, tier) = match gate::read(caller, &plan, &profile, &consents, now) {
+                let (display_name, tier) = match gate::read(caller, &plan, &profile, &consents, now)
+                {
                     Ok(p) => {
                         let v = self.view(&p).await?.content;
                         let s = |k: &str| v.get(k).and_then(Json::as_str).unwrap_or("").to_string();
-                        let first = if s("preferred_name").is_empty() { s("given_name") } else { s("preferred_name") };
+                        let first = if s("preferred_name").is_empty() {
+                            s("given_name")
+                        } else {
+                            s("preferred_name")
+                        };
                         let name = format!("{} {}", first, s("family_name")).trim().to_string();
-                        (name, v.get("tier").and_then(Json::as_u64).unwrap_or(0) as u32)
+                        (
+                            name,
+                            v.get("tier").and_then(Json::as_u64).unwrap_or(0) as u32,
+                        )
                     }
                     Err(_) => (String::new(), 0),
                 };
-                out.push(PlanSummary { plan: plan.clone(), display_name, tier });
+                out.push(PlanSummary {
+                    plan: plan.clone(),
+                    display_name,
+                    tier,
+                });
                 if out.len() == limit {
                     next = Some(plan.id);
                     break 'pages;
@@ -709,21 +812,32 @@ impl NodeService {
 
     /// The change history of every section of a plan the caller may read, oldest first.
     pub async fn history(&self, caller: &Caller, plan: PlanId) -> Result<Vec<HistoryEntry>> {
-        self.require(caller, Right::ReadPlan, AuditAction::History).await?;
+        self.require(caller, Right::ReadPlan, AuditAction::History)
+            .await?;
         let plan = self.load_plan(caller, plan, AuditAction::History).await?;
         let now = self.now();
         let consents = self.consents_for(plan.subject);
         let mut out = Vec::new();
         let mut read = Vec::new();
         for name in self.store.sections_of(plan.id).await? {
-            let Ok(permit) = gate::read(caller, &plan, &name, &consents, now) else { continue };
+            let Ok(permit) = gate::read(caller, &plan, &name, &consents, now) else {
+                continue;
+            };
             if let Some(s) = self.store.read_section(&permit).await? {
                 let mut doc = SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?;
-                out.extend(doc.history().into_iter().map(|change| HistoryEntry { section: name.clone(), change }));
+                out.extend(doc.history().into_iter().map(|change| HistoryEntry {
+                    section: name.clone(),
+                    change,
+                }));
                 read.push(name.to_string());
             }
         }
-        out.sort_by(|a, b| a.change.time_ms.cmp(&b.change.time_ms).then(a.section.cmp(&b.section)));
+        out.sort_by(|a, b| {
+            a.change
+                .time_ms
+                .cmp(&b.change.time_ms)
+                .then(a.section.cmp(&b.section))
+        });
         let mut draft = self.draft(caller, AuditAction::History, Some(plan.id));
         draft.sections = read;
         self.store.audit(draft).await?;
@@ -737,10 +851,13 @@ impl NodeService {
         caller: &Caller,
         plan: PlanId,
     ) -> Result<impl futures::Stream<Item = PlanEvent> + Send + 'static> {
-        self.require(caller, Right::ReadPlan, AuditAction::Watch).await?;
+        self.require(caller, Right::ReadPlan, AuditAction::Watch)
+            .await?;
         let plan = self.load_plan(caller, plan, AuditAction::Watch).await?;
         let rx = self.events.subscribe();
-        self.store.audit(self.draft(caller, AuditAction::Watch, Some(plan.id))).await?;
+        self.store
+            .audit(self.draft(caller, AuditAction::Watch, Some(plan.id)))
+            .await?;
         let service = self.clone();
         let caller = caller.clone();
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |ev| {
@@ -763,17 +880,26 @@ impl NodeService {
         role: Role,
         plans: &[PlanId],
     ) -> Result<(UserRecord, String)> {
-        self.require(caller, Right::AddUser(role), AuditAction::AddUser).await?;
+        self.require(caller, Right::AddUser(role), AuditAction::AddUser)
+            .await?;
         validate_user_name(name)?;
         let mut subjects = Vec::new();
         if role == Role::Guardian {
             if plans.is_empty() {
-                return Err(Error::invalid("a guardian must be bound to at least one plan (--plan)"));
+                return Err(Error::invalid(
+                    "a guardian must be bound to at least one plan (--plan)",
+                ));
             }
             for id in plans {
-                let plan = self.store.plan(*id).await?.ok_or_else(|| Error::NotFound(format!("plan {id}")))?;
+                let plan = self
+                    .store
+                    .plan(*id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("plan {id}")))?;
                 if plan.home != self.agency {
-                    return Err(Error::invalid(format!("plan {id} is not held by this agency")));
+                    return Err(Error::invalid(format!(
+                        "plan {id} is not held by this agency"
+                    )));
                 }
                 subjects.push(plan.subject);
             }
@@ -800,18 +926,22 @@ impl NodeService {
 
     /// Every user (never their token hashes).
     pub async fn list_users(&self, caller: &Caller) -> Result<Vec<UserRecord>> {
-        self.require(caller, Right::ListUsers, AuditAction::ListUsers).await?;
+        self.require(caller, Right::ListUsers, AuditAction::ListUsers)
+            .await?;
         let mut users = self.store.users().await?;
         for u in &mut users {
             u.token_hash.clear();
         }
-        self.store.audit(self.draft(caller, AuditAction::ListUsers, None)).await?;
+        self.store
+            .audit(self.draft(caller, AuditAction::ListUsers, None))
+            .await?;
         Ok(users)
     }
 
     /// Node counters.
     pub async fn status(&self, caller: &Caller) -> Result<(StoreStats, u64)> {
-        self.require(caller, Right::ReadStatus, AuditAction::Status).await?;
+        self.require(caller, Right::ReadStatus, AuditAction::Status)
+            .await?;
         Ok((self.store.stats().await?, self.started.elapsed().as_secs()))
     }
 
@@ -823,7 +953,8 @@ impl NodeService {
         after: u64,
         limit: usize,
     ) -> Result<Vec<AuditEntry>> {
-        self.require(caller, Right::ReadAudit, AuditAction::ReadAudit).await?;
+        self.require(caller, Right::ReadAudit, AuditAction::ReadAudit)
+            .await?;
         let limit = limit.clamp(1, 10_000);
         let mut out = Vec::new();
         let mut cursor = after;
@@ -853,8 +984,12 @@ impl NodeService {
     }
 
     /// Verifies the audit chain: the number of entries, or the first bad one.
-    pub async fn verify_audit(&self, caller: &Caller) -> Result<Result<u64, crate::audit::ChainBreak>> {
-        self.require(caller, Right::ReadAudit, AuditAction::VerifyAudit).await?;
+    pub async fn verify_audit(
+        &self,
+        caller: &Caller,
+    ) -> Result<Result<u64, crate::audit::ChainBreak>> {
+        self.require(caller, Right::ReadAudit, AuditAction::VerifyAudit)
+            .await?;
         let result = self.store.verify_audit().await?;
         let mut draft = self.draft(caller, AuditAction::VerifyAudit, None);
         draft.detail = match &result {
@@ -873,18 +1008,26 @@ fn as_read(permit: &WritePermit) -> gate::ReadPermit {
 fn check_note(note: &str) -> Result<()> {
     let n = note.chars().count();
     if n > 4000 {
-        return Err(Error::invalid(format!("note: {n} characters is over the limit of 4000")));
+        return Err(Error::invalid(format!(
+            "note: {n} characters is over the limit of 4000"
+        )));
     }
     Ok(())
 }
 
-fn item_field(spec: &'static FieldSpec, section: &str, value: &str) -> Result<(&'static FieldSpec, FieldValue)> {
+fn item_field(
+    spec: &'static FieldSpec,
+    section: &str,
+    value: &str,
+) -> Result<(&'static FieldSpec, FieldValue)> {
     Ok((spec, spec.parse(section, value)?))
 }
 
 /// Parses `(section, field, value)` triples against the catalogue into one `Set` edit per
 /// section, in first-seen order. Any error aborts the whole request.
-pub fn parse_field_edits(fields: &[(String, String, String)]) -> Result<Vec<(SectionName, Edit, Right)>> {
+pub fn parse_field_edits(
+    fields: &[(String, String, String)],
+) -> Result<Vec<(SectionName, Edit, Right)>> {
     let mut out: Vec<(SectionName, Vec<(&'static FieldSpec, FieldValue)>)> = Vec::new();
     for (section, field, value) in fields {
         let name = SectionName::parse(section)?;
@@ -898,7 +1041,10 @@ pub fn parse_field_edits(fields: &[(String, String, String)]) -> Result<Vec<(Sec
             None => out.push((name, vec![(spec, parsed)])),
         }
     }
-    Ok(out.into_iter().map(|(s, f)| (s, Edit::Set(f), Right::WritePlan)).collect())
+    Ok(out
+        .into_iter()
+        .map(|(s, f)| (s, Edit::Set(f), Right::WritePlan))
+        .collect())
 }
 
 use tokio_stream::StreamExt as _;

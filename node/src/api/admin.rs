@@ -53,7 +53,9 @@ impl AdminService for AdminApi {
         let plan = convert::opt(&r.plan_id).map(convert::plan_id).transpose()?;
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
         let entries = self.svc.audit_log(&who, plan, r.after_index, limit).await?;
-        Ok(Response::new(pb::AuditLogResponse { entries: entries.iter().map(convert::audit).collect() }))
+        Ok(Response::new(pb::AuditLogResponse {
+            entries: entries.iter().map(convert::audit).collect(),
+        }))
     }
 
     /// `VerifyAudit`.
@@ -64,7 +66,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         let who = caller(&self.svc, &req).await?;
         let out = match self.svc.verify_audit(&who).await? {
-            Ok(n) => pb::VerifyAuditResponse { ok: true, entries: n, first_bad_index: 0, problem: String::new() },
+            Ok(n) => pb::VerifyAuditResponse {
+                ok: true,
+                entries: n,
+                first_bad_index: 0,
+                problem: String::new(),
+            },
             Err(b) => pb::VerifyAuditResponse {
                 ok: false,
                 entries: 0,

@@ -23,7 +23,10 @@ pub fn opt(s: &str) -> Option<&str> {
 
 /// `(section, field, value)` triples.
 pub fn fields(values: Vec<pb::FieldValue>) -> Vec<(String, String, String)> {
-    values.into_iter().map(|f| (f.section, f.field, f.value)).collect()
+    values
+        .into_iter()
+        .map(|f| (f.section, f.field, f.value))
+        .collect()
 }
 
 /// A plan record.
@@ -38,7 +41,11 @@ pub fn plan(p: &PlanRecord) -> pb::Plan {
 
 /// A plan summary.
 pub fn summary(s: &PlanSummary) -> pb::PlanSummary {
-    pb::PlanSummary { plan: Some(plan(&s.plan)), display_name: s.display_name.clone(), tier: s.tier }
+    pb::PlanSummary {
+        plan: Some(plan(&s.plan)),
+        display_name: s.display_name.clone(),
+        tier: s.tier,
+    }
 }
 
 /// A section view.

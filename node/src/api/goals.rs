@@ -42,7 +42,10 @@ impl GoalService for GoalApi {
                 convert::opt(&r.target_date),
             )
             .await?;
-        Ok(Response::new(pb::GoalResponse { goal_id: id, goal_json: goal.to_string() }))
+        Ok(Response::new(pb::GoalResponse {
+            goal_id: id,
+            goal_json: goal.to_string(),
+        }))
     }
 
     /// `UpdateGoal`.
@@ -65,6 +68,9 @@ impl GoalService for GoalApi {
                 convert::opt(&r.note),
             )
             .await?;
-        Ok(Response::new(pb::GoalResponse { goal_id: r.goal_id, goal_json: goal.to_string() }))
+        Ok(Response::new(pb::GoalResponse {
+            goal_id: r.goal_id,
+            goal_json: goal.to_string(),
+        }))
     }
 }

@@ -47,8 +47,10 @@ pub fn routes(svc: Arc<NodeService>) -> tonic::service::Routes {
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(
-        referral_service_server::ReferralServiceServer::new(referrals::ReferralApi::new(svc.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        referral_service_server::ReferralServiceServer::new(referrals::ReferralApi::new(
+            svc.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(
         user_service_server::UserServiceServer::new(users::UserApi::new(svc.clone()))

@@ -46,7 +46,9 @@ impl PlanService for PlanApi {
                 convert::fields(r.fields),
             )
             .await?;
-        Ok(Response::new(pb::CreatePlanResponse { plan: Some(convert::plan(&plan)) }))
+        Ok(Response::new(pb::CreatePlanResponse {
+            plan: Some(convert::plan(&plan)),
+        }))
     }
 
     /// `ListPlans`.
@@ -57,8 +59,14 @@ impl PlanService for PlanApi {
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
         let who = caller(&self.svc, &req).await?;
         let r = req.into_inner();
-        let after = convert::opt(&r.page_token).map(convert::plan_id).transpose()?;
-        let size = if r.page_size == 0 { 100 } else { r.page_size as usize };
+        let after = convert::opt(&r.page_token)
+            .map(convert::plan_id)
+            .transpose()?;
+        let size = if r.page_size == 0 {
+            100
+        } else {
+            r.page_size as usize
+        };
         let (plans, next) = self.svc.list_plans(&who, after, size).await?;
         Ok(Response::new(pb::ListPlansResponse {
             plans: plans.iter().map(convert::summary).collect(),
@@ -74,8 +82,10 @@ impl PlanService for PlanApi {
     ) -> Result<Response<pb::GetPlanResponse>, Status> {
         let who = caller(&self.svc, &req).await?;
         let r = req.into_inner();
-        let (plan, views, withheld) =
-            self.svc.get_plan(&who, convert::plan_id(&r.plan_id)?, &r.sections).await?;
+        let (plan, views, withheld) = self
+            .svc
+            .get_plan(&who, convert::plan_id(&r.plan_id)?, &r.sections)
+            .await?;
         Ok(Response::new(pb::GetPlanResponse {
             plan: Some(convert::plan(&plan)),
             sections: views.iter().map(convert::section).collect(),
@@ -91,8 +101,14 @@ impl PlanService for PlanApi {
     ) -> Result<Response<pb::SetFieldsResponse>, Status> {
         let who = caller(&self.svc, &req).await?;
         let r = req.into_inner();
-        let (sections, seq) =
-            self.svc.set_fields(&who, convert::plan_id(&r.plan_id)?, convert::fields(r.fields)).await?;
+        let (sections, seq) = self
+            .svc
+            .set_fields(
+                &who,
+                convert::plan_id(&r.plan_id)?,
+                convert::fields(r.fields),
+            )
+            .await?;
         Ok(Response::new(pb::SetFieldsResponse {
             sections: sections.iter().map(|s| s.to_string()).collect(),
             feed_seq: seq,
@@ -106,7 +122,10 @@ impl PlanService for PlanApi {
         req: Request<pb::PlanHistoryRequest>,
     ) -> Result<Response<pb::PlanHistoryResponse>, Status> {
         let who = caller(&self.svc, &req).await?;
-        let entries = self.svc.history(&who, convert::plan_id(&req.get_ref().plan_id)?).await?;
+        let entries = self
+            .svc
+            .history(&who, convert::plan_id(&req.get_ref().plan_id)?)
+            .await?;
         Ok(Response::new(pb::PlanHistoryResponse {
             entries: entries.iter().map(convert::history).collect(),
         }))

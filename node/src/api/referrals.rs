@@ -41,7 +41,10 @@ impl ReferralService for ReferralApi {
                 convert::opt(&r.note),
             )
             .await?;
-        Ok(Response::new(pb::ReferralResponse { referral_id: id, referral_json: json.to_string() }))
+        Ok(Response::new(pb::ReferralResponse {
+            referral_id: id,
+            referral_json: json.to_string(),
+        }))
     }
 
     /// `UpdateReferral`.

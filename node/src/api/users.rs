@@ -32,7 +32,11 @@ impl UserService for UserApi {
         let who = caller(&self.svc, &req).await?;
         let r = req.into_inner();
         let role = r.role.parse()?;
-        let plans = r.plan_ids.iter().map(|p| convert::plan_id(p)).collect::<Result<Vec<_>, _>>()?;
+        let plans = r
+            .plan_ids
+            .iter()
+            .map(|p| convert::plan_id(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let (user, token) = self.svc.add_user(&who, &r.name, role, &plans).await?;
         Ok(Response::new(pb::AddUserResponse {
             user: Some(convert::user(&user, self.svc.agency().as_str())),
@@ -56,7 +60,10 @@ impl UserService for UserApi {
 
     /// `WhoAmI`.
     #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "WhoAmI"))]
-    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::User>, Status> {
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let who = caller(&self.svc, &req).await?;
         Ok(Response::new(pb::User {
             name: who.user.clone(),

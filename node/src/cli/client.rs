@@ -61,9 +61,16 @@ pub type Chan = InterceptedService<Channel, Bearer>;
 
 /// Connects to the node named by `conn`.
 pub async fn connect(conn: &Conn) -> anyhow::Result<Chan> {
-    let node = conn.node.as_deref().context("no node address: set WEFT_NODE or pass --node")?;
-    let ca_path = conn.ca.as_ref().context("no CA certificate: set WEFT_CA or pass --ca")?;
-    let ca = std::fs::read(ca_path).with_context(|| format!("cannot read {}", ca_path.display()))?;
+    let node = conn
+        .node
+        .as_deref()
+        .context("no node address: set WEFT_NODE or pass --node")?;
+    let ca_path = conn
+        .ca
+        .as_ref()
+        .context("no CA certificate: set WEFT_CA or pass --ca")?;
+    let ca =
+        std::fs::read(ca_path).with_context(|| format!("cannot read {}", ca_path.display()))?;
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     let channel = Channel::from_shared(node.to_string())
         .with_context(|| format!("`{node}` is not a node address"))?
@@ -72,7 +79,11 @@ pub async fn connect(conn: &Conn) -> anyhow::Result<Chan> {
         .await
         .with_context(|| format!("cannot connect to {node}"))?;
     let token = match &conn.token {
-        Some(t) => Some(format!("Bearer {t}").parse().context("the token has characters that cannot be sent")?),
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token has characters that cannot be sent")?,
+        ),
         None => None,
     };
     Ok(InterceptedService::new(channel, Bearer(token)))
@@ -266,14 +277,23 @@ fn parse_assignment(a: &str) -> anyhow::Result<pb::FieldValue> {
     let Some((section, field)) = path.rsplit_once('.') else {
         bail!("`{path}` is not SECTION.FIELD");
     };
-    Ok(pb::FieldValue { section: section.into(), field: field.into(), value: value.into() })
+    Ok(pb::FieldValue {
+        section: section.into(),
+        field: field.into(),
+        value: value.into(),
+    })
 }
 
 /// Runs a `plan` command.
 pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
     use pb::plan_service_client::PlanServiceClient as C;
     match cmd {
-        PlanCmd::Create { given_name, family_name, date_of_birth, conn } => {
+        PlanCmd::Create {
+            given_name,
+            family_name,
+            date_of_birth,
+            conn,
+        } => {
             let mut c = C::new(connect(&conn.conn).await?);
             let r = call!(c.create_plan(pb::CreatePlanRequest {
                 given_name,
@@ -283,7 +303,9 @@ pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
             }));
             let p = r.plan.context("no plan in the answer")?;
             if conn.json {
-                print_json(&json!({"plan_id": p.plan_id, "subject_id": p.subject_id, "home_agency": p.home_agency}));
+                print_json(
+                    &json!({"plan_id": p.plan_id, "subject_id": p.subject_id, "home_agency": p.home_agency}),
+                );
             } else {
                 println!("{}", p.plan_id);
             }
@@ -293,7 +315,10 @@ pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
             let mut all = Vec::new();
             let mut token = String::new();
             loop {
-                let r = call!(c.list_plans(pb::ListPlansRequest { page_size: 500, page_token: token }));
+                let r = call!(c.list_plans(pb::ListPlansRequest {
+                    page_size: 500,
+                    page_token: token
+                }));
                 all.extend(r.plans);
                 if r.next_page_token.is_empty() {
                     break;
@@ -314,15 +339,29 @@ pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
                 println!("{:<36}  {:<4}  {:<28}  HOME", "PLAN", "TIER", "NAME");
                 for s in &all {
                     let p = s.plan.clone().unwrap_or_default();
-                    let tier = if s.tier == 0 { "-".to_string() } else { s.tier.to_string() };
-                    println!("{:<36}  {:<4}  {:<28}  {}", p.plan_id, tier, s.display_name, p.home_agency);
+                    let tier = if s.tier == 0 {
+                        "-".to_string()
+                    } else {
+                        s.tier.to_string()
+                    };
+                    println!(
+                        "{:<36}  {:<4}  {:<28}  {}",
+                        p.plan_id, tier, s.display_name, p.home_agency
+                    );
                 }
                 println!("{} plan(s)", all.len());
             }
         }
-        PlanCmd::Show { plan, sections, conn } => {
+        PlanCmd::Show {
+            plan,
+            sections,
+            conn,
+        } => {
             let mut c = C::new(connect(&conn.conn).await?);
-            let r = call!(c.get_plan(pb::GetPlanRequest { plan_id: plan, sections }));
+            let r = call!(c.get_plan(pb::GetPlanRequest {
+                plan_id: plan,
+                sections
+            }));
             let p = r.plan.unwrap_or_default();
             if conn.json {
                 let mut secs = serde_json::Map::new();
@@ -332,10 +371,17 @@ pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
                         "last_changed_at": if s.last_changed_at_ms > 0 { time(s.last_changed_at_ms) } else { String::new() },
                         "changes": s.changes}));
                 }
-                print_json(&json!({"plan_id": p.plan_id, "subject_id": p.subject_id, "home_agency": p.home_agency,
-                    "created": time(p.created_at_ms), "sections": secs, "withheld": r.withheld}));
+                print_json(
+                    &json!({"plan_id": p.plan_id, "subject_id": p.subject_id, "home_agency": p.home_agency,
+                    "created": time(p.created_at_ms), "sections": secs, "withheld": r.withheld}),
+                );
             } else {
-                println!("plan {}  (home {}, created {})", p.plan_id, p.home_agency, time(p.created_at_ms));
+                println!(
+                    "plan {}  (home {}, created {})",
+                    p.plan_id,
+                    p.home_agency,
+                    time(p.created_at_ms)
+                );
                 for s in &r.sections {
                     let content: Json = serde_json::from_str(&s.content_json).unwrap_or(Json::Null);
                     let empty = content.as_object().is_none_or(|o| o.is_empty());
@@ -343,7 +389,12 @@ pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
                         println!("\n[{}]  (empty)", s.name);
                         continue;
                     }
-                    println!("\n[{}]  last changed by {} at {}", s.name, s.last_changed_by, time(s.last_changed_at_ms));
+                    println!(
+                        "\n[{}]  last changed by {} at {}",
+                        s.name,
+                        s.last_changed_by,
+                        time(s.last_changed_at_ms)
+                    );
                     print_fields(&content, 1);
                 }
                 if !r.withheld.is_empty() {
@@ -351,10 +402,20 @@ pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        PlanCmd::Set { plan, assignments, conn } => {
-            let fields = assignments.iter().map(|a| parse_assignment(a)).collect::<anyhow::Result<Vec<_>>>()?;
+        PlanCmd::Set {
+            plan,
+            assignments,
+            conn,
+        } => {
+            let fields = assignments
+                .iter()
+                .map(|a| parse_assignment(a))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut c = C::new(connect(&conn.conn).await?);
-            let r = call!(c.set_fields(pb::SetFieldsRequest { plan_id: plan, fields }));
+            let r = call!(c.set_fields(pb::SetFieldsRequest {
+                plan_id: plan,
+                fields
+            }));
             if conn.json {
                 print_json(&json!({"sections": r.sections, "feed_seq": r.feed_seq}));
             } else {
@@ -370,7 +431,14 @@ pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
                 print_json(&Json::from(rows));
             } else {
                 for e in &r.entries {
-                    println!("{}  {:<18} {}/{}  {}", time(e.time_ms), e.section, e.agency, e.user, e.summary);
+                    println!(
+                        "{}  {:<18} {}/{}  {}",
+                        time(e.time_ms),
+                        e.section,
+                        e.agency,
+                        e.user,
+                        e.summary
+                    );
                 }
             }
         }
@@ -379,10 +447,20 @@ pub async fn plan(cmd: PlanCmd) -> anyhow::Result<()> {
             let mut stream = call!(c.watch_plan(pb::WatchPlanRequest { plan_id: plan }));
             while let Some(ev) = stream.message().await.map_err(status_error)? {
                 if conn.json {
-                    println!("{}", json!({"time": time(ev.time_ms), "section": ev.section, "agency": ev.agency,
-                        "user": ev.user, "summary": ev.summary, "feed_seq": ev.feed_seq}));
+                    println!(
+                        "{}",
+                        json!({"time": time(ev.time_ms), "section": ev.section, "agency": ev.agency,
+                        "user": ev.user, "summary": ev.summary, "feed_seq": ev.feed_seq})
+                    );
                 } else {
-                    println!("{}  {:<18} {}/{}  {}", time(ev.time_ms), ev.section, ev.agency, ev.user, ev.summary);
+                    println!(
+                        "{}  {:<18} {}/{}  {}",
+                        time(ev.time_ms),
+                        ev.section,
+                        ev.agency,
+                        ev.user,
+                        ev.summary
+                    );
                 }
             }
         }
@@ -408,7 +486,11 @@ fn print_fields(v: &Json, depth: usize) {
                 }
                 Json::Array(items) => println!(
                     "{pad}{k}: {}",
-                    items.iter().map(|i| i.as_str().map(String::from).unwrap_or(i.to_string())).collect::<Vec<_>>().join("; ")
+                    items
+                        .iter()
+                        .map(|i| i.as_str().map(String::from).unwrap_or(i.to_string()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
                 Json::String(s) => println!("{pad}{k}: {s}"),
                 other => println!("{pad}{k}: {other}"),
@@ -421,7 +503,14 @@ fn print_fields(v: &Json, depth: usize) {
 pub async fn goal(cmd: GoalCmd) -> anyhow::Result<()> {
     use pb::goal_service_client::GoalServiceClient as C;
     let (r, json_out) = match cmd {
-        GoalCmd::Add { plan, domain, text, horizon, target_date, conn } => {
+        GoalCmd::Add {
+            plan,
+            domain,
+            text,
+            horizon,
+            target_date,
+            conn,
+        } => {
             let mut c = C::new(connect(&conn.conn).await?);
             let r = call!(c.add_goal(pb::AddGoalRequest {
                 plan_id: plan,
@@ -432,7 +521,15 @@ pub async fn goal(cmd: GoalCmd) -> anyhow::Result<()> {
             }));
             (r, conn.json)
         }
-        GoalCmd::Update { plan, goal, status, text, target_date, note, conn } => {
+        GoalCmd::Update {
+            plan,
+            goal,
+            status,
+            text,
+            target_date,
+            note,
+            conn,
+        } => {
             let mut c = C::new(connect(&conn.conn).await?);
             let r = call!(c.update_goal(pb::UpdateGoalRequest {
                 plan_id: plan,
@@ -457,7 +554,13 @@ pub async fn goal(cmd: GoalCmd) -> anyhow::Result<()> {
 pub async fn referral(cmd: ReferralCmd) -> anyhow::Result<()> {
     use pb::referral_service_client::ReferralServiceClient as C;
     let (r, json_out) = match cmd {
-        ReferralCmd::Add { plan, service, to, note, conn } => {
+        ReferralCmd::Add {
+            plan,
+            service,
+            to,
+            note,
+            conn,
+        } => {
             let mut c = C::new(connect(&conn.conn).await?);
             let r = call!(c.add_referral(pb::AddReferralRequest {
                 plan_id: plan,
@@ -467,7 +570,13 @@ pub async fn referral(cmd: ReferralCmd) -> anyhow::Result<()> {
             }));
             (r, conn.json)
         }
-        ReferralCmd::Update { plan, referral, status, note, conn } => {
+        ReferralCmd::Update {
+            plan,
+            referral,
+            status,
+            note,
+            conn,
+        } => {
             let mut c = C::new(connect(&conn.conn).await?);
             let r = call!(c.update_referral(pb::UpdateReferralRequest {
                 plan_id: plan,
@@ -490,22 +599,47 @@ pub async fn referral(cmd: ReferralCmd) -> anyhow::Result<()> {
 pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
     use pb::admin_service_client::AdminServiceClient as C;
     match cmd {
-        AuditCmd::Log { plan, after, limit, conn } => {
+        AuditCmd::Log {
+            plan,
+            after,
+            limit,
+            conn,
+        } => {
             let mut c = C::new(connect(&conn.conn).await?);
-            let r = call!(c.audit_log(pb::AuditLogRequest { plan_id: plan.unwrap_or_default(), after_index: after, limit }));
+            let r = call!(c.audit_log(pb::AuditLogRequest {
+                plan_id: plan.unwrap_or_default(),
+                after_index: after,
+                limit
+            }));
             if conn.json {
-                let rows: Vec<Json> = r.entries.iter().map(|e| json!({"index": e.index, "time": time(e.time_ms),
+                let rows: Vec<Json> = r
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        json!({"index": e.index, "time": time(e.time_ms),
                     "agency": e.agency, "user": e.user, "action": e.action, "outcome": e.outcome,
                     "plan_id": e.plan_id, "sections": e.sections, "detail": e.detail,
-                    "prev_hash": e.prev_hash, "hash": e.hash})).collect();
+                    "prev_hash": e.prev_hash, "hash": e.hash})
+                    })
+                    .collect();
                 print_json(&Json::from(rows));
             } else {
                 for e in &r.entries {
                     println!(
                         "{:>6}  {}  {}/{}  {:<12} {:<6}  {}  {}  {}",
-                        e.index, time(e.time_ms), e.agency, e.user, e.action, e.outcome,
-                        if e.plan_id.is_empty() { "-" } else { &e.plan_id },
-                        e.sections.join(","), e.detail
+                        e.index,
+                        time(e.time_ms),
+                        e.agency,
+                        e.user,
+                        e.action,
+                        e.outcome,
+                        if e.plan_id.is_empty() {
+                            "-"
+                        } else {
+                            &e.plan_id
+                        },
+                        e.sections.join(","),
+                        e.detail
                     );
                 }
             }
@@ -514,11 +648,16 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             let mut c = C::new(connect(&conn.conn).await?);
             let r = call!(c.verify_audit(pb::VerifyAuditRequest {}));
             if conn.json {
-                print_json(&json!({"ok": r.ok, "entries": r.entries, "first_bad_index": r.first_bad_index, "problem": r.problem}));
+                print_json(
+                    &json!({"ok": r.ok, "entries": r.entries, "first_bad_index": r.first_bad_index, "problem": r.problem}),
+                );
             } else if r.ok {
                 println!("audit chain ok: {} entries", r.entries);
             } else {
-                println!("audit chain BROKEN at entry {}: {}", r.first_bad_index, r.problem);
+                println!(
+                    "audit chain BROKEN at entry {}: {}",
+                    r.first_bad_index, r.problem
+                );
             }
             if !r.ok {
                 bail!("the audit chain does not verify");
@@ -534,8 +673,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let mut c = C::new(connect(&args.conn.conn).await?);
     let r = call!(c.status(pb::StatusRequest {}));
     if args.conn.json {
-        print_json(&json!({"agency": r.agency, "version": r.version, "plans": r.plans, "feed_seq": r.feed_seq,
-            "audit_entries": r.audit_entries, "store_bytes": r.store_bytes, "uptime_seconds": r.uptime_seconds}));
+        print_json(
+            &json!({"agency": r.agency, "version": r.version, "plans": r.plans, "feed_seq": r.feed_seq,
+            "audit_entries": r.audit_entries, "store_bytes": r.store_bytes, "uptime_seconds": r.uptime_seconds}),
+        );
     } else {
         println!("agency         {}", r.agency);
         println!("version        {}", r.version);
@@ -552,7 +693,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 pub async fn user_add(args: super::UserAddArgs) -> anyhow::Result<()> {
     use pb::user_service_client::UserServiceClient as C;
     let mut c = C::new(connect(&args.conn.conn).await?);
-    let r = call!(c.add_user(pb::AddUserRequest { name: args.name, role: args.role, plan_ids: args.plans }));
+    let r = call!(c.add_user(pb::AddUserRequest {
+        name: args.name,
+        role: args.role,
+        plan_ids: args.plans
+    }));
     let u = r.user.unwrap_or_default();
     if args.conn.json {
         print_json(&json!({"name": u.name, "role": u.role, "agency": u.agency, "token": r.token}));
@@ -569,8 +714,14 @@ pub async fn user_list(conn: JsonConn) -> anyhow::Result<()> {
     let mut c = C::new(connect(&conn.conn).await?);
     let r = call!(c.list_users(pb::ListUsersRequest {}));
     if conn.json {
-        let rows: Vec<Json> = r.users.iter().map(|u| json!({"name": u.name, "role": u.role, "subjects": u.subject_ids,
-            "created": time(u.created_at_ms)})).collect();
+        let rows: Vec<Json> = r
+            .users
+            .iter()
+            .map(|u| {
+                json!({"name": u.name, "role": u.role, "subjects": u.subject_ids,
+            "created": time(u.created_at_ms)})
+            })
+            .collect();
         print_json(&Json::from(rows));
     } else {
         for u in &r.users {
@@ -586,7 +737,9 @@ pub async fn whoami(conn: JsonConn) -> anyhow::Result<()> {
     let mut c = C::new(connect(&conn.conn).await?);
     let u = call!(c.who_am_i(pb::WhoAmIRequest {}));
     if conn.json {
-        print_json(&json!({"name": u.name, "role": u.role, "agency": u.agency, "subjects": u.subject_ids}));
+        print_json(
+            &json!({"name": u.name, "role": u.role, "agency": u.agency, "subjects": u.subject_ids}),
+        );
     } else {
         println!("{} ({}) at {}", u.name, u.role, u.agency);
     }

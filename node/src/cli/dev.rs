@@ -56,7 +56,10 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     let data_dir = dir.join(short);
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let config_path = dir.join(format!("{short}.toml"));
-    std::fs::write(&config_path, crate::config::render(&agency, &data_dir, listen, &tls))?;
+    std::fs::write(
+        &config_path,
+        crate::config::render(&agency, &data_dir, listen, &tls),
+    )?;
     let config = Config::load(&config_path)?;
 
     let env_path = dir.join(format!("{short}.env"));
@@ -67,7 +70,12 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
         let (_, token) = bootstrap_user(&store, &agency, "coordinator", Role::Coordinator, now())?;
         write_env(&env_path, &node_url, &tls.ca, &token)?;
         let (_, admin) = bootstrap_user(&store, &agency, "admin", Role::Admin, now())?;
-        write_env(&dir.join(format!("{short}-admin.env")), &node_url, &tls.ca, &admin)?;
+        write_env(
+            &dir.join(format!("{short}-admin.env")),
+            &node_url,
+            &tls.ca,
+            &admin,
+        )?;
     } else {
         // The port may have changed since the env files were written.
         for name in [format!("{short}.env"), format!("{short}-admin.env")] {
@@ -86,23 +94,50 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
 
     let mut sample = None;
     if first_run {
-        let coordinator = Caller { agency: agency.clone(), user: "coordinator".into(), role: Role::Coordinator, subjects: vec![] };
+        let coordinator = Caller {
+            agency: agency.clone(),
+            user: "coordinator".into(),
+            role: Role::Coordinator,
+            subjects: vec![],
+        };
         let svc = node.service();
         let plan = svc
-            .create_plan(&coordinator, "Maya", "Example", Some("2015-04-12"), vec![
-                ("profile".into(), "grade".into(), "5".into()),
-                ("profile".into(), "tier".into(), "2".into()),
-                ("strengths".into(), "strengths".into(), "curious; kind to classmates".into()),
-            ])
+            .create_plan(
+                &coordinator,
+                "Maya",
+                "Example",
+                Some("2015-04-12"),
+                vec![
+                    ("profile".into(), "grade".into(), "5".into()),
+                    ("profile".into(), "tier".into(), "2".into()),
+                    (
+                        "strengths".into(),
+                        "strengths".into(),
+                        "curious; kind to classmates".into(),
+                    ),
+                ],
+            )
             .await?;
-        svc.add_goal(&coordinator, plan.id, "academic", "Read 20 minutes every school day", "short", None).await?;
+        svc.add_goal(
+            &coordinator,
+            plan.id,
+            "academic",
+            "Read 20 minutes every school day",
+            "short",
+            None,
+        )
+        .await?;
         sample = Some(plan.id);
     }
 
     let env = env_path.display();
     println!();
     println!("Weft dev federation is running (Ctrl-C to stop)");
-    println!("  {agency:<14} client API https://{}  data {}", node.api_addr(), data_dir.display());
+    println!(
+        "  {agency:<14} client API https://{}  data {}",
+        node.api_addr(),
+        data_dir.display()
+    );
     println!();
     println!("Client settings for a coordinator: {env}");
     println!("Try:");

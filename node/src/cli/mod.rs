@@ -128,9 +128,12 @@ pub struct UserAddArgs {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -142,7 +145,10 @@ fn init_tracing(format: &str) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::server::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -166,29 +172,42 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => serve(config).await,
         Command::Dev { dir, port } => dev::run(&dir, port).await,
-        Command::Config(ConfigCmd::Check { file }) => {
-            match crate::config::Config::load(&file) {
-                Ok(c) => {
-                    println!("{}: ok (agency {}, api {})", file.display(), c.agency, c.api_listen);
-                    Ok(())
-                }
-                Err(e) => {
-                    for p in &e.problems {
-                        eprintln!("{}: {p}", e.path);
-                    }
-                    anyhow::bail!("{} problem(s) in {}", e.problems.len(), e.path)
-                }
+        Command::Config(ConfigCmd::Check { file }) => match crate::config::Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (agency {}, api {})",
+                    file.display(),
+                    c.agency,
+                    c.api_listen
+                );
+                Ok(())
             }
-        }
+            Err(e) => {
+                for p in &e.problems {
+                    eprintln!("{}: {p}", e.path);
+                }
+                anyhow::bail!("{} problem(s) in {}", e.problems.len(), e.path)
+            }
+        },
         Command::Pki(PkiCmd::InitCa { out }) => {
             let path = crate::pki::init_ca(&out, "Weft federation CA")?;
             println!("{}", path.display());
             Ok(())
         }
-        Command::Pki(PkiCmd::Issue { ca, agency, out, days }) => {
+        Command::Pki(PkiCmd::Issue {
+            ca,
+            agency,
+            out,
+            days,
+        }) => {
             let agency = crate::model::AgencyId::parse(&agency)?;
             let files = crate::pki::issue(&ca, &agency, &out, days)?;
-            println!("{}\n{}\n{}", files.cert.display(), files.key.display(), files.ca.display());
+            println!(
+                "{}\n{}\n{}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            );
             Ok(())
         }
         Command::Plan(cmd) => client::plan(cmd).await,
@@ -208,7 +227,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&config)?;
     let node = crate::server::Node::bind(config).await?;
-    println!("weft node {} serving the client API on https://{}", node.service().agency(), node.api_addr());
+    println!(
+        "weft node {} serving the client API on https://{}",
+        node.service().agency(),
+        node.api_addr()
+    );
     wait_for_stop_signal().await;
     tracing::info!("stopping");
     node.stop().await?;
@@ -243,10 +266,18 @@ fn offline_user_add(config: &std::path::Path, args: &UserAddArgs) -> anyhow::Res
         anyhow::bail!("offline `user add` makes operators (admin, coordinator, caseworker, auditor); add guardians through the running node");
     }
     let store = crate::server::open_store(&config.data)?;
-    let (user, token) =
-        crate::service::bootstrap_user(&store, &config.agency, &args.name, role, crate::model::now())?;
+    let (user, token) = crate::service::bootstrap_user(
+        &store,
+        &config.agency,
+        &args.name,
+        role,
+        crate::model::now(),
+    )?;
     if args.conn.json {
-        println!("{}", serde_json::json!({"name": user.name, "role": user.role.as_str(), "token": token}));
+        println!(
+            "{}",
+            serde_json::json!({"name": user.name, "role": user.role.as_str(), "token": token})
+        );
     } else {
         println!("added {} as {} at {}", user.name, user.role, config.agency);
         println!("token (shown once): {token}");

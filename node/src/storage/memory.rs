@@ -22,7 +22,9 @@ impl MemoryBackend {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Map>> {
-        self.data.lock().map_err(|_| Error::internal("memory store poisoned"))
+        self.data
+            .lock()
+            .map_err(|_| Error::internal("memory store poisoned"))
     }
 }
 
@@ -41,7 +43,9 @@ impl Txn for Overlay<'_> {
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
-        self.writes.borrow_mut().insert((tree, key.to_vec()), Some(value.to_vec()));
+        self.writes
+            .borrow_mut()
+            .insert((tree, key.to_vec()), Some(value.to_vec()));
         Ok(())
     }
 
@@ -75,7 +79,10 @@ impl Backend for MemoryBackend {
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
         let mut data = self.lock()?;
-        let overlay = Overlay { base: &data, writes: RefCell::new(BTreeMap::new()) };
+        let overlay = Overlay {
+            base: &data,
+            writes: RefCell::new(BTreeMap::new()),
+        };
         f(&overlay)?;
         let writes = overlay.writes.into_inner();
         for (k, v) in writes {

@@ -163,7 +163,12 @@ pub struct CommitBatch {
 impl CommitBatch {
     /// A batch that only appends an audit entry.
     pub fn audit_only(audit: AuditDraft) -> Self {
-        Self { new_plan: None, changes: vec![], new_user: None, audit }
+        Self {
+            new_plan: None,
+            changes: vec![],
+            new_user: None,
+            audit,
+        }
     }
 }
 
@@ -222,7 +227,10 @@ fn parse_section_key(bytes: &[u8]) -> Result<SectionKey> {
     let len = bytes[16] as usize;
     let name = bytes.get(17..17 + len).ok_or_else(bad)?;
     let name = std::str::from_utf8(name).map_err(|_| bad())?;
-    Ok(SectionKey { plan: PlanId(plan), section: SectionName::parse(name).map_err(|_| bad())? })
+    Ok(SectionKey {
+        plan: PlanId(plan),
+        section: SectionName::parse(name).map_err(|_| bad())?,
+    })
 }
 
 fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
@@ -242,11 +250,14 @@ pub struct Store {
 impl Store {
     /// Opens a store over a backend, checking (or writing) the format version.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Self> {
-        let store = Self { backend, writer: Mutex::new(()) };
+        let store = Self {
+            backend,
+            writer: Mutex::new(()),
+        };
         match store.backend.get(Tree::Meta, KEY_FORMAT)? {
-            None => store.backend.transact(&|txn| {
-                txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes())
-            })?,
+            None => store
+                .backend
+                .transact(&|txn| txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes()))?,
             Some(v) => {
                 let found = u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4]));
                 if found != FORMAT_VERSION {
@@ -261,7 +272,10 @@ impl Store {
 
     /// Writes a batch atomically and durably, sealing its audit entry into the chain.
     pub fn commit(&self, batch: &CommitBatch) -> Result<Committed> {
-        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("store writer poisoned"))?;
         let out = std::cell::RefCell::new(None);
         self.backend.transact(&|txn| {
             if let Some(plan) = &batch.new_plan {
@@ -290,7 +304,11 @@ impl Store {
                 meta.bytes += bytes.len() as u64;
                 meta.last_seq = seq;
                 txn.put(Tree::Sections, &skey, &json(&meta))?;
-                let entry = FeedEntry { seq, key: key.clone(), time: batch.audit.time };
+                let entry = FeedEntry {
+                    seq,
+                    key: key.clone(),
+                    time: batch.audit.time,
+                };
                 txn.put(Tree::Feed, &seq.to_be_bytes(), &json(&entry))?;
                 feed.push(entry);
             }
@@ -305,12 +323,16 @@ impl Store {
             *out.borrow_mut() = Some(Committed { feed, audit: entry });
             Ok(())
         })?;
-        out.into_inner().ok_or_else(|| Error::internal("commit produced no result"))
+        out.into_inner()
+            .ok_or_else(|| Error::internal("commit produced no result"))
     }
 
     /// Replaces a section's snapshot and the chunks up to `through` (exclusive) by `snapshot`.
     pub fn compact(&self, key: &SectionKey, snapshot: &[u8], through: u64) -> Result<()> {
-        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("store writer poisoned"))?;
         let skey = section_key_bytes(key);
         self.backend.transact(&|txn| {
             let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
@@ -325,7 +347,9 @@ impl Store {
             }
             let mut rest = 0u64;
             for n in through..meta.next_chunk {
-                rest += txn.get(Tree::Chunks, &chunk_key(key, n))?.map_or(0, |b| b.len() as u64);
+                rest += txn
+                    .get(Tree::Chunks, &chunk_key(key, n))?
+                    .map_or(0, |b| b.len() as u64);
             }
             meta.first_chunk = through;
             meta.bytes = snapshot.len() as u64 + rest;
@@ -376,7 +400,11 @@ impl Store {
             .filter(|(k, _)| k.len() == skey.len() + 8)
             .map(|(_, v)| v)
             .collect();
-        Ok(Some(StoredSection { snapshot, chunks, meta }))
+        Ok(Some(StoredSection {
+            snapshot,
+            chunks,
+            meta,
+        }))
     }
 
     /// Every user.
@@ -467,7 +495,9 @@ pub struct StoreHandle {
 impl StoreHandle {
     /// Wraps a store.
     pub fn new(store: Store) -> Self {
-        Self { store: Arc::new(store) }
+        Self {
+            store: Arc::new(store),
+        }
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T>
@@ -494,26 +524,45 @@ impl StoreHandle {
         new_plan: Option<PlanRecord>,
         audit: AuditDraft,
     ) -> Result<Committed> {
-        let changes = changes.into_iter().map(|(p, bytes)| (p.key().clone(), bytes)).collect();
-        let batch = CommitBatch { new_plan, changes, new_user: None, audit };
+        let changes = changes
+            .into_iter()
+            .map(|(p, bytes)| (p.key().clone(), bytes))
+            .collect();
+        let batch = CommitBatch {
+            new_plan,
+            changes,
+            new_user: None,
+            audit,
+        };
         self.run(move |s| s.commit(&batch)).await
     }
 
     /// Folds a section's chunks into a snapshot (the caller holds the section's lock).
-    pub async fn compact(&self, permit: &WritePermit, snapshot: Vec<u8>, through: u64) -> Result<()> {
+    pub async fn compact(
+        &self,
+        permit: &WritePermit,
+        snapshot: Vec<u8>,
+        through: u64,
+    ) -> Result<()> {
         let key = permit.key().clone();
         self.run(move |s| s.compact(&key, &snapshot, through)).await
     }
 
     /// Adds a user, with its audit entry.
     pub async fn add_user(&self, user: UserRecord, audit: AuditDraft) -> Result<Committed> {
-        let batch = CommitBatch { new_plan: None, changes: vec![], new_user: Some(user), audit };
+        let batch = CommitBatch {
+            new_plan: None,
+            changes: vec![],
+            new_user: Some(user),
+            audit,
+        };
         self.run(move |s| s.commit(&batch)).await
     }
 
     /// Appends an audit entry on its own (reads, denials).
     pub async fn audit(&self, draft: AuditDraft) -> Result<AuditEntry> {
-        self.run(move |s| s.commit(&CommitBatch::audit_only(draft)).map(|c| c.audit)).await
+        self.run(move |s| s.commit(&CommitBatch::audit_only(draft)).map(|c| c.audit))
+            .await
     }
 
     /// A plan's record.

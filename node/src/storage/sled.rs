@@ -34,7 +34,10 @@ impl SledBackend {
                         dir.display()
                     ))
                 }
-                other => Error::Storage(format!("cannot open the store in {}: {other}", dir.display())),
+                other => Error::Storage(format!(
+                    "cannot open the store in {}: {other}",
+                    dir.display()
+                )),
             })?;
         let trees = Tree::ALL
             .iter()
@@ -57,7 +60,10 @@ fn abort(e: sled::transaction::UnabortableTransactionError) -> Error {
 
 impl Txn for SledTxn<'_> {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0[tree as usize].get(key).map_err(abort)?.map(|v| v.to_vec()))
+        Ok(self.0[tree as usize]
+            .get(key)
+            .map_err(abort)?
+            .map(|v| v.to_vec()))
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
@@ -73,7 +79,11 @@ impl Txn for SledTxn<'_> {
 
 impl Backend for SledBackend {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree(tree).get(key).map_err(Error::storage)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree(tree)
+            .get(key)
+            .map_err(Error::storage)?
+            .map(|v| v.to_vec()))
     }
 
     fn scan(
@@ -89,7 +99,10 @@ impl Backend for SledBackend {
                 t.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
                     .skip_while({
                         let prefix = prefix.to_vec();
-                        move |r| r.as_ref().is_ok_and(|(k, _)| k.as_ref() < prefix.as_slice())
+                        move |r| {
+                            r.as_ref()
+                                .is_ok_and(|(k, _)| k.as_ref() < prefix.as_slice())
+                        }
                     })
                     .take_while({
                         let prefix = prefix.to_vec();
@@ -99,15 +112,18 @@ impl Backend for SledBackend {
             None => Box::new(t.scan_prefix(prefix)),
         };
         iter.take(limit)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::storage))
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(Error::storage)
+            })
             .collect()
     }
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
-        let result: std::result::Result<(), TransactionError<Error>> =
-            self.trees.as_slice().transaction(|views| {
-                f(&SledTxn(views)).map_err(ConflictableTransactionError::Abort)
-            });
+        let result: std::result::Result<(), TransactionError<Error>> = self
+            .trees
+            .as_slice()
+            .transaction(|views| f(&SledTxn(views)).map_err(ConflictableTransactionError::Abort));
         match result {
             Ok(()) => {}
             Err(TransactionError::Abort(e)) => return Err(e),

@@ -1,0 +1,223 @@
+//! The same storage tests, run over both backends.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::audit::{AuditAction, Outcome};
+use crate::model::{AgencyId, Role, SubjectId};
+
+fn draft(n: i64) -> AuditDraft {
+    AuditDraft {
+        time: Timestamp::from_millis(n),
+        agency: "school.test".into(),
+        user: "u".into(),
+        action: AuditAction::Write,
+        outcome: Outcome::Ok,
+        plan: None,
+        sections: vec![],
+        detail: String::new(),
+    }
+}
+
+fn plan() -> PlanRecord {
+    PlanRecord {
+        id: PlanId::random(),
+        subject: SubjectId::random(),
+        home: AgencyId::parse("school.test").unwrap(),
+        created_at: Timestamp::from_millis(1),
+    }
+}
+
+fn key(plan: &PlanRecord, section: &str) -> SectionKey {
+    SectionKey {
+        plan: plan.id,
+        section: SectionName::parse(section).unwrap(),
+    }
+}
+
+fn backends() -> Vec<(&'static str, Arc<dyn Backend>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sled = Arc::new(sled::SledBackend::open(dir.path()).unwrap());
+    vec![
+        ("memory", Arc::new(memory::MemoryBackend::new()), None),
+        ("sled", sled, Some(dir)),
+    ]
+}
+
+#[test]
+fn commits_write_chunks_feed_and_audit_together() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend).unwrap();
+        let p = plan();
+        let goals = key(&p, "goals");
+        let notes = key(&p, "notes/clinic.test");
+        let batch = CommitBatch {
+            new_plan: Some(p.clone()),
+            changes: vec![
+                (goals.clone(), b"one".to_vec()),
+                (notes.clone(), b"two".to_vec()),
+            ],
+            new_user: None,
+            audit: draft(1),
+        };
+        let c = store.commit(&batch).unwrap();
+        assert_eq!(
+            c.feed.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            vec![1, 2],
+            "{name}"
+        );
+        assert_eq!(c.audit.index, 1, "{name}");
+        store
+            .commit(&CommitBatch {
+                new_plan: None,
+                changes: vec![(goals.clone(), b"three".to_vec())],
+                new_user: None,
+                audit: draft(2),
+            })
+            .unwrap();
+
+        assert_eq!(store.plan(p.id).unwrap(), Some(p.clone()), "{name}");
+        let s = store.section(&goals).unwrap().unwrap();
+        assert_eq!(s.chunks, vec![b"one".to_vec(), b"three".to_vec()], "{name}");
+        assert_eq!(s.meta.last_seq, 3, "{name}");
+        let mut sections = store.sections_of(p.id).unwrap();
+        sections.sort();
+        assert_eq!(
+            sections,
+            vec![goals.section.clone(), notes.section.clone()],
+            "{name}"
+        );
+        let feed = store.feed_since(1, 10).unwrap();
+        assert_eq!(
+            feed.iter()
+                .map(|f| (f.seq, f.key.clone()))
+                .collect::<Vec<_>>(),
+            vec![(2, notes.clone()), (3, goals.clone())],
+            "{name}"
+        );
+        assert_eq!(store.verify_audit().unwrap(), Ok(2), "{name}");
+        let stats = store.stats().unwrap();
+        assert_eq!(
+            (stats.plans, stats.feed_seq, stats.audit_entries),
+            (1, 3, 2),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_commit_writes_nothing() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend).unwrap();
+        let p = plan();
+        let k = key(&p, "goals");
+        let batch = CommitBatch {
+            new_plan: Some(p.clone()),
+            changes: vec![(k.clone(), b"a".to_vec())],
+            new_user: None,
+            audit: draft(1),
+        };
+        store.commit(&batch).unwrap();
+        let before = store.stats().unwrap();
+        // The same plan again: rejected, and its chunk, feed entry and audit entry with it.
+        let err = store.commit(&CommitBatch {
+            new_plan: Some(p.clone()),
+            changes: vec![(k.clone(), b"b".to_vec())],
+            new_user: None,
+            audit: draft(2),
+        });
+        assert!(matches!(err, Err(Error::AlreadyExists(_))), "{name}");
+        assert_eq!(store.stats().unwrap(), before, "{name}");
+        assert_eq!(
+            store.section(&k).unwrap().unwrap().chunks,
+            vec![b"a".to_vec()],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn users_are_unique_by_name() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend).unwrap();
+        let user = UserRecord {
+            name: "ana".into(),
+            role: Role::Caseworker,
+            subjects: vec![],
+            created_at: Timestamp::from_millis(1),
+            token_hash: "h".into(),
+        };
+        let batch = CommitBatch {
+            new_plan: None,
+            changes: vec![],
+            new_user: Some(user.clone()),
+            audit: draft(1),
+        };
+        store.commit(&batch).unwrap();
+        assert!(
+            matches!(store.commit(&batch), Err(Error::AlreadyExists(_))),
+            "{name}"
+        );
+        assert_eq!(store.users().unwrap(), vec![user], "{name}");
+    }
+}
+
+#[test]
+fn compaction_replaces_chunks_with_a_snapshot() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend).unwrap();
+        let p = plan();
+        let k = key(&p, "profile");
+        for i in 0..5u8 {
+            store
+                .commit(&CommitBatch {
+                    new_plan: None,
+                    changes: vec![(k.clone(), vec![i])],
+                    new_user: None,
+                    audit: draft(i as i64),
+                })
+                .unwrap();
+        }
+        store.compact(&k, b"snap", 4).unwrap();
+        let s = store.section(&k).unwrap().unwrap();
+        assert_eq!(s.snapshot.as_deref(), Some(&b"snap"[..]), "{name}");
+        assert_eq!(s.chunks, vec![vec![4u8]], "{name}");
+        assert_eq!(s.meta.first_chunk, 4, "{name}");
+        assert_eq!(s.meta.bytes, 5, "{name}");
+    }
+}
+
+#[test]
+fn sled_keeps_everything_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan();
+    let k = key(&p, "goals");
+    {
+        let store = Store::open(Arc::new(sled::SledBackend::open(dir.path()).unwrap())).unwrap();
+        store
+            .commit(&CommitBatch {
+                new_plan: Some(p.clone()),
+                changes: vec![(k.clone(), b"x".to_vec())],
+                new_user: None,
+                audit: draft(1),
+            })
+            .unwrap();
+    }
+    let store = Store::open(Arc::new(sled::SledBackend::open(dir.path()).unwrap())).unwrap();
+    assert_eq!(store.plan(p.id).unwrap(), Some(p));
+    assert_eq!(
+        store.section(&k).unwrap().unwrap().chunks,
+        vec![b"x".to_vec()]
+    );
+    assert_eq!(store.verify_audit().unwrap(), Ok(1));
+}
+
+#[test]
+fn a_store_from_another_format_version_is_refused() {
+    let backend: Arc<dyn Backend> = Arc::new(memory::MemoryBackend::new());
+    backend
+        .transact(&|t| t.put(Tree::Meta, KEY_FORMAT, &99u32.to_be_bytes()))
+        .unwrap();
+    let err = Store::open(backend).err().unwrap().to_string();
+    assert!(err.contains("format version 99"), "{err}");
+}
