@@ -184,6 +184,21 @@ pub const REFERRAL_STATUSES: &[&str] = &[
     "declined",
 ];
 
+/// Whether a referral may move from `from` to `to`: forward along proposed → sent →
+/// accepted → in_progress → completed, or to declined from any open status. Completed and
+/// declined referrals are closed.
+pub fn referral_step_allowed(from: &str, to: &str) -> bool {
+    matches!(
+        (from, to),
+        ("proposed", "sent")
+            | ("sent", "accepted")
+            | ("accepted", "in_progress")
+            | ("accepted", "completed")
+            | ("in_progress", "completed")
+            | ("proposed" | "sent" | "accepted" | "in_progress", "declined")
+    )
+}
+
 /// The fields of one goal (progress notes are a list beside them).
 pub static GOALS: CollectionSpec = CollectionSpec {
     name: "goals",

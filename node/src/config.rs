@@ -136,7 +136,8 @@ impl Config {
             problems: vec![p],
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let file: FileConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| err(e.to_string().trim().to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         file.validate(base).map_err(|problems| ConfigError {
             path: path.display().to_string(),

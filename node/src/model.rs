@@ -168,6 +168,8 @@ pub enum Right {
     WritePlan,
     /// Add goals and progress notes (a narrower write).
     WriteGoals,
+    /// Change an existing goal's status, text or target date.
+    EditGoals,
     /// Add users of the given role.
     AddUser(Role),
     /// List users.
@@ -200,7 +202,7 @@ impl Role {
             ) => true,
             (Coordinator, AddUser(Caseworker | Guardian)) => true,
             (Coordinator, ReadStatus) => true,
-            (Caseworker, ReadPlan | WritePlan | WriteGoals | ReadStatus) => true,
+            (Caseworker, ReadPlan | WritePlan | WriteGoals | EditGoals | ReadStatus) => true,
             (Guardian, ReadPlan | WriteGoals) => true,
             (Auditor, ReadAudit | ReadStatus) => true,
             _ => false,
@@ -327,6 +329,7 @@ mod tests {
         assert!(!Role::Auditor.allows(Right::ReadPlan));
         assert!(!Role::Guardian.allows(Right::WritePlan));
         assert!(Role::Guardian.allows(Right::WriteGoals));
+        assert!(!Role::Guardian.allows(Right::EditGoals));
         assert!(!Role::Coordinator.allows(Right::AddUser(Role::Admin)));
         assert!(Role::Admin.allows(Right::AddUser(Role::Admin)));
     }

@@ -11,7 +11,8 @@ use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Va
 use serde_json::Value as Json;
 
 use crate::catalogue::{
-    CollectionSpec, FieldSpec, FieldValue, SectionSpec, GOALS, MAX_ITEMS, MAX_NOTES, REFERRALS,
+    self, CollectionSpec, FieldSpec, FieldValue, SectionSpec, GOALS, MAX_ITEMS, MAX_NOTES,
+    REFERRALS,
 };
 use crate::error::{Error, Result};
 use crate::model::{parse_actor, Caller, Timestamp};
@@ -188,6 +189,15 @@ impl SectionDoc {
             Edit::UpdateReferral { id, status, note } => {
                 let refs = self.collection(spec, &REFERRALS)?;
                 let item = self.item(&refs, id, "referral")?;
+                let current = match self.doc.get(&item, "status")? {
+                    Some((Value::Scalar(v), _)) => v.as_str().unwrap_or_default().to_string(),
+                    _ => String::new(),
+                };
+                if !catalogue::referral_step_allowed(&current, status) {
+                    return Err(Error::invalid(format!(
+                        "a referral that is {current} cannot move to {status}"
+                    )));
+                }
                 self.doc.put(&item, "status", status.as_str())?;
                 let history = self.list(&item, "history")?;
                 let mut entry = vec![("status", status.as_str()), ("by", author.as_str())];

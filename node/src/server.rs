@@ -94,6 +94,7 @@ impl Node {
 
     /// Asks the node to stop: no new requests; in-flight ones finish.
     pub fn shutdown(&self) {
+        self.service.close();
         let _ = self.shutdown.send(true);
     }
 

@@ -107,6 +107,7 @@ pub struct NodeService {
     users: RwLock<HashMap<String, UserRecord>>,
     locks: Vec<tokio::sync::Mutex<()>>,
     events: broadcast::Sender<PlanEvent>,
+    closing: tokio::sync::watch::Sender<bool>,
     clock: Clock,
     started: Instant,
     options: ServiceOptions,
@@ -190,10 +191,16 @@ impl NodeService {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             events,
+            closing: tokio::sync::watch::channel(false).0,
             clock,
             started: Instant::now(),
             options,
         }))
+    }
+
+    /// Ends every open watch stream (the node is shutting down).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// This node's agency.
@@ -244,9 +251,19 @@ impl NodeService {
     }
 
     async fn require(&self, caller: &Caller, right: Right, action: AuditAction) -> Result<()> {
+        self.require_on(caller, right, action, None).await
+    }
+
+    async fn require_on(
+        &self,
+        caller: &Caller,
+        right: Right,
+        action: AuditAction,
+        plan: Option<PlanId>,
+    ) -> Result<()> {
         match gate::require(caller, right) {
             Ok(()) => Ok(()),
-            Err(d) => Err(self.deny(caller, action, None, vec![], d).await),
+            Err(d) => Err(self.deny(caller, action, plan, vec![], d).await),
         }
     }
 
@@ -301,17 +318,17 @@ impl NodeService {
         id: PlanId,
         action: AuditAction,
     ) -> Result<PlanRecord> {
-        let plan = self
-            .store
-            .plan(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("plan {id}")))?;
+        let not_found = || Error::NotFound(format!("plan {id}"));
+        let plan = self.store.plan(id).await?.ok_or_else(not_found)?;
         if !gate::may_see_plan(caller, &plan) {
+            // Audited as a denial, answered as not found: a guardian learns nothing of
+            // other children's plans, not even that they exist.
             let denial = Denial {
                 code: "guardian_binding",
-                message: "this guardian is not bound to the plan's subject".into(),
+                message: String::new(),
             };
-            return Err(self.deny(caller, action, Some(id), vec![], denial).await);
+            let _ = self.deny(caller, action, Some(id), vec![], denial).await;
+            return Err(not_found());
         }
         Ok(plan)
     }
@@ -482,7 +499,7 @@ impl NodeService {
         plan: PlanId,
         fields: Vec<(String, String, String)>,
     ) -> Result<(Vec<SectionName>, u64)> {
-        self.require(caller, Right::WritePlan, AuditAction::Write)
+        self.require_on(caller, Right::WritePlan, AuditAction::Write, Some(plan))
             .await?;
         if fields.is_empty() {
             return Err(Error::invalid("no fields to set"));
@@ -505,7 +522,7 @@ impl NodeService {
         horizon: &str,
         target_date: Option<&str>,
     ) -> Result<(String, Json)> {
-        self.require(caller, Right::WriteGoals, AuditAction::Write)
+        self.require_on(caller, Right::WriteGoals, AuditAction::Write, Some(plan))
             .await?;
         if text.trim().is_empty() {
             return Err(Error::invalid("goals.text: a goal needs a text"));
@@ -541,7 +558,7 @@ impl NodeService {
         target_date: Option<&str>,
         note: Option<&str>,
     ) -> Result<Json> {
-        self.require(caller, Right::WriteGoals, AuditAction::Write)
+        self.require_on(caller, Right::WriteGoals, AuditAction::Write, Some(plan))
             .await?;
         let mut fields = vec![];
         if let Some(s) = status {
@@ -555,6 +572,11 @@ impl NodeService {
         }
         if let Some(n) = note {
             check_note(n)?;
+        }
+        if !fields.is_empty() {
+            // Guardians add goals and progress notes; changing a goal is for staff.
+            self.require_on(caller, Right::EditGoals, AuditAction::Write, Some(plan))
+                .await?;
         }
         if fields.is_empty() && note.is_none() {
             return Err(Error::invalid(
@@ -579,7 +601,7 @@ impl NodeService {
         provider: &str,
         note: Option<&str>,
     ) -> Result<(String, Json)> {
-        self.require(caller, Right::WritePlan, AuditAction::Write)
+        self.require_on(caller, Right::WritePlan, AuditAction::Write, Some(plan))
             .await?;
         if service.trim().is_empty() {
             return Err(Error::invalid(
@@ -617,7 +639,7 @@ impl NodeService {
         status: &str,
         note: Option<&str>,
     ) -> Result<Json> {
-        self.require(caller, Right::WritePlan, AuditAction::Write)
+        self.require_on(caller, Right::WritePlan, AuditAction::Write, Some(plan))
             .await?;
         item_field(&REFERRALS.fields[2], "services", status)?;
         if let Some(n) = note {
@@ -671,7 +693,7 @@ impl NodeService {
         plan: PlanId,
         wanted: &[String],
     ) -> Result<(PlanRecord, Vec<SectionView>, Vec<SectionName>)> {
-        self.require(caller, Right::ReadPlan, AuditAction::Read)
+        self.require_on(caller, Right::ReadPlan, AuditAction::Read, Some(plan))
             .await?;
         let wanted: Vec<SectionName> = wanted
             .iter()
@@ -812,7 +834,7 @@ impl NodeService {
 
     /// The change history of every section of a plan the caller may read, oldest first.
     pub async fn history(&self, caller: &Caller, plan: PlanId) -> Result<Vec<HistoryEntry>> {
-        self.require(caller, Right::ReadPlan, AuditAction::History)
+        self.require_on(caller, Right::ReadPlan, AuditAction::History, Some(plan))
             .await?;
         let plan = self.load_plan(caller, plan, AuditAction::History).await?;
         let now = self.now();
@@ -851,7 +873,7 @@ impl NodeService {
         caller: &Caller,
         plan: PlanId,
     ) -> Result<impl futures::Stream<Item = PlanEvent> + Send + 'static> {
-        self.require(caller, Right::ReadPlan, AuditAction::Watch)
+        self.require_on(caller, Right::ReadPlan, AuditAction::Watch, Some(plan))
             .await?;
         let plan = self.load_plan(caller, plan, AuditAction::Watch).await?;
         let rx = self.events.subscribe();
@@ -860,6 +882,10 @@ impl NodeService {
             .await?;
         let service = self.clone();
         let caller = caller.clone();
+        let mut closing = self.closing.subscribe();
+        let closed = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |ev| {
             let ev = ev.ok()?;
             if ev.plan != plan.id {
@@ -869,7 +895,7 @@ impl NodeService {
             gate::read(&caller, &plan, &ev.section, &consents, service.now()).ok()?;
             Some(ev)
         });
-        Ok(stream)
+        Ok(futures::StreamExt::take_until(stream, closed))
     }
 
     /// Adds a user and returns it with its token (shown once).
@@ -941,6 +967,9 @@ impl NodeService {
     /// Node counters.
     pub async fn status(&self, caller: &Caller) -> Result<(StoreStats, u64)> {
         self.require(caller, Right::ReadStatus, AuditAction::Status)
+            .await?;
+        self.store
+            .audit(self.draft(caller, AuditAction::Status, None))
             .await?;
         Ok((self.store.stats().await?, self.started.elapsed().as_secs()))
     }

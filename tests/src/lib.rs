@@ -1,1 +1,581 @@
+//! Weft's test sandbox: real nodes on 127.0.0.1 with OS-assigned ports, each with its own temp
+//! data directory and certificates from a test CA made at run time; gRPC clients over real TLS;
+//! deadlines instead of sleeps; and the real `weft` binary for process-level tests.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let cluster = weft_tests::Cluster::builder().agencies(["school.test"]).start().await?;
+//! let school = cluster.node("school.test");
+//! let mut plans = school.plans(&school.coordinator_token).await?;
+//! # Ok(()) }
+//! ```
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use weft_node::config::{Config, DataLocation, TlsFiles};
+use weft_node::model::{now, AgencyId, Role, Timestamp};
+use weft_node::server::{open_store, Node};
+use weft_node::service::{bootstrap_user, Clock};
+use weft_proto::v1 as pb;
+
+pub use weft_node;
+pub use weft_proto;
+
+/// How long `eventually` waits by default.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Ok(Some(value))` or the deadline passes.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A test CA and the certificates it issues, in a temp directory.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// A fresh CA.
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        weft_node::pki::init_ca(&dir.path().join("ca"), "Weft test CA")?;
+        Ok(Self { dir })
+    }
+
+    /// Issues (or returns) the certificate files of an agency.
+    pub fn issue(&self, agency: &AgencyId) -> anyhow::Result<TlsFiles> {
+        let out = self.dir.path().join("nodes").join(agency.as_str());
+        Ok(weft_node::pki::issue(
+            &self.dir.path().join("ca"),
+            agency,
+            &out,
+            30,
+        )?)
+    }
+
+    /// The CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        weft_node::pki::ca_cert_path(&self.dir.path().join("ca"))
+    }
+}
+
+/// A clock tests can move.
+#[derive(Clone)]
+pub struct TestClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl TestClock {
+    /// Starts at the real time.
+    pub fn new() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicI64::new(
+            now().as_millis(),
+        )))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0
+            .fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// As a node clock.
+    pub fn clock(&self) -> Clock {
+        let c = self.0.clone();
+        Arc::new(move || Timestamp::from_millis(c.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+}
+
+impl Default for TestClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A channel that sends a bearer token.
+pub type Chan = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer …`.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Opens a TLS channel to `addr`, trusting `ca`, sending `token` (if any).
+pub async fn channel(addr: SocketAddr, ca: &Path, token: Option<&str>) -> anyhow::Result<Chan> {
+    let ca = std::fs::read(ca)?;
+    let channel = Channel::from_shared(format!("https://{addr}"))?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
+        .connect()
+        .await
+        .context("connect")?;
+    let bearer = Bearer(match token {
+        Some(t) => Some(format!("Bearer {t}").parse()?),
+        None => None,
+    });
+    Ok(InterceptedService::new(channel, bearer))
+}
+
+/// One node of a test cluster, running in this process.
+pub struct TestNode {
+    /// The node's agency.
+    pub agency: AgencyId,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its certificate files.
+    pub tls: TlsFiles,
+    /// A coordinator's token.
+    pub coordinator_token: String,
+    /// An admin's token.
+    pub admin_token: String,
+    /// The node's clock.
+    pub clock: TestClock,
+    node: Option<Node>,
+    addr: SocketAddr,
+}
+
+impl TestNode {
+    fn config(&self, listen: SocketAddr) -> Config {
+        Config {
+            agency: self.agency.clone(),
+            data: DataLocation::Dir(self.data_dir.clone()),
+            api_listen: listen,
+            tls: self.tls.clone(),
+            compact_after_chunks: 8,
+        }
+    }
+
+    /// Starts a node with a coordinator and an admin user.
+    pub async fn start(pki: &TestPki, agency: &str, data_dir: PathBuf) -> anyhow::Result<Self> {
+        let agency = AgencyId::parse(agency)?;
+        let tls = pki.issue(&agency)?;
+        let store = open_store(&DataLocation::Dir(data_dir.clone()))?;
+        let (_, coordinator_token) =
+            bootstrap_user(&store, &agency, "coordinator", Role::Coordinator, now())?;
+        let (_, admin_token) = bootstrap_user(&store, &agency, "admin", Role::Admin, now())?;
+        let mut node = TestNode {
+            agency,
+            data_dir,
+            tls,
+            coordinator_token,
+            admin_token,
+            clock: TestClock::new(),
+            node: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let config = node.config(node.addr);
+        let running = Node::bind_with_store(config, store, node.clock.clock()).await?;
+        node.addr = running.api_addr();
+        node.node = Some(running);
+        Ok(node)
+    }
+
+    /// The client API address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The running node.
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("node is running")
+    }
+
+    /// Stops the node (its data stays).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(n) = self.node.take() {
+            n.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the node again on its data directory (on a new port).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        let config = self.config(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let store = open_store(&config.data)?;
+        let running = Node::bind_with_store(config, store, self.clock.clock()).await?;
+        self.addr = running.api_addr();
+        self.node = Some(running);
+        Ok(())
+    }
+
+    /// A channel with a token.
+    pub async fn channel(&self, token: Option<&str>) -> anyhow::Result<Chan> {
+        channel(self.addr, &self.tls.ca, token).await
+    }
+
+    /// A plan client.
+    pub async fn plans(
+        &self,
+        token: &str,
+    ) -> anyhow::Result<pb::plan_service_client::PlanServiceClient<Chan>> {
+        Ok(pb::plan_service_client::PlanServiceClient::new(
+            self.channel(Some(token)).await?,
+        ))
+    }
+
+    /// A goal client.
+    pub async fn goals(
+        &self,
+        token: &str,
+    ) -> anyhow::Result<pb::goal_service_client::GoalServiceClient<Chan>> {
+        Ok(pb::goal_service_client::GoalServiceClient::new(
+            self.channel(Some(token)).await?,
+        ))
+    }
+
+    /// A referral client.
+    pub async fn referrals(
+        &self,
+        token: &str,
+    ) -> anyhow::Result<pb::referral_service_client::ReferralServiceClient<Chan>> {
+        Ok(pb::referral_service_client::ReferralServiceClient::new(
+            self.channel(Some(token)).await?,
+        ))
+    }
+
+    /// A user client.
+    pub async fn users(
+        &self,
+        token: &str,
+    ) -> anyhow::Result<pb::user_service_client::UserServiceClient<Chan>> {
+        Ok(pb::user_service_client::UserServiceClient::new(
+            self.channel(Some(token)).await?,
+        ))
+    }
+
+    /// An admin client.
+    pub async fn admin(
+        &self,
+        token: &str,
+    ) -> anyhow::Result<pb::admin_service_client::AdminServiceClient<Chan>> {
+        Ok(pb::admin_service_client::AdminServiceClient::new(
+            self.channel(Some(token)).await?,
+        ))
+    }
+
+    /// Adds a user through the API (as the admin, or the coordinator for caseworkers and
+    /// guardians) and returns its token.
+    pub async fn add_user(&self, name: &str, role: &str, plans: &[&str]) -> anyhow::Result<String> {
+        let token = if matches!(role, "caseworker" | "guardian") {
+            &self.coordinator_token
+        } else {
+            &self.admin_token
+        };
+        let r = self
+            .users(token)
+            .await?
+            .add_user(pb::AddUserRequest {
+                name: name.into(),
+                role: role.into(),
+                plan_ids: plans.iter().map(|p| p.to_string()).collect(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.token)
+    }
+
+    /// Creates a plan as the coordinator; returns its id.
+    pub async fn create_plan(&self, given: &str, family: &str) -> anyhow::Result<String> {
+        let r = self
+            .plans(&self.coordinator_token)
+            .await?
+            .create_plan(pb::CreatePlanRequest {
+                given_name: given.into(),
+                family_name: family.into(),
+                date_of_birth: String::new(),
+                fields: vec![],
+            })
+            .await?
+            .into_inner();
+        Ok(r.plan.context("plan")?.plan_id)
+    }
+
+    /// Reads one section's content as JSON, as `token`.
+    pub async fn section(
+        &self,
+        token: &str,
+        plan: &str,
+        section: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let r = self
+            .plans(token)
+            .await?
+            .get_plan(pb::GetPlanRequest {
+                plan_id: plan.into(),
+                sections: vec![section.into()],
+            })
+            .await?
+            .into_inner();
+        let s = r
+            .sections
+            .into_iter()
+            .next()
+            .context("no section in answer")?;
+        Ok(serde_json::from_str(&s.content_json)?)
+    }
+
+    /// The node's counters, as the admin.
+    pub async fn status(&self) -> anyhow::Result<pb::StatusResponse> {
+        Ok(self
+            .admin(&self.admin_token)
+            .await?
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
+/// A set of nodes, each in its own temp directory.
+pub struct Cluster {
+    /// Keeps the temp directories alive.
+    _dir: tempfile::TempDir,
+    /// The test CA.
+    pub pki: TestPki,
+    nodes: Vec<TestNode>,
+}
+
+/// Builds a [`Cluster`].
+pub struct ClusterBuilder {
+    agencies: Vec<String>,
+}
+
+impl Cluster {
+    /// A builder.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            agencies: vec!["school.test".into()],
+        }
+    }
+
+    /// The node of an agency.
+    pub fn node(&self, agency: &str) -> &TestNode {
+        self.nodes
+            .iter()
+            .find(|n| n.agency.as_str() == agency)
+            .expect("no such agency in the cluster")
+    }
+
+    /// The node of an agency, mutably (to stop or restart it).
+    pub fn node_mut(&mut self, agency: &str) -> &mut TestNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.agency.as_str() == agency)
+            .expect("no such agency in the cluster")
+    }
+
+    /// Stops every node.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            n.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+impl ClusterBuilder {
+    /// The agencies to run.
+    pub fn agencies<I: IntoIterator<Item = S>, S: Into<String>>(mut self, agencies: I) -> Self {
+        self.agencies = agencies.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Starts the nodes.
+    pub async fn start(self) -> anyhow::Result<Cluster> {
+        weft_node::server::install_crypto_provider();
+        let dir = tempfile::tempdir()?;
+        let pki = TestPki::new()?;
+        let mut nodes = Vec::new();
+        for a in &self.agencies {
+            nodes.push(TestNode::start(&pki, a, dir.path().join(a)).await?);
+        }
+        Ok(Cluster {
+            _dir: dir,
+            pki,
+            nodes,
+        })
+    }
+}
+
+/// The `weft` binary of this build, built on first use (`cargo build -p weft-node --bin weft`
+/// with this test binary's profile), so process tests never run a stale binary.
+pub fn weft_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("cannot find the target directory")?
+            .to_path_buf();
+        let target_dir = profile_dir
+            .parent()
+            .ok_or("cannot find the target directory")?;
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "weft-node",
+            "--bin",
+            "weft",
+            "--target-dir",
+        ])
+        .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err("building the weft binary failed".into());
+        }
+        let bin = profile_dir.join(format!("weft{}", std::env::consts::EXE_SUFFIX));
+        if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!("no binary at {}", bin.display()))
+        }
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A `weft serve` process with its own config, data directory and certificates.
+pub struct WeftProcess {
+    /// The child process.
+    pub child: Child,
+    /// The client API address.
+    pub addr: SocketAddr,
+    /// The config file.
+    pub config: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+}
+
+impl WeftProcess {
+    /// Writes a config for `agency` in `dir` (certificates from `pki`) on a free port.
+    pub fn configure(
+        pki: &TestPki,
+        agency: &str,
+        dir: &Path,
+    ) -> anyhow::Result<(PathBuf, SocketAddr, PathBuf)> {
+        let agency = AgencyId::parse(agency)?;
+        let tls = pki.issue(&agency)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = dir.join("weft.toml");
+        std::fs::write(
+            &config,
+            weft_node::config::render(&agency, &dir.join("data"), addr, &tls),
+        )?;
+        Ok((config, addr, tls.ca))
+    }
+
+    /// Starts `weft serve --config FILE` and waits until the API answers.
+    pub async fn start(config: &Path, addr: SocketAddr, ca: &Path) -> anyhow::Result<Self> {
+        let child = Command::new(weft_bin()?)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut p = WeftProcess {
+            child,
+            addr,
+            config: config.to_path_buf(),
+            ca: ca.to_path_buf(),
+        };
+        let ca = ca.to_path_buf();
+        let up = eventually("weft serve to answer", DEADLINE, || {
+            let ca = ca.clone();
+            async move { Ok(channel(addr, &ca, None).await.ok().map(|_| ())) }
+        })
+        .await;
+        if let Err(e) = up {
+            let _ = p.child.kill();
+            return Err(e);
+        }
+        if let Some(status) = p.child.try_wait()? {
+            bail!("weft serve exited early: {status}");
+        }
+        Ok(p)
+    }
+
+    /// Runs the `weft` CLI with `args` against this node as `token`; returns stdout or an
+    /// error carrying stderr.
+    pub fn cli(&self, token: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(weft_bin()?)
+            .args(args)
+            .env("WEFT_NODE", format!("https://{}", self.addr))
+            .env("WEFT_CA", &self.ca)
+            .env("WEFT_TOKEN", token)
+            .output()?;
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout)?)
+        } else {
+            bail!(
+                "weft {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for WeftProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `weft` with `args` (no node), returning (success, stdout, stderr).
+pub fn weft(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(weft_bin()?).args(args).output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}

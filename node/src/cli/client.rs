@@ -473,6 +473,10 @@ fn print_fields(v: &Json, depth: usize) {
     if let Some(map) = v.as_object() {
         for (k, v) in map {
             match v {
+                Json::Number(n) if k == "at_ms" => {
+                    println!("{pad}at: {}", time(n.as_i64().unwrap_or(0)))
+                }
+                Json::Array(items) if items.is_empty() => println!("{pad}{k}: (none)"),
                 Json::Object(_) => {
                     println!("{pad}{k}:");
                     print_fields(v, depth + 1);

@@ -12,7 +12,12 @@ use clap::{Args, Parser, Subcommand};
 
 /// Weft: federated success plans for integrated student support.
 #[derive(Parser, Debug)]
-#[command(name = "weft", version, about, long_about = None)]
+#[command(
+    name = "weft",
+    version,
+    about = "Weft: one agency's node of a federation that keeps children's success plans",
+    long_about = None
+)]
 pub struct Cli {
     /// Log format for server commands: `human` or `json`.
     #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
@@ -75,7 +80,7 @@ enum ConfigCmd {
 
 #[derive(Subcommand, Debug)]
 enum PkiCmd {
-    /// Create a federation CA (ca.crt, ca.key) in DIR.
+    /// Create a federation CA (ca.crt, ca.key) in the --out directory.
     InitCa {
         /// Output directory.
         #[arg(long)]

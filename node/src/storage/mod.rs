@@ -202,12 +202,12 @@ fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T
     serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("corrupt {what} record: {e}")))
 }
 
-/// The key of a section: plan id (16 bytes), name length (1 byte), name.
+/// The key of a section: plan id (16 bytes), name length (2 bytes, big-endian), name.
 pub fn section_key_bytes(key: &SectionKey) -> Vec<u8> {
     let name = key.section.as_str().as_bytes();
-    let mut out = Vec::with_capacity(17 + name.len());
+    let mut out = Vec::with_capacity(18 + name.len());
     out.extend_from_slice(key.plan.0.as_bytes());
-    out.push(name.len() as u8);
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
     out.extend_from_slice(name);
     out
 }
@@ -220,12 +220,12 @@ fn chunk_key(key: &SectionKey, n: u64) -> Vec<u8> {
 
 fn parse_section_key(bytes: &[u8]) -> Result<SectionKey> {
     let bad = || Error::Storage("corrupt section key".into());
-    if bytes.len() < 17 {
+    if bytes.len() < 18 {
         return Err(bad());
     }
     let plan = uuid::Uuid::from_slice(&bytes[..16]).map_err(|_| bad())?;
-    let len = bytes[16] as usize;
-    let name = bytes.get(17..17 + len).ok_or_else(bad)?;
+    let len = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    let name = bytes.get(18..18 + len).ok_or_else(bad)?;
     let name = std::str::from_utf8(name).map_err(|_| bad())?;
     Ok(SectionKey {
         plan: PlanId(plan),

@@ -27,17 +27,19 @@ impl SledBackend {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("could not acquire lock") {
                     Error::Storage(format!(
-                        "the store in {} is in use by another process",
+                        "the store in {} is in use by another process (is the node running?)",
+                        dir.display()
+                    ))
+                } else {
+                    Error::Storage(format!(
+                        "cannot open the store in {}: {text}",
                         dir.display()
                     ))
                 }
-                other => Error::Storage(format!(
-                    "cannot open the store in {}: {other}",
-                    dir.display()
-                )),
             })?;
         let trees = Tree::ALL
             .iter()
