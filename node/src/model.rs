@@ -194,19 +194,22 @@ impl Role {
     pub fn allows(self, right: Right) -> bool {
         use Right::*;
         use Role::*;
-        match (self, right) {
-            (Admin, AddUser(_) | ListUsers | ReadAudit | ReadStatus) => true,
-            (
-                Coordinator,
-                CreatePlan | ReadPlan | WritePlan | WriteGoals | ListUsers | ReadAudit,
-            ) => true,
-            (Coordinator, AddUser(Caseworker | Guardian)) => true,
-            (Coordinator, ReadStatus) => true,
-            (Caseworker, ReadPlan | WritePlan | WriteGoals | EditGoals | ReadStatus) => true,
-            (Guardian, ReadPlan | WriteGoals) => true,
-            (Auditor, ReadAudit | ReadStatus) => true,
-            _ => false,
-        }
+        matches!(
+            (self, right),
+            (Admin, AddUser(_) | ListUsers | ReadAudit | ReadStatus)
+                | (
+                    Coordinator,
+                    CreatePlan | ReadPlan | WritePlan | WriteGoals | EditGoals
+                )
+                | (Coordinator, ListUsers | ReadAudit | ReadStatus)
+                | (Coordinator, AddUser(Caseworker | Guardian))
+                | (
+                    Caseworker,
+                    ReadPlan | WritePlan | WriteGoals | EditGoals | ReadStatus
+                )
+                | (Guardian, ReadPlan | WriteGoals)
+                | (Auditor, ReadAudit | ReadStatus)
+        )
     }
 
     /// The role's name as used in the CLI and the API.
@@ -330,6 +333,8 @@ mod tests {
         assert!(!Role::Guardian.allows(Right::WritePlan));
         assert!(Role::Guardian.allows(Right::WriteGoals));
         assert!(!Role::Guardian.allows(Right::EditGoals));
+        assert!(Role::Coordinator.allows(Right::EditGoals));
+        assert!(Role::Caseworker.allows(Right::EditGoals));
         assert!(!Role::Coordinator.allows(Right::AddUser(Role::Admin)));
         assert!(Role::Admin.allows(Right::AddUser(Role::Admin)));
     }

@@ -391,7 +391,7 @@ mod tests {
                 Timestamp::from_millis(1),
             )
             .unwrap();
-        let mut one = SectionDoc::load(None, &[c0.clone()]).unwrap();
+        let mut one = SectionDoc::load(None, std::slice::from_ref(&c0)).unwrap();
         let mut two = SectionDoc::load(None, &[c0]).unwrap();
         let c1 = one
             .apply(

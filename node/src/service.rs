@@ -83,6 +83,19 @@ pub struct HistoryEntry {
     pub change: ChangeInfo,
 }
 
+/// What `update_goal` changes; `None` leaves a field as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoalChange<'a> {
+    /// New status.
+    pub status: Option<&'a str>,
+    /// New text.
+    pub text: Option<&'a str>,
+    /// New target date.
+    pub target_date: Option<&'a str>,
+    /// A progress note to add.
+    pub note: Option<&'a str>,
+}
+
 /// Options of the service.
 #[derive(Clone, Debug)]
 pub struct ServiceOptions {
@@ -553,11 +566,14 @@ impl NodeService {
         caller: &Caller,
         plan: PlanId,
         goal: &str,
-        status: Option<&str>,
-        text: Option<&str>,
-        target_date: Option<&str>,
-        note: Option<&str>,
+        change: GoalChange<'_>,
     ) -> Result<Json> {
+        let GoalChange {
+            status,
+            text,
+            target_date,
+            note,
+        } = change;
         self.require_on(caller, Right::WriteGoals, AuditAction::Write, Some(plan))
             .await?;
         let mut fields = vec![];

@@ -7,7 +7,7 @@ use weft_proto::v1 as pb;
 use weft_proto::v1::goal_service_server::GoalService;
 
 use super::{caller, convert};
-use crate::service::NodeService;
+use crate::service::{GoalChange, NodeService};
 
 /// The goal service over a node.
 pub struct GoalApi {
@@ -62,10 +62,12 @@ impl GoalService for GoalApi {
                 &who,
                 convert::plan_id(&r.plan_id)?,
                 &r.goal_id,
-                convert::opt(&r.status),
-                convert::opt(&r.text),
-                convert::opt(&r.target_date),
-                convert::opt(&r.note),
+                GoalChange {
+                    status: convert::opt(&r.status),
+                    text: convert::opt(&r.text),
+                    target_date: convert::opt(&r.target_date),
+                    note: convert::opt(&r.note),
+                },
             )
             .await?;
         Ok(Response::new(pb::GoalResponse {

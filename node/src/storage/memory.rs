@@ -8,6 +8,8 @@ use super::{Backend, Tree, Txn};
 use crate::error::{Error, Result};
 
 type Map = BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
+/// Pending writes of a transaction: `None` removes the key.
+type Writes = BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>;
 
 /// Trees in a `BTreeMap` behind a mutex.
 #[derive(Default)]
@@ -30,7 +32,7 @@ impl MemoryBackend {
 
 struct Overlay<'a> {
     base: &'a Map,
-    writes: RefCell<BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>>,
+    writes: RefCell<Writes>,
 }
 
 impl Txn for Overlay<'_> {

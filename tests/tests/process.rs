@@ -1,0 +1,294 @@
+//! The real `weft` binary as separate processes: crash safety under SIGKILL, and the CLI.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use weft_proto::v1 as pb;
+use weft_tests::{channel, weft, TestPki, WeftProcess};
+
+/// Makes a coordinator offline (the node is stopped), as an operator would.
+fn bootstrap(config: &std::path::Path, name: &str, role: &str) -> anyhow::Result<String> {
+    let (ok, out, err) = weft(&[
+        "user",
+        "add",
+        name,
+        "--role",
+        role,
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ])?;
+    anyhow::ensure!(ok, "user add failed: {err}");
+    let v: Json = serde_json::from_str(&out)?;
+    Ok(v["token"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let (config, addr, ca) = WeftProcess::configure(&pki, "school.test", dir.path())?;
+    let token = bootstrap(&config, "coordinator", "coordinator")?;
+    let mut node = WeftProcess::start(&config, addr, &ca).await?;
+
+    let chan = channel(addr, &ca, Some(&token)).await?;
+    let plan = pb::plan_service_client::PlanServiceClient::new(chan.clone())
+        .create_plan(pb::CreatePlanRequest {
+            given_name: "Kai".into(),
+            family_name: "Crash".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .plan
+        .unwrap()
+        .plan_id;
+
+    // Two writers add goals as fast as they can; every acknowledged goal id is recorded.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..2 {
+        let (chan, plan, acked) = (chan.clone(), plan.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let mut goals = pb::goal_service_client::GoalServiceClient::new(chan);
+            for i in 0.. {
+                let r = goals
+                    .add_goal(pb::AddGoalRequest {
+                        plan_id: plan.clone(),
+                        domain: "academic".into(),
+                        text: format!("writer {w} goal {i}"),
+                        horizon: "short".into(),
+                        target_date: String::new(),
+                    })
+                    .await;
+                match r {
+                    Ok(r) => acked.lock().unwrap().push(r.into_inner().goal_id),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    // Kill it mid-stream once a good number of writes were acknowledged.
+    weft_tests::eventually("60 acknowledged writes", Duration::from_secs(60), || {
+        let n = acked.lock().unwrap().len();
+        async move { Ok((n >= 60).then_some(())) }
+    })
+    .await?;
+    node.kill9()?;
+    for w in writers {
+        w.await?;
+    }
+    let acked = acked.lock().unwrap().clone();
+    drop(node);
+
+    let node = WeftProcess::start(&config, addr, &ca).await?;
+    let chan = channel(addr, &ca, Some(&token)).await?;
+    let got = pb::plan_service_client::PlanServiceClient::new(chan.clone())
+        .get_plan(pb::GetPlanRequest {
+            plan_id: plan.clone(),
+            sections: vec!["goals".into()],
+        })
+        .await?
+        .into_inner();
+    let goals: Json = serde_json::from_str(&got.sections[0].content_json)?;
+    let stored = goals["goals"].as_object().cloned().unwrap_or_default();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged goals lost after SIGKILL: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    // The store is consistent: the audit chain verifies after the crash.
+    let v = pb::admin_service_client::AdminServiceClient::new(chan)
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await;
+    // The coordinator may read the audit log; the chain must verify.
+    let v = v?.into_inner();
+    assert!(v.ok, "audit chain after crash: {}", v.problem);
+    drop(node);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_a_node() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let (config, addr, ca) = WeftProcess::configure(&pki, "school.test", dir.path())?;
+
+    let (ok, out, _) = weft(&["config", "check", config.to_str().unwrap()])?;
+    assert!(ok && out.contains("ok (agency school.test"), "{out}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "agency = \"x\"\ncolour = 1\n")?;
+    let (ok, _, err) = weft(&["config", "check", bad.to_str().unwrap()])?;
+    assert!(!ok && err.contains("colour"), "{err}");
+
+    let token = bootstrap(&config, "coordinator", "coordinator")?;
+    // A second process cannot open a store in use.
+    let node = WeftProcess::start(&config, addr, &ca).await?;
+    let (ok, _, err) = weft(&[
+        "user",
+        "add",
+        "x",
+        "--role",
+        "admin",
+        "--config",
+        config.to_str().unwrap(),
+    ])?;
+    assert!(!ok && err.contains("in use by another process"), "{err}");
+
+    let plan = node.cli(
+        &token,
+        &[
+            "plan",
+            "create",
+            "--given-name",
+            "Ana",
+            "--family-name",
+            "Cli",
+            "--date-of-birth",
+            "2014-02-03",
+        ],
+    )?;
+    let plan = plan.trim().to_string();
+    assert_eq!(plan.len(), 36, "{plan}");
+    let out = node.cli(
+        &token,
+        &[
+            "plan",
+            "set",
+            &plan,
+            "profile.grade=4",
+            "health.allergies=peanuts;dust",
+        ],
+    )?;
+    assert!(out.contains("updated"), "{out}");
+    let err = node
+        .cli(&token, &["plan", "set", &plan, "profile.tier=9"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("profile.tier: must be between 1 and 4"),
+        "{err}"
+    );
+    let goal = node.cli(
+        &token,
+        &[
+            "goal",
+            "add",
+            &plan,
+            "--domain",
+            "academic",
+            "--text",
+            "Read daily",
+            "--horizon",
+            "short",
+        ],
+    )?;
+    let goal = goal.trim().to_string();
+    node.cli(
+        &token,
+        &[
+            "goal",
+            "update",
+            &plan,
+            &goal,
+            "--status",
+            "in_progress",
+            "--note",
+            "started",
+        ],
+    )?;
+    let referral = node.cli(
+        &token,
+        &[
+            "referral",
+            "add",
+            &plan,
+            "--service",
+            "counseling",
+            "--to",
+            "clinic.test",
+        ],
+    )?;
+    node.cli(
+        &token,
+        &[
+            "referral",
+            "update",
+            &plan,
+            referral.trim(),
+            "--status",
+            "sent",
+        ],
+    )?;
+
+    let show: Json = serde_json::from_str(&node.cli(&token, &["plan", "show", &plan, "--json"])?)?;
+    assert_eq!(show["sections"]["profile"]["content"]["given_name"], "Ana");
+    assert_eq!(
+        show["sections"]["health"]["content"]["allergies"],
+        serde_json::json!(["peanuts", "dust"])
+    );
+    assert_eq!(
+        show["sections"]["goals"]["content"]["goals"][&goal]["status"],
+        "in_progress"
+    );
+    assert_eq!(
+        show["sections"]["services"]["content"]["referrals"][referral.trim()]["status"],
+        "sent"
+    );
+    let text = node.cli(&token, &["plan", "show", &plan])?;
+    assert!(
+        text.contains("[health]") && text.contains("allergies: peanuts; dust"),
+        "{text}"
+    );
+
+    let history: Json =
+        serde_json::from_str(&node.cli(&token, &["plan", "history", &plan, "--json"])?)?;
+    assert!(history
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["summary"] == "set health.allergies" && h["user"] == "coordinator"));
+    let list: Json = serde_json::from_str(&node.cli(&token, &["plan", "list", "--json"])?)?;
+    assert_eq!(list[0]["name"], "Ana Cli");
+
+    let added = node.cli(
+        &token,
+        &[
+            "user", "add", "gus", "--role", "guardian", "--plan", &plan, "--json",
+        ],
+    )?;
+    let guardian: Json = serde_json::from_str(&added)?;
+    let gtoken = guardian["token"].as_str().unwrap();
+    let who = node.cli(gtoken, &["user", "whoami"])?;
+    assert!(who.contains("gus (guardian) at school.test"), "{who}");
+
+    let log: Json =
+        serde_json::from_str(&node.cli(&token, &["audit", "log", "--plan", &plan, "--json"])?)?;
+    let entries = log.as_array().unwrap();
+    let writes: Vec<&Json> = entries.iter().filter(|e| e["action"] == "write").collect();
+    assert!(
+        writes
+            .iter()
+            .any(|e| e["sections"] == serde_json::json!(["profile", "health"])),
+        "{writes:?}"
+    );
+    assert!(entries.iter().all(|e| !e.to_string().contains("peanuts")));
+    let verify = node.cli(&token, &["audit", "verify"])?;
+    assert!(verify.starts_with("audit chain ok"), "{verify}");
+    let status = node.cli(&token, &["status", "--json"])?;
+    let status: Json = serde_json::from_str(&status)?;
+    assert_eq!(status["agency"], "school.test");
+    assert_eq!(status["plans"], 1);
+
+    // Without a token, a clear error.
+    let err = node.cli("", &["plan", "list"]).unwrap_err().to_string();
+    assert!(err.contains("bearer token"), "{err}");
+    drop(node);
+    Ok(())
+}
