@@ -42,6 +42,16 @@ pub enum AuditAction {
     VerifyAudit,
     /// A call without a valid token.
     Authenticate,
+    /// A consent was recorded.
+    ConsentGrant,
+    /// A consent was revoked.
+    ConsentRevoke,
+    /// A consent reached its expiry.
+    ConsentExpire,
+    /// Consents were listed, read, explained or exported.
+    ConsentRead,
+    /// The record of disclosures was read.
+    ReadDisclosures,
     /// Node status was read.
     Status,
 }
@@ -61,6 +71,11 @@ impl AuditAction {
             AuditAction::ReadAudit => "read_audit",
             AuditAction::VerifyAudit => "verify_audit",
             AuditAction::Authenticate => "authenticate",
+            AuditAction::ConsentGrant => "consent_grant",
+            AuditAction::ConsentRevoke => "consent_revoke",
+            AuditAction::ConsentExpire => "consent_expire",
+            AuditAction::ConsentRead => "consent_read",
+            AuditAction::ReadDisclosures => "read_disclosures",
             AuditAction::Status => "status",
         }
     }
@@ -105,6 +120,10 @@ pub struct AuditDraft {
     pub sections: Vec<String>,
     /// A reason code or count; never student data.
     pub detail: String,
+    /// For reads and writes: what allowed them (`home agency`, or a consent and its
+    /// purpose), so the family's record of disclosures can say under which consent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub basis: String,
 }
 
 /// A sealed entry as stored.
@@ -229,6 +248,7 @@ mod tests {
             plan: None,
             sections: vec!["goals".into()],
             detail: String::new(),
+            basis: String::new(),
         }
     }
 

@@ -16,6 +16,9 @@
 //!
 //! [storage]
 //! compact_after_chunks = 64       # fold a section's change chunks into a snapshot
+//!
+//! [consent]
+//! signing_key = "certs/signing.key" # Ed25519 key that signs consents (default: in data_dir)
 //! ```
 
 use std::net::SocketAddr;
@@ -40,6 +43,18 @@ pub struct FileConfig {
     /// Storage tuning.
     #[serde(default)]
     pub storage: StorageSection,
+    /// Consent signing.
+    #[serde(default)]
+    pub consent: ConsentSection,
+}
+
+/// `[consent]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentSection {
+    /// The node's Ed25519 key that signs consent records (hex seed). Created on first start
+    /// if missing. Default: `signing.key` in the data directory.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// `[api]`
@@ -116,6 +131,9 @@ pub struct Config {
     pub tls: TlsFiles,
     /// Fold chunks into a snapshot after this many.
     pub compact_after_chunks: u64,
+    /// The consent signing key's file (`None`: `signing.key` in the data directory, or a
+    /// throwaway key for an in-memory node).
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Every problem found in a config file.
@@ -195,6 +213,7 @@ impl FileConfig {
                 api_listen,
                 tls,
                 compact_after_chunks: self.storage.compact_after_chunks,
+                signing_key: self.consent.signing_key.as_deref().map(resolve),
             }),
             _ => Err(problems),
         }

@@ -21,6 +21,7 @@ pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fhir;
 pub mod gate;
 pub mod model;
 pub mod pki;

@@ -277,6 +277,10 @@ pub struct UserRecord {
     pub created_at: Timestamp,
     /// SHA-256 of the bearer token, hex.
     pub token_hash: String,
+    /// A partner agency's staff member given access to this node: their agency. `None` for
+    /// this node's own staff. Consent decides what such a user may read or write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<AgencyId>,
 }
 
 /// Who is calling: a user of a given agency, authenticated.

@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use weft_consent::ed25519_dalek::SigningKey;
+
 use crate::config::{Config, DataLocation};
 use crate::error::{Error, Result};
 use crate::model::now;
@@ -34,6 +36,48 @@ pub fn open_store(data: &DataLocation) -> Result<StoreHandle> {
         DataLocation::Memory => Arc::new(MemoryBackend::new()),
     };
     Ok(StoreHandle::new(Store::open(backend)?))
+}
+
+/// The node's consent signing key: read from its file, or created there (mode 0600) on
+/// first start. An in-memory node without a key file gets a throwaway key.
+pub fn load_signing_key(config: &Config) -> Result<SigningKey> {
+    let path = match (&config.signing_key, &config.data) {
+        (Some(p), _) => p.clone(),
+        (None, DataLocation::Dir(dir)) => dir.join("signing.key"),
+        (None, DataLocation::Memory) => return Ok(fresh_signing_key()),
+    };
+    let bad = |what: &str| Error::Internal(format!("{}: {what}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = hex::decode(text.trim()).map_err(|_| bad("not a hex Ed25519 seed"))?;
+            let seed: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| bad("an Ed25519 seed is 32 bytes"))?;
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = fresh_signing_key();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| bad(&e.to_string()))?;
+            }
+            std::fs::write(&path, hex::encode(key.to_bytes())).map_err(|e| bad(&e.to_string()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| bad(&e.to_string()))?;
+            }
+            tracing::info!(path = %path.display(), "created the consent signing key");
+            Ok(key)
+        }
+        Err(e) => Err(bad(&e.to_string())),
+    }
+}
+
+fn fresh_signing_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+    SigningKey::from_bytes(&seed)
 }
 
 /// A running node.
@@ -61,6 +105,7 @@ impl Node {
         let listener = TcpListener::bind(config.api_listen)
             .await
             .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.api_listen)))?;
+        let signing_key = load_signing_key(&config)?;
         let service = NodeService::new(
             config.agency.clone(),
             store,
@@ -68,10 +113,12 @@ impl Node {
             ServiceOptions {
                 compact_after_chunks: config.compact_after_chunks,
             },
+            signing_key,
         )
         .await?;
         let (tx, rx) = watch::channel(false);
         let api_addr = listener.local_addr().map_err(Error::internal)?;
+        tokio::spawn(sweep_expiries(service.clone(), rx.clone()));
         let task = tokio::spawn(serve(config, service.clone(), listener, rx));
         tracing::info!(agency = %service.agency(), addr = %api_addr, "node started");
         Ok(Node {
@@ -109,6 +156,28 @@ impl Node {
     pub async fn stop(self) -> Result<()> {
         self.shutdown();
         self.join().await
+    }
+}
+
+/// How often a node looks for consents that reached their expiry.
+pub const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Records consent expiries as they happen, until shutdown.
+async fn sweep_expiries(service: Arc<NodeService>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(EXPIRY_SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = service.sweep_expiries().await {
+                    tracing::warn!(error = %e, "consent expiry sweep failed");
+                }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
     }
 }
 

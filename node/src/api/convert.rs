@@ -16,6 +16,12 @@ pub fn plan_id(s: &str) -> Result<PlanId, Status> {
     Ok(s.parse()?)
 }
 
+/// Parses an agency id field.
+pub fn agency(s: &str) -> Result<crate::model::AgencyId, Status> {
+    crate::model::AgencyId::parse(s.trim())
+        .map_err(|e| Error::invalid(format!("agency: {e}")).into())
+}
+
 /// An optional text field: proto3 sends absent strings as empty.
 pub fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
@@ -89,7 +95,7 @@ pub fn user(u: &UserRecord, agency: &str) -> pb::User {
     pb::User {
         name: u.name.clone(),
         role: u.role.to_string(),
-        agency: agency.to_string(),
+        agency: u.agency.as_ref().map_or(agency, |a| a.as_str()).to_string(),
         subject_ids: u.subjects.iter().map(|s| s.to_string()).collect(),
         created_at_ms: u.created_at.as_millis(),
     }

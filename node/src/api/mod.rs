@@ -7,6 +7,7 @@
 //! *Architecture invariant:* only `node::api` touches generated proto types.
 
 pub mod admin;
+pub mod consent;
 pub mod convert;
 pub mod error;
 pub mod goals;
@@ -54,6 +55,10 @@ pub fn routes(svc: Arc<NodeService>) -> tonic::service::Routes {
     )
     .add_service(
         user_service_server::UserServiceServer::new(users::UserApi::new(svc.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        consent_service_server::ConsentServiceServer::new(consent::ConsentApi::new(svc.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(

@@ -37,7 +37,11 @@ impl UserService for UserApi {
             .iter()
             .map(|p| convert::plan_id(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let (user, token) = self.svc.add_user(&who, &r.name, role, &plans).await?;
+        let agency = convert::opt(&r.agency).map(convert::agency).transpose()?;
+        let (user, token) = self
+            .svc
+            .add_user(&who, &r.name, role, &plans, agency)
+            .await?;
         Ok(Response::new(pb::AddUserResponse {
             user: Some(convert::user(&user, self.svc.agency().as_str())),
             token,

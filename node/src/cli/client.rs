@@ -89,7 +89,7 @@ pub async fn connect(conn: &Conn) -> anyhow::Result<Chan> {
     Ok(InterceptedService::new(channel, Bearer(token)))
 }
 
-fn status_error(s: Status) -> anyhow::Error {
+pub(crate) fn status_error(s: Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 
@@ -99,11 +99,11 @@ macro_rules! call {
     };
 }
 
-fn print_json(v: &Json) {
+pub(crate) fn print_json(v: &Json) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     weft_consent::Timestamp::from_millis(ms).to_string()
 }
 
@@ -260,6 +260,15 @@ pub enum AuditCmd {
         /// At most this many entries.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        #[command(flatten)]
+        conn: JsonConn,
+    },
+    /// The record of disclosures of a plan: who received or read what, when, and under which
+    /// consent (FERPA 34 CFR 99.32), newest first.
+    Disclosures {
+        /// The plan.
+        #[arg(long)]
+        plan: String,
         #[command(flatten)]
         conn: JsonConn,
     },
@@ -648,6 +657,7 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        AuditCmd::Disclosures { plan, conn } => super::consent::disclosures(plan, conn).await?,
         AuditCmd::Verify { conn } => {
             let mut c = C::new(connect(&conn.conn).await?);
             let r = call!(c.verify_audit(pb::VerifyAuditRequest {}));
@@ -700,7 +710,8 @@ pub async fn user_add(args: super::UserAddArgs) -> anyhow::Result<()> {
     let r = call!(c.add_user(pb::AddUserRequest {
         name: args.name,
         role: args.role,
-        plan_ids: args.plans
+        plan_ids: args.plans,
+        agency: args.agency.unwrap_or_default(),
     }));
     let u = r.user.unwrap_or_default();
     if args.conn.json {

@@ -3,6 +3,7 @@
 //! `WEFT_NODE`, `WEFT_CA` and `WEFT_TOKEN` (or `--node`, `--ca`, `--token`).
 
 pub mod client;
+pub mod consent;
 pub mod dev;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ enum Command {
     /// Referrals in a plan's `services` section.
     #[command(subcommand)]
     Referral(client::ReferralCmd),
+    /// Consents: who may see which sections of a plan, for what, until when.
+    #[command(subcommand)]
+    Consent(consent::ConsentCmd),
     /// The audit log.
     #[command(subcommand)]
     Audit(client::AuditCmd),
@@ -125,6 +129,10 @@ pub struct UserAddArgs {
     /// Guardians: a plan whose child they may see (repeat for siblings).
     #[arg(long = "plan")]
     pub plans: Vec<String>,
+    /// Staff of a partner agency working on this node: their agency id. What they may see
+    /// is then decided by the family's consents.
+    #[arg(long)]
+    pub agency: Option<String>,
     /// Offline: the stopped node's config file.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -218,6 +226,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Plan(cmd) => client::plan(cmd).await,
         Command::Goal(cmd) => client::goal(cmd).await,
         Command::Referral(cmd) => client::referral(cmd).await,
+        Command::Consent(cmd) => consent::run(cmd).await,
         Command::Audit(cmd) => client::audit(cmd).await,
         Command::Status(args) => client::status(args).await,
         Command::User(UserCmd::Add(args)) => match &args.config {

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{self, AuditDraft, AuditEntry, AuditHead, ChainBreak};
 use crate::error::{Error, Result};
 use crate::gate::{ReadPermit, WritePermit};
-use crate::model::{PlanId, PlanRecord, SectionKey, SectionName, Timestamp, UserRecord};
+use crate::model::{PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp, UserRecord};
 
 /// The trees (key spaces) of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,11 +43,13 @@ pub enum Tree {
     Audit,
     /// User name → user record.
     Users,
+    /// Subject + kind + id → signed consent, signed revocation, or expiry mark.
+    Consents,
 }
 
 impl Tree {
     /// Every tree, in discriminant order.
-    pub const ALL: [Tree; 8] = [
+    pub const ALL: [Tree; 9] = [
         Tree::Meta,
         Tree::Plans,
         Tree::Sections,
@@ -56,6 +58,7 @@ impl Tree {
         Tree::Feed,
         Tree::Audit,
         Tree::Users,
+        Tree::Consents,
     ];
 
     /// The tree's name on disk.
@@ -69,6 +72,7 @@ impl Tree {
             Tree::Feed => "feed",
             Tree::Audit => "audit",
             Tree::Users => "users",
+            Tree::Consents => "consents",
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct CommitBatch {
     pub changes: Vec<(SectionKey, Vec<u8>)>,
     /// A user to add (the name must be free).
     pub new_user: Option<UserRecord>,
+    /// Consent records, revocations and marks to store (an existing id is an error).
+    pub consent_entries: Vec<ConsentEntry>,
     /// The audit entry for all of it.
     pub audit: AuditDraft,
 }
@@ -167,9 +173,62 @@ impl CommitBatch {
             new_plan: None,
             changes: vec![],
             new_user: None,
+            consent_entries: vec![],
             audit,
         }
     }
+}
+
+/// What a consent entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsentKind {
+    /// A signed consent record.
+    Consent = b'c' as isize,
+    /// A signed revocation.
+    Revocation = b'r' as isize,
+    /// A mark that a consent's expiry has been recorded.
+    ExpiryMark = b'x' as isize,
+}
+
+/// One stored consent entry: signed bytes, filed under the subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentEntry {
+    /// The subject the consent is about.
+    pub subject: SubjectId,
+    /// What it is.
+    pub kind: ConsentKind,
+    /// The consent or revocation id.
+    pub id: String,
+    /// The signed envelope's bytes (empty for marks).
+    pub bytes: Vec<u8>,
+}
+
+fn consent_key(subject: SubjectId, kind: ConsentKind, id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + id.len());
+    out.extend_from_slice(subject.0.as_bytes());
+    out.push(kind as u8);
+    out.extend_from_slice(id.as_bytes());
+    out
+}
+
+fn parse_consent_key(key: &[u8], value: Vec<u8>) -> Result<ConsentEntry> {
+    let bad = || Error::Storage("corrupt consent key".into());
+    let subject = uuid::Uuid::from_slice(key.get(..16).ok_or_else(bad)?).map_err(|_| bad())?;
+    let kind = match key.get(16) {
+        Some(b'c') => ConsentKind::Consent,
+        Some(b'r') => ConsentKind::Revocation,
+        Some(b'x') => ConsentKind::ExpiryMark,
+        _ => return Err(bad()),
+    };
+    let id = std::str::from_utf8(&key[17..])
+        .map_err(|_| bad())?
+        .to_string();
+    Ok(ConsentEntry {
+        subject: SubjectId(subject),
+        kind,
+        id,
+        bytes: value,
+    })
 }
 
 /// What a commit wrote.
@@ -290,6 +349,13 @@ impl Store {
                 }
                 txn.put(Tree::Users, user.name.as_bytes(), &json(user))?;
             }
+            for e in &batch.consent_entries {
+                let key = consent_key(e.subject, e.kind, &e.id);
+                if txn.get(Tree::Consents, &key)?.is_some() {
+                    return Err(Error::AlreadyExists(format!("consent entry `{}`", e.id)));
+                }
+                txn.put(Tree::Consents, &key, &e.bytes)?;
+            }
             let mut seq = read_u64(txn, KEY_FEED_SEQ)?;
             let mut feed = Vec::with_capacity(batch.changes.len());
             for (key, bytes) in &batch.changes {
@@ -405,6 +471,16 @@ impl Store {
             chunks,
             meta,
         }))
+    }
+
+    /// The consent entries of a subject, or of every subject.
+    pub fn consent_entries(&self, subject: Option<SubjectId>) -> Result<Vec<ConsentEntry>> {
+        let prefix = subject.map(|s| s.0.as_bytes().to_vec()).unwrap_or_default();
+        self.backend
+            .scan(Tree::Consents, &prefix, None, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| parse_consent_key(&k, v))
+            .collect()
     }
 
     /// Every user.
@@ -532,6 +608,7 @@ impl StoreHandle {
             new_plan,
             changes,
             new_user: None,
+            consent_entries: vec![],
             audit,
         };
         self.run(move |s| s.commit(&batch)).await
@@ -554,6 +631,7 @@ impl StoreHandle {
             new_plan: None,
             changes: vec![],
             new_user: Some(user),
+            consent_entries: vec![],
             audit,
         };
         self.run(move |s| s.commit(&batch)).await
@@ -578,6 +656,22 @@ impl StoreHandle {
     /// Sections of a plan that have been written.
     pub async fn sections_of(&self, plan: PlanId) -> Result<Vec<SectionName>> {
         self.run(move |s| s.sections_of(plan)).await
+    }
+
+    /// The consent entries of a subject, or of every subject.
+    pub async fn consent_entries(&self, subject: Option<SubjectId>) -> Result<Vec<ConsentEntry>> {
+        self.run(move |s| s.consent_entries(subject)).await
+    }
+
+    /// Stores consent entries with their audit entry.
+    pub async fn write_consent_entries(
+        &self,
+        entries: Vec<ConsentEntry>,
+        audit: AuditDraft,
+    ) -> Result<Committed> {
+        let mut batch = CommitBatch::audit_only(audit);
+        batch.consent_entries = entries;
+        self.run(move |s| s.commit(&batch)).await
     }
 
     /// Every user.

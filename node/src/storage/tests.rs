@@ -16,6 +16,7 @@ fn draft(n: i64) -> AuditDraft {
         plan: None,
         sections: vec![],
         detail: String::new(),
+        basis: String::new(),
     }
 }
 
@@ -58,6 +59,7 @@ fn commits_write_chunks_feed_and_audit_together() {
                 (notes.clone(), b"two".to_vec()),
             ],
             new_user: None,
+            consent_entries: vec![],
             audit: draft(1),
         };
         let c = store.commit(&batch).unwrap();
@@ -72,6 +74,7 @@ fn commits_write_chunks_feed_and_audit_together() {
                 new_plan: None,
                 changes: vec![(goals.clone(), b"three".to_vec())],
                 new_user: None,
+                consent_entries: vec![],
                 audit: draft(2),
             })
             .unwrap();
@@ -115,6 +118,7 @@ fn a_failed_commit_writes_nothing() {
             new_plan: Some(p.clone()),
             changes: vec![(k.clone(), b"a".to_vec())],
             new_user: None,
+            consent_entries: vec![],
             audit: draft(1),
         };
         store.commit(&batch).unwrap();
@@ -124,6 +128,7 @@ fn a_failed_commit_writes_nothing() {
             new_plan: Some(p.clone()),
             changes: vec![(k.clone(), b"b".to_vec())],
             new_user: None,
+            consent_entries: vec![],
             audit: draft(2),
         });
         assert!(matches!(err, Err(Error::AlreadyExists(_))), "{name}");
@@ -146,11 +151,13 @@ fn users_are_unique_by_name() {
             subjects: vec![],
             created_at: Timestamp::from_millis(1),
             token_hash: "h".into(),
+            agency: None,
         };
         let batch = CommitBatch {
             new_plan: None,
             changes: vec![],
             new_user: Some(user.clone()),
+            consent_entries: vec![],
             audit: draft(1),
         };
         store.commit(&batch).unwrap();
@@ -159,6 +166,44 @@ fn users_are_unique_by_name() {
             "{name}"
         );
         assert_eq!(store.users().unwrap(), vec![user], "{name}");
+    }
+}
+
+#[test]
+fn consent_entries_are_filed_by_subject_and_never_overwritten() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend).unwrap();
+        let (a, b) = (SubjectId::random(), SubjectId::random());
+        let entry = |subject, kind, id: &str| ConsentEntry {
+            subject,
+            kind,
+            id: id.into(),
+            bytes: id.as_bytes().to_vec(),
+        };
+        let mut batch = CommitBatch::audit_only(draft(1));
+        batch.consent_entries = vec![
+            entry(a, ConsentKind::Consent, "c-1"),
+            entry(a, ConsentKind::Revocation, "v-1"),
+            entry(b, ConsentKind::Consent, "c-2"),
+        ];
+        store.commit(&batch).unwrap();
+        let of_a = store.consent_entries(Some(a)).unwrap();
+        assert_eq!(
+            of_a.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["c-1", "v-1"],
+            "{name}"
+        );
+        assert_eq!(of_a[1].kind, ConsentKind::Revocation, "{name}");
+        assert_eq!(store.consent_entries(None).unwrap().len(), 3, "{name}");
+        // A signed record is immutable: the same id again is refused, with nothing written.
+        let before = store.stats().unwrap();
+        let mut again = CommitBatch::audit_only(draft(2));
+        again.consent_entries = vec![entry(a, ConsentKind::Consent, "c-1")];
+        assert!(
+            matches!(store.commit(&again), Err(Error::AlreadyExists(_))),
+            "{name}"
+        );
+        assert_eq!(store.stats().unwrap(), before, "{name}");
     }
 }
 
@@ -174,6 +219,7 @@ fn compaction_replaces_chunks_with_a_snapshot() {
                     new_plan: None,
                     changes: vec![(k.clone(), vec![i])],
                     new_user: None,
+                    consent_entries: vec![],
                     audit: draft(i as i64),
                 })
                 .unwrap();
@@ -199,6 +245,7 @@ fn sled_keeps_everything_across_reopen() {
                 new_plan: Some(p.clone()),
                 changes: vec![(k.clone(), b"x".to_vec())],
                 new_user: None,
+                consent_entries: vec![],
                 audit: draft(1),
             })
             .unwrap();

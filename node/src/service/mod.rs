@@ -13,6 +13,7 @@ use rand::RngCore;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
+use weft_consent::ed25519_dalek::SigningKey;
 use weft_consent::ConsentSet;
 
 use crate::audit::{AuditAction, AuditDraft, AuditEntry, Outcome};
@@ -25,6 +26,9 @@ use crate::model::{
 };
 use crate::section::{ChangeInfo, Edit, SectionDoc};
 use crate::storage::{StoreHandle, StoreStats};
+
+mod consent;
+pub use consent::{ConsentState, ConsentView, GrantInput};
 
 /// A source of the current time, injectable for tests.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -124,6 +128,8 @@ pub struct NodeService {
     clock: Clock,
     started: Instant,
     options: ServiceOptions,
+    signing_key: SigningKey,
+    consents: RwLock<HashMap<SubjectId, Arc<ConsentSet>>>,
 }
 
 /// SHA-256 of a bearer token, hex: the only form in which tokens are stored.
@@ -161,6 +167,7 @@ pub fn bootstrap_user(
         subjects: vec![],
         created_at: now,
         token_hash: token_hash(&token),
+        agency: None,
     };
     let audit = AuditDraft {
         time: now,
@@ -171,13 +178,11 @@ pub fn bootstrap_user(
         plan: None,
         sections: vec![],
         detail: format!("{name} as {role}"),
+        basis: String::new(),
     };
-    store.blocking().commit(&crate::storage::CommitBatch {
-        new_plan: None,
-        changes: vec![],
-        new_user: Some(user.clone()),
-        audit,
-    })?;
+    let mut batch = crate::storage::CommitBatch::audit_only(audit);
+    batch.new_user = Some(user.clone());
+    store.blocking().commit(&batch)?;
     Ok((user, token))
 }
 
@@ -188,6 +193,7 @@ impl NodeService {
         store: StoreHandle,
         clock: Clock,
         options: ServiceOptions,
+        signing_key: SigningKey,
     ) -> Result<Arc<Self>> {
         let users = store
             .users()
@@ -208,6 +214,8 @@ impl NodeService {
             clock,
             started: Instant::now(),
             options,
+            signing_key,
+            consents: RwLock::new(HashMap::new()),
         }))
     }
 
@@ -240,6 +248,7 @@ impl NodeService {
             plan,
             sections: vec![],
             detail: String::new(),
+            basis: String::new(),
         }
     }
 
@@ -288,7 +297,7 @@ impl NodeService {
         });
         match found {
             Some(u) => Ok(Caller {
-                agency: self.agency.clone(),
+                agency: u.agency.unwrap_or_else(|| self.agency.clone()),
                 user: u.name,
                 role: u.role,
                 subjects: u.subjects,
@@ -308,6 +317,7 @@ impl NodeService {
                     plan: None,
                     sections: vec![],
                     detail: why.into(),
+                    basis: String::new(),
                 };
                 self.store.audit(draft).await?;
                 Err(Error::Unauthenticated(if token.is_some() {
@@ -317,12 +327,6 @@ impl NodeService {
                 }))
             }
         }
-    }
-
-    /// The consents that apply to a subject. The consent issue fills this in; until then no
-    /// agency but the home agency may hold anything.
-    fn consents_for(&self, _subject: SubjectId) -> ConsentSet {
-        ConsentSet::new()
     }
 
     async fn load_plan(
@@ -364,7 +368,7 @@ impl NodeService {
         action: AuditAction,
     ) -> Result<(Vec<SectionName>, u64, BTreeMap<SectionName, SectionDoc>)> {
         let now = self.now();
-        let consents = self.consents_for(plan.subject);
+        let consents = self.consents_for(plan.subject).await?;
         let sections: Vec<String> = edits.iter().map(|(s, _, _)| s.to_string()).collect();
         let mut permits: Vec<WritePermit> = Vec::with_capacity(edits.len());
         for (section, _, right) in &edits {
@@ -413,6 +417,7 @@ impl NodeService {
         let mut touched: Vec<String> = edits.iter().map(|(s, _, _)| s.to_string()).collect();
         touched.dedup();
         draft.sections = touched;
+        draft.basis = consent::bases(permits.iter().map(|p| p.reason()));
         draft.detail = edits
             .iter()
             .map(|(s, e, _)| e.summary(s.as_str()))
@@ -731,12 +736,16 @@ impl NodeService {
         };
         names.dedup();
         let now = self.now();
-        let consents = self.consents_for(plan.subject);
+        let consents = self.consents_for(plan.subject).await?;
         let mut views = Vec::new();
+        let mut reasons = Vec::new();
         let mut withheld = Vec::new();
         for name in names {
             match gate::read(caller, &plan, &name, &consents, now) {
-                Ok(permit) => views.push(self.view(&permit).await?),
+                Ok(permit) => {
+                    reasons.push(permit.reason().clone());
+                    views.push(self.view(&permit).await?)
+                }
                 Err(denial) => {
                     if !wanted.is_empty() {
                         let e = self
@@ -756,6 +765,7 @@ impl NodeService {
         }
         let mut draft = self.draft(caller, AuditAction::Read, Some(plan.id));
         draft.sections = views.iter().map(|v| v.name.to_string()).collect();
+        draft.basis = consent::bases(reasons.iter());
         self.store.audit(draft).await?;
         Ok((plan, views, withheld))
     }
@@ -809,7 +819,15 @@ impl NodeService {
                 if !gate::may_see_plan(caller, &plan) {
                     continue;
                 }
-                let consents = self.consents_for(plan.subject);
+                if caller.agency != plan.home {
+                    // Partner staff see only plans with a section consented to their agency.
+                    let consents = self.consents_for(plan.subject).await?;
+                    let grants = weft_consent::active_grants(&consents, &plan.home, now);
+                    if !grants.iter().any(|(a, ..)| *a == caller.agency) {
+                        continue;
+                    }
+                }
+                let consents = self.consents_for(plan.subject).await?;
                 let (display_name, tier) = match gate::read(caller, &plan, &profile, &consents, now)
                 {
                     Ok(p) => {
@@ -854,9 +872,10 @@ impl NodeService {
             .await?;
         let plan = self.load_plan(caller, plan, AuditAction::History).await?;
         let now = self.now();
-        let consents = self.consents_for(plan.subject);
+        let consents = self.consents_for(plan.subject).await?;
         let mut out = Vec::new();
         let mut read = Vec::new();
+        let mut reasons = Vec::new();
         for name in self.store.sections_of(plan.id).await? {
             let Ok(permit) = gate::read(caller, &plan, &name, &consents, now) else {
                 continue;
@@ -868,6 +887,7 @@ impl NodeService {
                     change,
                 }));
                 read.push(name.to_string());
+                reasons.push(permit.reason().clone());
             }
         }
         out.sort_by(|a, b| {
@@ -878,6 +898,7 @@ impl NodeService {
         });
         let mut draft = self.draft(caller, AuditAction::History, Some(plan.id));
         draft.sections = read;
+        draft.basis = consent::bases(reasons.iter());
         self.store.audit(draft).await?;
         Ok(out)
     }
@@ -892,6 +913,7 @@ impl NodeService {
         self.require_on(caller, Right::ReadPlan, AuditAction::Watch, Some(plan))
             .await?;
         let plan = self.load_plan(caller, plan, AuditAction::Watch).await?;
+        self.consents_for(plan.subject).await?;
         let rx = self.events.subscribe();
         self.store
             .audit(self.draft(caller, AuditAction::Watch, Some(plan.id)))
@@ -907,7 +929,7 @@ impl NodeService {
             if ev.plan != plan.id {
                 return None;
             }
-            let consents = service.consents_for(plan.subject);
+            let consents = service.cached_consents(plan.subject);
             gate::read(&caller, &plan, &ev.section, &consents, service.now()).ok()?;
             Some(ev)
         });
@@ -921,10 +943,17 @@ impl NodeService {
         name: &str,
         role: Role,
         plans: &[PlanId],
+        agency: Option<AgencyId>,
     ) -> Result<(UserRecord, String)> {
         self.require(caller, Right::AddUser(role), AuditAction::AddUser)
             .await?;
         validate_user_name(name)?;
+        let agency = agency.filter(|a| *a != self.agency);
+        if agency.is_some() && !matches!(role, Role::Caseworker | Role::Coordinator) {
+            return Err(Error::invalid(
+                "only caseworkers and coordinators may belong to a partner agency",
+            ));
+        }
         let mut subjects = Vec::new();
         if role == Role::Guardian {
             if plans.is_empty() {
@@ -955,6 +984,7 @@ impl NodeService {
             subjects,
             created_at: self.now(),
             token_hash: token_hash(&token),
+            agency: agency.clone(),
         };
         let mut draft = self.draft(caller, AuditAction::AddUser, None);
         draft.detail = format!("{name} as {role}");

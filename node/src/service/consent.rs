@@ -1,0 +1,740 @@
+//! Consent operations of the node: record, revoke, list, explain, export, the expiry sweep,
+//! and the family's record of disclosures.
+//!
+//! The home agency of a plan is the one place that records consents for it. Every record and
+//! revocation is signed with the node's Ed25519 key before it is stored, and verified again
+//! each time it is loaded: a record whose signature does not verify is ignored (and logged),
+//! so it can never allow anything.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use weft_consent::ed25519_dalek::VerifyingKey;
+use weft_consent::{
+    evaluate, sign_consent, sign_revocation, Access, Action, AllowReason, CollectionMethod,
+    ConsentId, ConsentRecord, ConsentSet, Grantor, Provision, Purpose, Recorder, Relationship,
+    Revocation, RevocationId, SignedConsent, SignedRevocation,
+};
+
+use super::{short_id, NodeService};
+use crate::audit::{AuditAction, AuditEntry};
+use crate::error::{Error, Result};
+use crate::gate::{self, Denial};
+use crate::model::{
+    AgencyId, Caller, PlanId, PlanRecord, Right, Role, SectionName, SubjectId, Timestamp,
+};
+use crate::storage::{ConsentEntry, ConsentKind};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Where a consent stands at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsentState {
+    /// In force for at least one provision.
+    Active,
+    /// No provision has started yet.
+    NotYetValid,
+    /// Every provision has ended.
+    Expired,
+    /// Revoked (final).
+    Revoked,
+}
+
+impl ConsentState {
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentState::Active => "active",
+            ConsentState::NotYetValid => "not_yet_valid",
+            ConsentState::Expired => "expired",
+            ConsentState::Revoked => "revoked",
+        }
+    }
+}
+
+/// A consent with its state and signature facts.
+#[derive(Clone, Debug)]
+pub struct ConsentView {
+    /// The record.
+    pub record: ConsentRecord,
+    /// Its state now.
+    pub state: ConsentState,
+    /// Its revocation, if any.
+    pub revocation: Option<Revocation>,
+    /// The agency whose node signed it.
+    pub signer: AgencyId,
+    /// SHA-256 of the signed bytes.
+    pub digest: [u8; 32],
+}
+
+/// Parses `YYYY-MM-DD` as the start of that day, UTC, in unix milliseconds.
+fn day_start(field: &str, input: &str) -> Result<i64> {
+    let date = crate::catalogue::parse_date(input)
+        .map_err(|_| Error::invalid(format!("{field}: expected a date as YYYY-MM-DD")))?;
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let d = time::Date::parse(&date, format)
+        .map_err(|_| Error::invalid(format!("{field}: bad date")))?;
+    Ok(d.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+/// Describes what allowed an access, for the audit log's `basis`.
+pub(crate) fn basis(reason: &AllowReason) -> String {
+    match reason {
+        AllowReason::HomeAgency => "home agency".into(),
+        AllowReason::Consent {
+            consent, purpose, ..
+        } => format!("consent {consent} ({purpose})"),
+    }
+}
+
+/// Joins the distinct bases of several permits.
+pub(crate) fn bases<'a>(reasons: impl Iterator<Item = &'a AllowReason>) -> String {
+    reasons
+        .map(basis)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn state_of(record: &ConsentRecord, set: &ConsentSet, now: Timestamp) -> ConsentState {
+    if set.is_revoked(&record.id).is_some() {
+        return ConsentState::Revoked;
+    }
+    if record.provisions.iter().any(|p| p.is_active_at(now)) {
+        ConsentState::Active
+    } else if record
+        .provisions
+        .iter()
+        .all(|p| p.valid_until.is_some_and(|u| u <= now))
+    {
+        ConsentState::Expired
+    } else {
+        ConsentState::NotYetValid
+    }
+}
+
+/// What `grant` records.
+#[derive(Clone, Debug, Default)]
+pub struct GrantInput {
+    /// The plan.
+    pub plan: Option<PlanId>,
+    /// The agency receiving access.
+    pub grantee: String,
+    /// Sections.
+    pub sections: Vec<String>,
+    /// `read` or `read_write`.
+    pub access: String,
+    /// Purpose.
+    pub purpose: String,
+    /// Optional start date.
+    pub valid_from: Option<String>,
+    /// End date (inclusive).
+    pub valid_until: String,
+    /// Who consented.
+    pub grantor_name: String,
+    /// Their relationship to the child.
+    pub relationship: String,
+    /// How the consent was collected.
+    pub method: String,
+}
+
+impl NodeService {
+    /// This node's consent verifying key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signing_key.verifying_key()
+    }
+
+    /// The key that verifies records signed by `agency`, if known. Until federation
+    /// distributes peer keys, only this node's own.
+    fn key_of(&self, agency: &AgencyId) -> Option<VerifyingKey> {
+        (*agency == self.agency).then(|| self.verifying_key())
+    }
+
+    /// Loads, verifies and caches the consents of a subject.
+    pub(crate) async fn consents_for(&self, subject: SubjectId) -> Result<Arc<ConsentSet>> {
+        if let Some(set) = self
+            .consents
+            .read()
+            .ok()
+            .and_then(|c| c.get(&subject).cloned())
+        {
+            return Ok(set);
+        }
+        let entries = self.store.consent_entries(Some(subject)).await?;
+        let set = Arc::new(self.verified_set(&entries));
+        if let Ok(mut cache) = self.consents.write() {
+            cache.insert(subject, set.clone());
+        }
+        Ok(set)
+    }
+
+    /// The cached consents of a subject (empty if not loaded).
+    pub(crate) fn cached_consents(&self, subject: SubjectId) -> Arc<ConsentSet> {
+        self.consents
+            .read()
+            .ok()
+            .and_then(|c| c.get(&subject).cloned())
+            .unwrap_or_default()
+    }
+
+    fn verified_set(&self, entries: &[ConsentEntry]) -> ConsentSet {
+        let mut set = ConsentSet::new();
+        for e in entries {
+            match e.kind {
+                ConsentKind::Consent => match SignedConsent::from_bytes(&e.bytes) {
+                    Ok(signed) => match self.key_of(&signed.signer).map(|k| signed.verify(&k)) {
+                        Some(Ok(record)) => {
+                            set.add_consent(record);
+                        }
+                        Some(Err(err)) => {
+                            tracing::warn!(consent = %e.id, %err, "consent ignored: does not verify")
+                        }
+                        None => {
+                            tracing::warn!(consent = %e.id, signer = %signed.signer, "consent ignored: unknown signer")
+                        }
+                    },
+                    Err(err) => tracing::warn!(consent = %e.id, %err, "consent ignored: malformed"),
+                },
+                ConsentKind::Revocation => match SignedRevocation::from_bytes(&e.bytes) {
+                    Ok(signed) => match self.key_of(&signed.signer).map(|k| signed.verify(&k)) {
+                        Some(Ok(r)) => {
+                            set.add_revocation(r);
+                        }
+                        Some(Err(err)) => {
+                            tracing::warn!(revocation = %e.id, %err, "revocation ignored: does not verify")
+                        }
+                        None => {
+                            tracing::warn!(revocation = %e.id, "revocation ignored: unknown signer")
+                        }
+                    },
+                    Err(err) => {
+                        tracing::warn!(revocation = %e.id, %err, "revocation ignored: malformed")
+                    }
+                },
+                ConsentKind::ExpiryMark => {}
+            }
+        }
+        set
+    }
+
+    async fn refresh_consents(&self, subject: SubjectId) -> Result<Arc<ConsentSet>> {
+        let entries = self.store.consent_entries(Some(subject)).await?;
+        let set = Arc::new(self.verified_set(&entries));
+        if let Ok(mut cache) = self.consents.write() {
+            cache.insert(subject, set.clone());
+        }
+        Ok(set)
+    }
+
+    /// Who may manage consents of `plan`: the home agency's coordinators, and the guardians
+    /// bound to the child.
+    async fn require_consent_manager(
+        &self,
+        caller: &Caller,
+        plan: &PlanRecord,
+        action: AuditAction,
+    ) -> Result<()> {
+        let allowed = caller.agency == plan.home
+            && match caller.role {
+                Role::Coordinator => true,
+                Role::Guardian => caller.subjects.contains(&plan.subject),
+                _ => false,
+            };
+        if allowed {
+            return Ok(());
+        }
+        let denial = Denial {
+            code: "role",
+            message: format!(
+                "role `{}` may not record or revoke consents for this plan",
+                caller.role
+            ),
+        };
+        Err(self
+            .deny(caller, action, Some(plan.id), vec![], denial)
+            .await)
+    }
+
+    /// Who may read consents of a plan: home-agency staff with plan or audit rights, the
+    /// child's guardians, and partner staff for consents naming their agency.
+    async fn require_consent_reader(&self, caller: &Caller, plan: &PlanRecord) -> Result<()> {
+        let ok = caller.role.allows(Right::ReadPlan) || caller.role.allows(Right::ReadAudit);
+        if !ok {
+            let denial = Denial {
+                code: "role",
+                message: format!("role `{}` may not read consents", caller.role),
+            };
+            return Err(self
+                .deny(
+                    caller,
+                    AuditAction::ConsentRead,
+                    Some(plan.id),
+                    vec![],
+                    denial,
+                )
+                .await);
+        }
+        Ok(())
+    }
+
+    /// Records a consent for a plan of this node; returns it signed and stored.
+    pub async fn grant(&self, caller: &Caller, input: GrantInput) -> Result<ConsentView> {
+        let plan_id = input
+            .plan
+            .ok_or_else(|| Error::invalid("plan_id is required"))?;
+        let plan = self
+            .load_plan(caller, plan_id, AuditAction::ConsentGrant)
+            .await?;
+        self.require_consent_manager(caller, &plan, AuditAction::ConsentGrant)
+            .await?;
+        if plan.home != self.agency {
+            return Err(Error::invalid(
+                "consents are recorded by the plan's home agency",
+            ));
+        }
+        let now = self.now();
+        let grantee = AgencyId::parse(input.grantee.trim())
+            .map_err(|e| Error::invalid(format!("grantee agency: {e}")))?;
+        let mut sections = Vec::new();
+        for s in &input.sections {
+            let name = SectionName::parse(s.trim())?;
+            if !sections.contains(&name.to_string()) {
+                sections.push(name.to_string());
+            }
+        }
+        let access: Access = input
+            .access
+            .parse()
+            .map_err(|e| Error::invalid(format!("access: {e}")))?;
+        let purpose: Purpose = input
+            .purpose
+            .parse()
+            .map_err(|e| Error::invalid(format!("purpose: {e}")))?;
+        let relationship: Relationship = input
+            .relationship
+            .parse()
+            .map_err(|e| Error::invalid(format!("relationship: {e}")))?;
+        let method: CollectionMethod = if caller.role == Role::Guardian {
+            CollectionMethod::ESignature
+        } else {
+            input
+                .method
+                .parse()
+                .map_err(|e| Error::invalid(format!("method: {e}")))?
+        };
+        let valid_from = match input.valid_from.as_deref().filter(|s| !s.is_empty()) {
+            Some(d) => Timestamp::from_millis(day_start("valid_from", d)?),
+            None => now,
+        };
+        let valid_until = if input.valid_until.trim().is_empty() {
+            None
+        } else {
+            Some(Timestamp::from_millis(
+                day_start("valid_until", &input.valid_until)? + DAY_MS,
+            ))
+        };
+        if valid_until.is_some_and(|u| u <= now) {
+            return Err(Error::invalid(
+                "valid_until: the consent would already have expired",
+            ));
+        }
+        let record = ConsentRecord {
+            id: ConsentId::parse(&short_id("c")).map_err(Error::internal)?,
+            subject: plan.subject.to_string(),
+            grantor: Grantor {
+                name: input.grantor_name.trim().to_string(),
+                relationship,
+            },
+            disclosing_agency: plan.home.clone(),
+            recorded_by: Recorder {
+                agency: self.agency.clone(),
+                user: caller.user.clone(),
+            },
+            recorded_at: now,
+            collection_method: method,
+            provisions: vec![Provision {
+                grantee: grantee.clone(),
+                sections: sections.clone(),
+                access,
+                purpose,
+                valid_from,
+                valid_until,
+            }],
+        };
+        record
+            .validate()
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let signed = sign_consent(&record, &self.agency, &self.signing_key)
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let entry = ConsentEntry {
+            subject: plan.subject,
+            kind: ConsentKind::Consent,
+            id: record.id.to_string(),
+            bytes: signed.to_bytes(),
+        };
+        let mut draft = self.draft(caller, AuditAction::ConsentGrant, Some(plan.id));
+        draft.sections = sections;
+        draft.detail = format!(
+            "{} to {grantee}: {access} for {purpose} until {}",
+            record.id,
+            valid_until.map(|u| u.to_string()).unwrap_or_default()
+        );
+        self.store.write_consent_entries(vec![entry], draft).await?;
+        let set = self.refresh_consents(plan.subject).await?;
+        tracing::info!(target: "weft::audit", consent = %record.id, grantee = %grantee, "consent recorded");
+        Ok(self.consent_view(&record, &set, &signed.signer, signed.digest()))
+    }
+
+    fn consent_view(
+        &self,
+        record: &ConsentRecord,
+        set: &ConsentSet,
+        signer: &AgencyId,
+        digest: [u8; 32],
+    ) -> ConsentView {
+        ConsentView {
+            record: record.clone(),
+            state: state_of(record, set, self.now()),
+            revocation: set.is_revoked(&record.id).cloned(),
+            signer: signer.clone(),
+            digest,
+        }
+    }
+
+    /// Finds a consent by id: its subject and its entry.
+    async fn find_consent(&self, id: &str) -> Result<(SubjectId, SignedConsent)> {
+        let not_found = || {
+            Error::NotFound(format!(
+                "consent `{}`",
+                id.chars().take(64).collect::<String>()
+            ))
+        };
+        let entries = self.store.consent_entries(None).await?;
+        let e = entries
+            .into_iter()
+            .find(|e| e.kind == ConsentKind::Consent && e.id == id)
+            .ok_or_else(not_found)?;
+        let signed = SignedConsent::from_bytes(&e.bytes).map_err(|_| not_found())?;
+        Ok((e.subject, signed))
+    }
+
+    async fn plan_of_subject(
+        &self,
+        subject: SubjectId,
+        home: &AgencyId,
+    ) -> Result<Option<PlanRecord>> {
+        // Plans are few per subject; a scan is fine at this scale (see ARCHITECTURE.md).
+        let mut after = None;
+        loop {
+            let page = self.store.plans(after, 1000).await?;
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            after = Some(last.id);
+            if let Some(p) = page
+                .into_iter()
+                .find(|p| p.subject == subject && p.home == *home)
+            {
+                return Ok(Some(p));
+            }
+        }
+    }
+
+    /// Revokes a consent (final). Returns the consent with its revocation.
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        consent: &str,
+        reason: Option<&str>,
+    ) -> Result<ConsentView> {
+        let (subject, signed) = self.find_consent(consent).await?;
+        let key = self
+            .key_of(&signed.signer)
+            .ok_or_else(|| Error::invalid("consent signed by an unknown agency"))?;
+        let record = signed
+            .verify(&key)
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let plan = self
+            .plan_of_subject(subject, &record.disclosing_agency)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("the plan of consent {consent}")))?;
+        if !gate::may_see_plan(caller, &plan) {
+            let denial = Denial {
+                code: "guardian_binding",
+                message: String::new(),
+            };
+            let _ = self
+                .deny(
+                    caller,
+                    AuditAction::ConsentRevoke,
+                    Some(plan.id),
+                    vec![],
+                    denial,
+                )
+                .await;
+            return Err(Error::NotFound(format!("consent `{consent}`")));
+        }
+        self.require_consent_manager(caller, &plan, AuditAction::ConsentRevoke)
+            .await?;
+        let set = self.consents_for(subject).await?;
+        if set.is_revoked(&record.id).is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "consent {} is already revoked",
+                record.id
+            )));
+        }
+        let reason = reason
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(String::from);
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+            return Err(Error::invalid("reason: at most 500 characters"));
+        }
+        let revocation = Revocation {
+            id: RevocationId::parse(&short_id("v")).map_err(Error::internal)?,
+            consent: record.id.clone(),
+            revoked_by: Recorder {
+                agency: self.agency.clone(),
+                user: caller.user.clone(),
+            },
+            revoked_at: self.now(),
+            reason,
+        };
+        let signed_rev = sign_revocation(&revocation, &self.agency, &self.signing_key)
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let entry = ConsentEntry {
+            subject,
+            kind: ConsentKind::Revocation,
+            id: revocation.id.to_string(),
+            bytes: signed_rev.to_bytes(),
+        };
+        let mut draft = self.draft(caller, AuditAction::ConsentRevoke, Some(plan.id));
+        draft.sections = record
+            .provisions
+            .iter()
+            .flat_map(|p| p.sections.clone())
+            .collect();
+        draft.detail = format!("{} revoked by {}", record.id, revocation.id);
+        self.store.write_consent_entries(vec![entry], draft).await?;
+        let set = self.refresh_consents(subject).await?;
+        tracing::info!(target: "weft::audit", consent = %record.id, "consent revoked");
+        Ok(self.consent_view(&record, &set, &signed.signer, signed.digest()))
+    }
+
+    async fn plan_for_listing(
+        &self,
+        caller: &Caller,
+        plan: Option<PlanId>,
+        subject: Option<SubjectId>,
+    ) -> Result<PlanRecord> {
+        match (plan, subject) {
+            (Some(p), _) => self.load_plan(caller, p, AuditAction::ConsentRead).await,
+            (None, Some(s)) => {
+                let plan = self
+                    .plan_of_subject(s, &self.agency)
+                    .await?
+                    .ok_or_else(|| Error::NotFound("subject".into()))?;
+                self.load_plan(caller, plan.id, AuditAction::ConsentRead)
+                    .await
+            }
+            (None, None) => Err(Error::invalid("give a plan_id or a subject_id")),
+        }
+    }
+
+    /// The consents of a plan's subject with their state now. Partner staff see only the
+    /// consents naming their agency.
+    pub async fn list_consents(
+        &self,
+        caller: &Caller,
+        plan: Option<PlanId>,
+        subject: Option<SubjectId>,
+    ) -> Result<Vec<ConsentView>> {
+        self.sweep_expiries().await?;
+        let plan = self.plan_for_listing(caller, plan, subject).await?;
+        self.require_consent_reader(caller, &plan).await?;
+        let entries = self.store.consent_entries(Some(plan.subject)).await?;
+        let set = self.consents_for(plan.subject).await?;
+        let mut out = Vec::new();
+        for e in entries.iter().filter(|e| e.kind == ConsentKind::Consent) {
+            let Ok(signed) = SignedConsent::from_bytes(&e.bytes) else {
+                continue;
+            };
+            let Some(record) = set
+                .consent(&ConsentId::parse(&e.id).map_err(Error::internal)?)
+                .cloned()
+            else {
+                continue;
+            };
+            if caller.agency != plan.home
+                && !record.provisions.iter().any(|p| p.grantee == caller.agency)
+            {
+                continue;
+            }
+            out.push(self.consent_view(&record, &set, &signed.signer, signed.digest()));
+        }
+        out.sort_by_key(|v| (v.record.recorded_at, v.record.id.to_string()));
+        let mut draft = self.draft(caller, AuditAction::ConsentRead, Some(plan.id));
+        draft.detail = format!("list: {} consents", out.len());
+        self.store.audit(draft).await?;
+        Ok(out)
+    }
+
+    /// One consent.
+    pub async fn get_consent(&self, caller: &Caller, consent: &str) -> Result<ConsentView> {
+        let (subject, _) = self.find_consent(consent).await?;
+        let views = self.list_consents(caller, None, Some(subject)).await?;
+        views
+            .into_iter()
+            .find(|v| v.record.id.as_str() == consent)
+            .ok_or_else(|| Error::NotFound(format!("consent `{consent}`")))
+    }
+
+    /// Why may `agency` do `action` on `section` of `plan` now?
+    pub async fn explain(
+        &self,
+        caller: &Caller,
+        plan: PlanId,
+        agency: &str,
+        section: &str,
+        action: Action,
+    ) -> Result<weft_consent::Decision> {
+        let plan = self
+            .load_plan(caller, plan, AuditAction::ConsentRead)
+            .await?;
+        self.require_consent_reader(caller, &plan).await?;
+        let agency =
+            AgencyId::parse(agency.trim()).map_err(|e| Error::invalid(format!("agency: {e}")))?;
+        let section = SectionName::parse(section.trim())?;
+        let set = self.consents_for(plan.subject).await?;
+        let decision = evaluate(
+            &set,
+            &agency,
+            &plan.home,
+            section.as_str(),
+            action,
+            self.now(),
+        );
+        let mut draft = self.draft(caller, AuditAction::ConsentRead, Some(plan.id));
+        draft.sections = vec![section.to_string()];
+        draft.detail = format!("explain for {agency}");
+        self.store.audit(draft).await?;
+        Ok(decision)
+    }
+
+    /// The plan's consents as a FHIR R4 Bundle.
+    pub async fn export_fhir(&self, caller: &Caller, plan: PlanId) -> Result<serde_json::Value> {
+        let views = self.list_consents(caller, Some(plan), None).await?;
+        let plan = self
+            .load_plan(caller, plan, AuditAction::ConsentRead)
+            .await?;
+        Ok(crate::fhir::bundle(&plan, &views))
+    }
+
+    /// Records, once, that each consent whose provisions have all ended has expired. Run
+    /// periodically and before consent reads; federation will purge copies from here.
+    pub async fn sweep_expiries(&self) -> Result<usize> {
+        let now = self.now();
+        let entries = self.store.consent_entries(None).await?;
+        let marked: BTreeSet<(SubjectId, String)> = entries
+            .iter()
+            .filter(|e| e.kind == ConsentKind::ExpiryMark)
+            .map(|e| (e.subject, e.id.clone()))
+            .collect();
+        let subjects: BTreeSet<SubjectId> = entries.iter().map(|e| e.subject).collect();
+        let mut recorded = 0;
+        for subject in subjects {
+            let set = self.consents_for(subject).await?;
+            for record in set.consents() {
+                if marked.contains(&(subject, record.id.to_string()))
+                    || state_of(record, &set, now) != ConsentState::Expired
+                {
+                    continue;
+                }
+                let plan = self
+                    .plan_of_subject(subject, &record.disclosing_agency)
+                    .await?;
+                let draft = crate::audit::AuditDraft {
+                    time: now,
+                    agency: self.agency.to_string(),
+                    user: "-".into(),
+                    action: AuditAction::ConsentExpire,
+                    outcome: crate::audit::Outcome::Ok,
+                    plan: plan.map(|p| p.id),
+                    sections: record
+                        .provisions
+                        .iter()
+                        .flat_map(|p| p.sections.clone())
+                        .collect(),
+                    detail: format!("{} expired", record.id),
+                    basis: String::new(),
+                };
+                let mark = ConsentEntry {
+                    subject,
+                    kind: ConsentKind::ExpiryMark,
+                    id: record.id.to_string(),
+                    bytes: vec![],
+                };
+                self.store.write_consent_entries(vec![mark], draft).await?;
+                tracing::info!(target: "weft::audit", consent = %record.id, "consent expired");
+                recorded += 1;
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// The record of disclosures of a plan: every successful read or change of its sections,
+    /// newest first, with who, when, which sections and under which consent.
+    pub async fn disclosures(&self, caller: &Caller, plan: PlanId) -> Result<Vec<AuditEntry>> {
+        let plan = self
+            .load_plan(caller, plan, AuditAction::ReadDisclosures)
+            .await?;
+        let allowed = caller.agency == plan.home
+            && (caller.role.allows(Right::ReadAudit) || caller.role == Role::Guardian);
+        if !allowed {
+            let denial = Denial {
+                code: "role",
+                message: format!(
+                    "role `{}` may not read the record of disclosures",
+                    caller.role
+                ),
+            };
+            return Err(self
+                .deny(
+                    caller,
+                    AuditAction::ReadDisclosures,
+                    Some(plan.id),
+                    vec![],
+                    denial,
+                )
+                .await);
+        }
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.audit_entries(after, 4096).await?;
+            let Some(last) = page.last() else { break };
+            after = match last {
+                Ok(e) => e.index,
+                Err((i, _)) => *i,
+            };
+            out.extend(page.into_iter().flatten().filter(|e| {
+                e.draft.plan == Some(plan.id)
+                    && e.draft.outcome == crate::audit::Outcome::Ok
+                    && matches!(
+                        e.draft.action,
+                        AuditAction::Read
+                            | AuditAction::History
+                            | AuditAction::Watch
+                            | AuditAction::Write
+                            | AuditAction::CreatePlan
+                    )
+            }));
+        }
+        out.reverse();
+        let mut draft = self.draft(caller, AuditAction::ReadDisclosures, Some(plan.id));
+        draft.detail = format!("{} entries", out.len());
+        self.store.audit(draft).await?;
+        Ok(out)
+    }
+}
