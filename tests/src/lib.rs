@@ -88,26 +88,28 @@ impl TestPki {
     }
 }
 
-/// A clock tests can move.
+/// A clock tests can move: the real time plus an offset that only grows.
 #[derive(Clone)]
 pub struct TestClock(Arc<std::sync::atomic::AtomicI64>);
 
 impl TestClock {
-    /// Starts at the real time.
+    /// The real time, for now.
     pub fn new() -> Self {
-        Self(Arc::new(std::sync::atomic::AtomicI64::new(
-            now().as_millis(),
-        )))
+        Self(Arc::new(std::sync::atomic::AtomicI64::new(0)))
     }
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
         self.0
             .fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
     }
+    /// The time now, by this clock.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_millis(now().as_millis() + self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
     /// As a node clock.
     pub fn clock(&self) -> Clock {
-        let c = self.0.clone();
-        Arc::new(move || Timestamp::from_millis(c.load(std::sync::atomic::Ordering::SeqCst)))
+        let c = self.clone();
+        Arc::new(move || c.now())
     }
 }
 
@@ -174,6 +176,7 @@ impl TestNode {
             api_listen: listen,
             tls: self.tls.clone(),
             compact_after_chunks: 8,
+            signing_key: None,
         }
     }
 
@@ -289,6 +292,26 @@ impl TestNode {
     /// Adds a user through the API (as the admin, or the coordinator for caseworkers and
     /// guardians) and returns its token.
     pub async fn add_user(&self, name: &str, role: &str, plans: &[&str]) -> anyhow::Result<String> {
+        self.add_user_of(name, role, plans, None).await
+    }
+
+    /// Adds a partner agency's staff member (their `agency`) and returns the token.
+    pub async fn add_partner(
+        &self,
+        name: &str,
+        role: &str,
+        agency: &str,
+    ) -> anyhow::Result<String> {
+        self.add_user_of(name, role, &[], Some(agency)).await
+    }
+
+    async fn add_user_of(
+        &self,
+        name: &str,
+        role: &str,
+        plans: &[&str],
+        agency: Option<&str>,
+    ) -> anyhow::Result<String> {
         let token = if matches!(role, "caseworker" | "guardian") {
             &self.coordinator_token
         } else {
@@ -301,10 +324,21 @@ impl TestNode {
                 name: name.into(),
                 role: role.into(),
                 plan_ids: plans.iter().map(|p| p.to_string()).collect(),
+                agency: agency.unwrap_or_default().into(),
             })
             .await?
             .into_inner();
         Ok(r.token)
+    }
+
+    /// A consent client.
+    pub async fn consents(
+        &self,
+        token: &str,
+    ) -> anyhow::Result<pb::consent_service_client::ConsentServiceClient<Chan>> {
+        Ok(pb::consent_service_client::ConsentServiceClient::new(
+            self.channel(Some(token)).await?,
+        ))
     }
 
     /// Creates a plan as the coordinator; returns its id.

@@ -286,6 +286,98 @@ async fn the_cli_drives_a_node() -> anyhow::Result<()> {
     assert_eq!(status["agency"], "school.test");
     assert_eq!(status["plans"], 1);
 
+    // Consents from the command line.
+    let consent = node.cli(
+        &token,
+        &[
+            "consent",
+            "grant",
+            "--plan",
+            &plan,
+            "--to",
+            "clinic.test",
+            "--sections",
+            "goals,health",
+            "--access",
+            "read",
+            "--purpose",
+            "care_coordination",
+            "--until",
+            "2027-06-30",
+            "--grantor",
+            "Rosa Cli",
+            "--relationship",
+            "parent",
+            "--method",
+            "paper",
+        ],
+    )?;
+    let consent = consent.trim().to_string();
+    assert!(consent.starts_with("c-"), "{consent}");
+    let explain = node.cli(
+        &token,
+        &[
+            "consent",
+            "explain",
+            "--plan",
+            &plan,
+            "--agency",
+            "clinic.test",
+            "--section",
+            "health",
+        ],
+    )?;
+    assert!(explain.contains(&consent), "{explain}");
+    let listed: Json =
+        serde_json::from_str(&node.cli(&token, &["consent", "list", "--plan", &plan, "--json"])?)?;
+    assert_eq!(listed[0]["state"], "active");
+    assert_eq!(
+        listed[0]["provisions"][0]["sections"],
+        serde_json::json!(["goals", "health"])
+    );
+    let fhir_file = dir.path().join("consents.json");
+    node.cli(
+        &token,
+        &[
+            "consent",
+            "export",
+            "--plan",
+            &plan,
+            "--fhir",
+            "--out",
+            fhir_file.to_str().unwrap(),
+        ],
+    )?;
+    let fhir: Json = serde_json::from_str(&std::fs::read_to_string(&fhir_file)?)?;
+    assert_eq!(fhir["entry"][0]["resource"]["resourceType"], "Consent");
+    let revoked = node.cli(
+        &token,
+        &["consent", "revoke", &consent, "--reason", "family asked"],
+    )?;
+    assert!(revoked.contains(&consent), "{revoked}");
+    let explain = node.cli(
+        &token,
+        &[
+            "consent",
+            "explain",
+            "--plan",
+            &plan,
+            "--agency",
+            "clinic.test",
+            "--section",
+            "health",
+        ],
+    )?;
+    assert!(explain.contains("revoked"), "{explain}");
+    let disclosures: Json = serde_json::from_str(
+        &node.cli(gtoken, &["audit", "disclosures", "--plan", &plan, "--json"])?,
+    )?;
+    assert!(disclosures
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["action"] == "read" && d["basis"] == "home agency"));
+
     // Without a token, a clear error.
     let err = node.cli("", &["plan", "list"]).unwrap_err().to_string();
     assert!(err.contains("bearer token"), "{err}");

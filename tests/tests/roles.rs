@@ -55,6 +55,7 @@ async fn roles_hold_only_their_rights() -> anyhow::Result<()> {
             name: "root2".into(),
             role: "admin".into(),
             plan_ids: vec![],
+            agency: String::new(),
         })
         .await
         .unwrap_err();
@@ -66,6 +67,7 @@ async fn roles_hold_only_their_rights() -> anyhow::Result<()> {
             name: "cara".into(),
             role: "caseworker".into(),
             plan_ids: vec![],
+            agency: String::new(),
         })
         .await
         .unwrap_err();
@@ -77,6 +79,7 @@ async fn roles_hold_only_their_rights() -> anyhow::Result<()> {
             name: "Bad Name".into(),
             role: "caseworker".into(),
             plan_ids: vec![],
+            agency: String::new(),
         })
         .await
         .unwrap_err();
