@@ -52,6 +52,16 @@ pub enum AuditAction {
     ConsentRead,
     /// The record of disclosures was read.
     ReadDisclosures,
+    /// A section (or changes to it) was sent to another agency.
+    Disclose,
+    /// Changes from another agency were stored.
+    ReplicaWrite,
+    /// A frame from another agency was refused.
+    ReplicaReject,
+    /// This node deleted sections it may no longer hold.
+    Purge,
+    /// Another agency's signed purge receipt was recorded.
+    PurgeReceipt,
     /// Node status was read.
     Status,
 }
@@ -76,6 +86,11 @@ impl AuditAction {
             AuditAction::ConsentExpire => "consent_expire",
             AuditAction::ConsentRead => "consent_read",
             AuditAction::ReadDisclosures => "read_disclosures",
+            AuditAction::Disclose => "disclose",
+            AuditAction::ReplicaWrite => "replica_write",
+            AuditAction::ReplicaReject => "replica_reject",
+            AuditAction::Purge => "purge",
+            AuditAction::PurgeReceipt => "purge_receipt",
             AuditAction::Status => "status",
         }
     }

@@ -46,6 +46,47 @@ pub struct FileConfig {
     /// Consent signing.
     #[serde(default)]
     pub consent: ConsentSection,
+    /// Replication with peer agencies (optional: a node may stand alone).
+    pub federation: Option<FederationSection>,
+}
+
+/// `[federation]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSection {
+    /// Address for peer streams (gRPC over mutual TLS), `ip:port`.
+    pub listen: String,
+    /// The peer agencies.
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+}
+
+/// `[[federation.peers]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The peer's agency id; its certificate must name it.
+    pub agency: String,
+    /// Where to reach it, `https://host:port`.
+    pub endpoint: String,
+}
+
+/// A peer agency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Its agency id.
+    pub agency: AgencyId,
+    /// Its federation endpoint.
+    pub endpoint: String,
+}
+
+/// Replication settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// Where peers connect.
+    pub listen: SocketAddr,
+    /// The peers.
+    pub peers: Vec<PeerConfig>,
 }
 
 /// `[consent]`
@@ -134,6 +175,8 @@ pub struct Config {
     /// The consent signing key's file (`None`: `signing.key` in the data directory, or a
     /// throwaway key for an in-memory node).
     pub signing_key: Option<PathBuf>,
+    /// Replication with peers, if configured.
+    pub federation: Option<FederationConfig>,
 }
 
 /// Every problem found in a config file.
@@ -203,6 +246,33 @@ impl FileConfig {
                 problems.push(format!("{name}: no file at {}", p.display()));
             }
         }
+        let federation = self.federation.map(|f| {
+            let listen = f
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|_| problems.push(format!("federation.listen: `{}` is not an IP address and port", f.listen)))
+                .ok();
+            let mut peers = Vec::new();
+            for (i, p) in f.peers.iter().enumerate() {
+                let n = i + 1;
+                match AgencyId::parse(&p.agency) {
+                    Ok(a) if agency.as_ref() == Some(&a) => {
+                        problems.push(format!("federation.peers[{n}].agency: a node is not its own peer"))
+                    }
+                    Ok(a) if peers.iter().any(|x: &PeerConfig| x.agency == a) => {
+                        problems.push(format!("federation.peers[{n}].agency: `{a}` is listed twice"))
+                    }
+                    Ok(a) => {
+                        if !p.endpoint.starts_with("https://") {
+                            problems.push(format!("federation.peers[{n}].endpoint: must start with https://"));
+                        }
+                        peers.push(PeerConfig { agency: a, endpoint: p.endpoint.clone() });
+                    }
+                    Err(e) => problems.push(format!("federation.peers[{n}].agency: {e}")),
+                }
+            }
+            listen.map(|listen| FederationConfig { listen, peers })
+        });
         if !(2..=100_000).contains(&self.storage.compact_after_chunks) {
             problems.push("storage.compact_after_chunks: must be between 2 and 100000".into());
         }
@@ -214,6 +284,7 @@ impl FileConfig {
                 tls,
                 compact_after_chunks: self.storage.compact_after_chunks,
                 signing_key: self.consent.signing_key.as_deref().map(resolve),
+                federation: federation.flatten(),
             }),
             _ => Err(problems),
         }

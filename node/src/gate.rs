@@ -12,7 +12,9 @@ use std::marker::PhantomData;
 
 use weft_consent::{evaluate, Action, AllowReason, ConsentSet, Decision};
 
-use crate::model::{Caller, PlanRecord, Right, Role, SectionKey, SectionName, Timestamp};
+use crate::model::{
+    AgencyId, Caller, PlanRecord, Right, Role, SectionKey, SectionName, Timestamp,
+};
 
 /// Marker for read permits.
 #[derive(Debug)]
@@ -168,6 +170,88 @@ pub fn write(
         reason,
         _access: PhantomData,
     })
+}
+
+fn consent_denial(agency: &AgencyId, section: &SectionName, action: Action, reason: impl std::fmt::Display) -> Denial {
+    Denial {
+        code: "consent",
+        message: format!("agency {agency} may not {action:?} section {section}: {reason}").to_lowercase(),
+    }
+}
+
+fn star_denial() -> Denial {
+    Denial {
+        code: "star",
+        message: "sections travel only between a plan's home agency and its grantees".into(),
+    }
+}
+
+/// May this node (`me`) send `section` of `plan` to `peer`? The home sends to a grantee
+/// whose consent allows reading; a grantee sends its copy only back to the home, and only
+/// while it may hold it. Never grantee to grantee.
+pub fn peer_send(
+    me: &AgencyId,
+    peer: &AgencyId,
+    plan: &PlanRecord,
+    section: &SectionName,
+    consents: &ConsentSet,
+    now: Timestamp,
+) -> Result<ReadPermit, Denial> {
+    let reason = if plan.home == *me {
+        match evaluate(consents, peer, &plan.home, section.as_str(), Action::Read, now) {
+            Decision::Allow(r) => r,
+            Decision::Deny(r) => return Err(consent_denial(peer, section, Action::Read, r)),
+        }
+    } else if plan.home == *peer {
+        match evaluate(consents, me, &plan.home, section.as_str(), Action::Read, now) {
+            Decision::Allow(r) => r,
+            Decision::Deny(r) => return Err(consent_denial(me, section, Action::Read, r)),
+        }
+    } else {
+        return Err(star_denial());
+    };
+    Ok(Permit { key: key(plan, section), reason, _access: PhantomData })
+}
+
+/// May changes to `section` of `plan` received from `peer` be stored here? At the home,
+/// only under a consent giving the peer `read_write`; at a grantee, only from the home and
+/// only while this node may hold the section. Never from a third agency.
+pub fn peer_receive(
+    me: &AgencyId,
+    peer: &AgencyId,
+    plan: &PlanRecord,
+    section: &SectionName,
+    consents: &ConsentSet,
+    now: Timestamp,
+) -> Result<WritePermit, Denial> {
+    let reason = if plan.home == *me {
+        match evaluate(consents, peer, &plan.home, section.as_str(), Action::Write, now) {
+            Decision::Allow(r) => r,
+            Decision::Deny(r) => return Err(consent_denial(peer, section, Action::Write, r)),
+        }
+    } else if plan.home == *peer {
+        match evaluate(consents, me, &plan.home, section.as_str(), Action::Read, now) {
+            Decision::Allow(r) => r,
+            Decision::Deny(r) => return Err(consent_denial(me, section, Action::Read, r)),
+        }
+    } else {
+        return Err(star_denial());
+    };
+    Ok(Permit { key: key(plan, section), reason, _access: PhantomData })
+}
+
+/// May this node keep holding `section` of a plan homed elsewhere? (The purge decision.)
+pub fn may_hold(
+    me: &AgencyId,
+    plan: &PlanRecord,
+    section: &SectionName,
+    consents: &ConsentSet,
+    now: Timestamp,
+) -> Result<ReadPermit, Denial> {
+    match evaluate(consents, me, &plan.home, section.as_str(), Action::Read, now) {
+        Decision::Allow(reason) => Ok(Permit { key: key(plan, section), reason, _access: PhantomData }),
+        Decision::Deny(r) => Err(consent_denial(me, section, Action::Read, r)),
+    }
 }
 
 /// A write permit implies a read permit for the same section (`read_write` implies read).

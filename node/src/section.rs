@@ -214,6 +214,25 @@ impl SectionDoc {
         Ok(self.doc.save_after(&before))
     }
 
+    /// Everything in this document that is not in the history of `heads`.
+    pub fn save_after(&mut self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
+    /// Whether changes were loaded whose dependencies are missing.
+    pub fn has_missing_deps(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
+    /// The actor and hash of every change not in the history of `heads`.
+    pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<(automerge::ActorId, ChangeHash)> {
+        self.doc
+            .get_changes(heads)
+            .into_iter()
+            .map(|c| (c.actor_id().clone(), c.hash()))
+            .collect()
+    }
+
     /// Loads changes made elsewhere (another session or, later, another agency).
     pub fn merge_changes(&mut self, bytes: &[u8]) -> Result<()> {
         self.doc.load_incremental(bytes)?;

@@ -83,6 +83,7 @@ fn fresh_signing_key() -> SigningKey {
 /// A running node.
 pub struct Node {
     api_addr: SocketAddr,
+    federation_addr: Option<SocketAddr>,
     service: Arc<NodeService>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
@@ -116,13 +117,41 @@ impl Node {
             signing_key,
         )
         .await?;
+        service.load_peer_keys().await?;
         let (tx, rx) = watch::channel(false);
         let api_addr = listener.local_addr().map_err(Error::internal)?;
+        let mut federation_addr = None;
+        if let Some(fed) = &config.federation {
+            let peer_listener = TcpListener::bind(fed.listen)
+                .await
+                .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", fed.listen)))?;
+            federation_addr = Some(peer_listener.local_addr().map_err(Error::internal)?);
+            let peers = Arc::new(fed.peers.clone());
+            for p in peers.iter() {
+                service.peer_update(&p.agency, |i| i.endpoint = p.endpoint.clone());
+                if service.agency() < &p.agency {
+                    tokio::spawn(crate::api::federation::dial(
+                        service.clone(),
+                        p.clone(),
+                        config.tls.clone(),
+                        rx.clone(),
+                    ));
+                }
+            }
+            tokio::spawn(serve_federation(
+                config.tls.clone(),
+                service.clone(),
+                peers,
+                peer_listener,
+                rx.clone(),
+            ));
+        }
         tokio::spawn(sweep_expiries(service.clone(), rx.clone()));
         let task = tokio::spawn(serve(config, service.clone(), listener, rx));
         tracing::info!(agency = %service.agency(), addr = %api_addr, "node started");
         Ok(Node {
             api_addr,
+            federation_addr,
             service,
             shutdown: tx,
             task,
@@ -132,6 +161,11 @@ impl Node {
     /// The client API's bound address.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The federation listener's bound address, if federation is configured.
+    pub fn federation_addr(&self) -> Option<SocketAddr> {
+        self.federation_addr
     }
 
     /// The node's service (for in-process tools and tests).
@@ -157,6 +191,40 @@ impl Node {
         self.shutdown();
         self.join().await
     }
+}
+
+/// Serves the federation stream over mutual TLS: a client certificate from the federation
+/// CA is required, and the agency it names must be a configured peer.
+async fn serve_federation(
+    tls: crate::config::TlsFiles,
+    service: Arc<NodeService>,
+    peers: Arc<Vec<crate::config::PeerConfig>>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| Error::Internal(format!("cannot read {}: {e}", p.display())))
+    };
+    let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    let ca = tonic::transport::Certificate::from_pem(read(&tls.ca)?);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let api = crate::api::federation::FederationApi::new(service.clone(), peers, shutdown.clone());
+    let result = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))
+        .map_err(|e| Error::Internal(format!("tls config: {e}")))?
+        .add_service(
+            weft_proto::v1::federation_server::FederationServer::new(api)
+                .max_decoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8)
+                .max_encoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8),
+        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "federation listener failed");
+    }
+    result.map_err(|e| Error::Internal(format!("federation server: {e}")))
 }
 
 /// How often a node looks for consents that reached their expiry.

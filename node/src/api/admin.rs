@@ -81,4 +81,31 @@ impl AdminService for AdminApi {
         };
         Ok(Response::new(out))
     }
+
+    /// `Peers`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "Peers"))]
+    async fn peers(
+        &self,
+        req: Request<pb::PeersRequest>,
+    ) -> Result<Response<pb::PeersResponse>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        let (peers, head) = self.svc.peers(&who).await?;
+        Ok(Response::new(pb::PeersResponse {
+            peers: peers
+                .into_iter()
+                .map(|(agency, i)| pb::PeerStatus {
+                    agency: agency.to_string(),
+                    endpoint: i.endpoint,
+                    connected: i.connected,
+                    last_sync_ms: i.last_sync_ms,
+                    behind: head.saturating_sub(i.acked_seq),
+                    last_error: i.last_error,
+                    sections_sent: i.sections_sent,
+                    sections_received: i.sections_received,
+                    rejected: i.rejected,
+                    purges: i.purges,
+                })
+                .collect(),
+        }))
+    }
 }

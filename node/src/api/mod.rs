@@ -10,6 +10,7 @@ pub mod admin;
 pub mod consent;
 pub mod convert;
 pub mod error;
+pub mod federation;
 pub mod goals;
 pub mod plans;
 pub mod referrals;

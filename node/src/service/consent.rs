@@ -148,7 +148,11 @@ impl NodeService {
     /// The key that verifies records signed by `agency`, if known. Until federation
     /// distributes peer keys, only this node's own.
     fn key_of(&self, agency: &AgencyId) -> Option<VerifyingKey> {
-        (*agency == self.agency).then(|| self.verifying_key())
+        if *agency == self.agency {
+            Some(self.verifying_key())
+        } else {
+            self.peers.key_of(agency)
+        }
     }
 
     /// Loads, verifies and caches the consents of a subject.
@@ -178,7 +182,7 @@ impl NodeService {
             .unwrap_or_default()
     }
 
-    fn verified_set(&self, entries: &[ConsentEntry]) -> ConsentSet {
+    pub(crate) fn verified_set(&self, entries: &[ConsentEntry]) -> ConsentSet {
         let mut set = ConsentSet::new();
         for e in entries {
             match e.kind {
@@ -218,7 +222,7 @@ impl NodeService {
         set
     }
 
-    async fn refresh_consents(&self, subject: SubjectId) -> Result<Arc<ConsentSet>> {
+    pub(crate) async fn refresh_consents(&self, subject: SubjectId) -> Result<Arc<ConsentSet>> {
         let entries = self.store.consent_entries(Some(subject)).await?;
         let set = Arc::new(self.verified_set(&entries));
         if let Ok(mut cache) = self.consents.write() {
@@ -382,6 +386,7 @@ impl NodeService {
         );
         self.store.write_consent_entries(vec![entry], draft).await?;
         let set = self.refresh_consents(plan.subject).await?;
+        self.wake();
         tracing::info!(target: "weft::audit", consent = %record.id, grantee = %grantee, "consent recorded");
         Ok(self.consent_view(&record, &set, &signed.signer, signed.digest()))
     }
@@ -419,7 +424,7 @@ impl NodeService {
         Ok((e.subject, signed))
     }
 
-    async fn plan_of_subject(
+    pub(crate) async fn plan_of_subject(
         &self,
         subject: SubjectId,
         home: &AgencyId,
@@ -518,6 +523,7 @@ impl NodeService {
         draft.detail = format!("{} revoked by {}", record.id, revocation.id);
         self.store.write_consent_entries(vec![entry], draft).await?;
         let set = self.refresh_consents(subject).await?;
+        self.wake();
         tracing::info!(target: "weft::audit", consent = %record.id, "consent revoked");
         Ok(self.consent_view(&record, &set, &signed.signer, signed.digest()))
     }
@@ -680,6 +686,8 @@ impl NodeService {
                 recorded += 1;
             }
         }
+        // Expiry is revocation at a known time: a holder purges by its own clock.
+        self.purge_unconsented().await?;
         Ok(recorded)
     }
 

@@ -28,6 +28,7 @@ use crate::section::{ChangeInfo, Edit, SectionDoc};
 use crate::storage::{StoreHandle, StoreStats};
 
 mod consent;
+pub mod replica;
 pub use consent::{ConsentState, ConsentView, GrantInput};
 
 /// A source of the current time, injectable for tests.
@@ -124,6 +125,10 @@ pub struct NodeService {
     users: RwLock<HashMap<String, UserRecord>>,
     locks: Vec<tokio::sync::Mutex<()>>,
     events: broadcast::Sender<PlanEvent>,
+    /// Bumped on every stored change and consent entry, to wake replication pumps.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Replication status per peer.
+    pub(crate) peers: replica::PeerBoard,
     closing: tokio::sync::watch::Sender<bool>,
     clock: Clock,
     started: Instant,
@@ -211,12 +216,24 @@ impl NodeService {
                 .collect(),
             events,
             closing: tokio::sync::watch::channel(false).0,
+            changed: tokio::sync::watch::channel(0).0,
+            peers: replica::PeerBoard::default(),
             clock,
             started: Instant::now(),
             options,
             signing_key,
             consents: RwLock::new(HashMap::new()),
         }))
+    }
+
+    /// Wakes replication pumps: something was stored.
+    pub(crate) fn wake(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes whenever something is stored.
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Ends every open watch stream (the node is shutting down).
@@ -432,6 +449,7 @@ impl NodeService {
             .write_sections(batch, new_plan.then(|| plan.clone()), draft)
             .await?;
 
+        self.wake();
         let mut last_seq = 0;
         for (entry, (section, edit, _)) in committed.feed.iter().zip(&edits) {
             last_seq = entry.seq;
@@ -1008,6 +1026,16 @@ impl NodeService {
             .audit(self.draft(caller, AuditAction::ListUsers, None))
             .await?;
         Ok(users)
+    }
+
+    /// Replication status of every peer, with this node's feed head.
+    pub async fn peers(
+        &self,
+        caller: &Caller,
+    ) -> Result<(std::collections::BTreeMap<AgencyId, replica::PeerInfo>, u64)> {
+        self.require(caller, Right::ReadStatus, AuditAction::Status)
+            .await?;
+        Ok((self.peer_status(), self.feed_head().await?))
     }
 
     /// Node counters.

@@ -45,11 +45,14 @@ pub enum Tree {
     Users,
     /// Subject + kind + id → signed consent, signed revocation, or expiry mark.
     Consents,
+    /// Replication state: per-peer cursors, pinned keys, per-(peer, section) heads, pending
+    /// purge receipts, and purge receipts received.
+    Replication,
 }
 
 impl Tree {
     /// Every tree, in discriminant order.
-    pub const ALL: [Tree; 9] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Meta,
         Tree::Plans,
         Tree::Sections,
@@ -59,6 +62,7 @@ impl Tree {
         Tree::Audit,
         Tree::Users,
         Tree::Consents,
+        Tree::Replication,
     ];
 
     /// The tree's name on disk.
@@ -73,6 +77,7 @@ impl Tree {
             Tree::Audit => "audit",
             Tree::Users => "users",
             Tree::Consents => "consents",
+            Tree::Replication => "replication",
         }
     }
 }
@@ -162,6 +167,10 @@ pub struct CommitBatch {
     pub new_user: Option<UserRecord>,
     /// Consent records, revocations and marks to store (an existing id is an error).
     pub consent_entries: Vec<ConsentEntry>,
+    /// A plan to file if this node does not know it yet (replicas); it must match if known.
+    pub ensure_plan: Option<PlanRecord>,
+    /// Replication state to write (`None` removes the key).
+    pub replication: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The audit entry for all of it.
     pub audit: AuditDraft,
 }
@@ -174,6 +183,8 @@ impl CommitBatch {
             changes: vec![],
             new_user: None,
             consent_entries: vec![],
+            ensure_plan: None,
+            replication: vec![],
             audit,
         }
     }
@@ -349,6 +360,26 @@ impl Store {
                 }
                 txn.put(Tree::Users, user.name.as_bytes(), &json(user))?;
             }
+            if let Some(plan) = &batch.ensure_plan {
+                match txn.get(Tree::Plans, plan.id.0.as_bytes())? {
+                    None => txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?,
+                    Some(b) => {
+                        let known: PlanRecord = from_json(&b, "plan")?;
+                        if known.home != plan.home || known.subject != plan.subject {
+                            return Err(Error::invalid(format!(
+                                "plan {} is known here with another home or subject",
+                                plan.id
+                            )));
+                        }
+                    }
+                }
+            }
+            for (key, value) in &batch.replication {
+                match value {
+                    Some(v) => txn.put(Tree::Replication, key, v)?,
+                    None => txn.remove(Tree::Replication, key)?,
+                }
+            }
             for e in &batch.consent_entries {
                 let key = consent_key(e.subject, e.kind, &e.id);
                 if txn.get(Tree::Consents, &key)?.is_some() {
@@ -421,6 +452,90 @@ impl Store {
             meta.bytes = snapshot.len() as u64 + rest;
             txn.put(Tree::Snapshots, &skey, snapshot)?;
             txn.put(Tree::Sections, &skey, &json(&meta))
+        })
+    }
+
+    /// Deletes every trace of the given sections (documents, snapshots, chunks, feed entries,
+    /// and `replication` keys given by the caller), with one audit entry, atomically. Plans
+    /// left with no section are deleted too, unless this node is their home.
+    pub fn purge(&self, keys: &[SectionKey], batch: &CommitBatch) -> Result<Committed> {
+        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        // Find the feed entries of these sections first (the writer lock keeps them stable).
+        let mut feed_seqs = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.backend.scan(Tree::Feed, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in &page {
+                let entry: FeedEntry = from_json(v, "feed")?;
+                if keys.contains(&entry.key) {
+                    feed_seqs.push(k.clone());
+                }
+            }
+        }
+        let out = std::cell::RefCell::new(None);
+        self.backend.transact(&|txn| {
+            for key in keys {
+                let skey = section_key_bytes(key);
+                if let Some(b) = txn.get(Tree::Sections, &skey)? {
+                    let meta: SectionMeta = from_json(&b, "section")?;
+                    for n in meta.first_chunk..meta.next_chunk {
+                        txn.remove(Tree::Chunks, &chunk_key(key, n))?;
+                    }
+                }
+                txn.remove(Tree::Sections, &skey)?;
+                txn.remove(Tree::Snapshots, &skey)?;
+            }
+            for seq in &feed_seqs {
+                txn.remove(Tree::Feed, seq)?;
+            }
+            for (key, value) in &batch.replication {
+                match value {
+                    Some(v) => txn.put(Tree::Replication, key, v)?,
+                    None => txn.remove(Tree::Replication, key)?,
+                }
+            }
+            let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
+                Some(b) => from_json(&b, "audit head")?,
+                None => AuditHead::default(),
+            };
+            let (entry, head) = audit::seal(&head, batch.audit.clone());
+            txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
+            txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
+            *out.borrow_mut() = Some(Committed { feed: vec![], audit: entry });
+            Ok(())
+        })?;
+        out.into_inner().ok_or_else(|| Error::internal("purge produced no result"))
+    }
+
+    /// Deletes a plan record (a replica plan with no sections left).
+    pub fn forget_plan(&self, id: PlanId) -> Result<()> {
+        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        self.backend.transact(&|txn| txn.remove(Tree::Plans, id.0.as_bytes()))
+    }
+
+    /// Reads a replication key.
+    pub fn replication_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.backend.get(Tree::Replication, key)
+    }
+
+    /// Replication keys with a prefix.
+    pub fn replication_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.backend.scan(Tree::Replication, prefix, None, usize::MAX)
+    }
+
+    /// Writes replication keys on their own (cursors, heads), durably.
+    pub fn replication_put(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        self.backend.transact(&|txn| {
+            for (key, value) in writes {
+                match value {
+                    Some(v) => txn.put(Tree::Replication, key, v)?,
+                    None => txn.remove(Tree::Replication, key)?,
+                }
+            }
+            Ok(())
         })
     }
 
@@ -609,6 +724,8 @@ impl StoreHandle {
             changes,
             new_user: None,
             consent_entries: vec![],
+            ensure_plan: None,
+            replication: vec![],
             audit,
         };
         self.run(move |s| s.commit(&batch)).await
@@ -632,6 +749,8 @@ impl StoreHandle {
             changes: vec![],
             new_user: Some(user),
             consent_entries: vec![],
+            ensure_plan: None,
+            replication: vec![],
             audit,
         };
         self.run(move |s| s.commit(&batch)).await
@@ -701,6 +820,36 @@ impl StoreHandle {
     /// Counters.
     pub async fn stats(&self) -> Result<StoreStats> {
         self.run(|s| s.stats()).await
+    }
+
+    /// Commits any batch (replication paths build their own).
+    pub async fn commit(&self, batch: CommitBatch) -> Result<Committed> {
+        self.run(move |s| s.commit(&batch)).await
+    }
+
+    /// Purges sections the gate no longer allows this node to hold.
+    pub async fn purge(&self, keys: Vec<SectionKey>, batch: CommitBatch) -> Result<Committed> {
+        self.run(move |s| s.purge(&keys, &batch)).await
+    }
+
+    /// Deletes a replica plan's record.
+    pub async fn forget_plan(&self, id: PlanId) -> Result<()> {
+        self.run(move |s| s.forget_plan(id)).await
+    }
+
+    /// Reads a replication key.
+    pub async fn replication_get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.run(move |s| s.replication_get(&key)).await
+    }
+
+    /// Replication keys with a prefix.
+    pub async fn replication_scan(&self, prefix: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.run(move |s| s.replication_scan(&prefix)).await
+    }
+
+    /// Writes replication keys.
+    pub async fn replication_put(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        self.run(move |s| s.replication_put(&writes)).await
     }
 
     /// The synchronous store, for offline tools (`weft user add --data`).

@@ -60,6 +60,8 @@ fn commits_write_chunks_feed_and_audit_together() {
             ],
             new_user: None,
             consent_entries: vec![],
+            ensure_plan: None,
+            replication: vec![],
             audit: draft(1),
         };
         let c = store.commit(&batch).unwrap();
@@ -75,6 +77,8 @@ fn commits_write_chunks_feed_and_audit_together() {
                 changes: vec![(goals.clone(), b"three".to_vec())],
                 new_user: None,
                 consent_entries: vec![],
+                ensure_plan: None,
+                replication: vec![],
                 audit: draft(2),
             })
             .unwrap();
@@ -119,6 +123,8 @@ fn a_failed_commit_writes_nothing() {
             changes: vec![(k.clone(), b"a".to_vec())],
             new_user: None,
             consent_entries: vec![],
+            ensure_plan: None,
+            replication: vec![],
             audit: draft(1),
         };
         store.commit(&batch).unwrap();
@@ -129,6 +135,8 @@ fn a_failed_commit_writes_nothing() {
             changes: vec![(k.clone(), b"b".to_vec())],
             new_user: None,
             consent_entries: vec![],
+            ensure_plan: None,
+            replication: vec![],
             audit: draft(2),
         });
         assert!(matches!(err, Err(Error::AlreadyExists(_))), "{name}");
@@ -158,6 +166,8 @@ fn users_are_unique_by_name() {
             changes: vec![],
             new_user: Some(user.clone()),
             consent_entries: vec![],
+            ensure_plan: None,
+            replication: vec![],
             audit: draft(1),
         };
         store.commit(&batch).unwrap();
@@ -220,6 +230,8 @@ fn compaction_replaces_chunks_with_a_snapshot() {
                     changes: vec![(k.clone(), vec![i])],
                     new_user: None,
                     consent_entries: vec![],
+                    ensure_plan: None,
+                    replication: vec![],
                     audit: draft(i as i64),
                 })
                 .unwrap();
@@ -246,6 +258,8 @@ fn sled_keeps_everything_across_reopen() {
                 changes: vec![(k.clone(), b"x".to_vec())],
                 new_user: None,
                 consent_entries: vec![],
+                ensure_plan: None,
+                replication: vec![],
                 audit: draft(1),
             })
             .unwrap();

@@ -1,0 +1,718 @@
+//! Replication, sans IO: what this node sends a peer and what it does with what a peer sends.
+//!
+//! The network layer (`api::federation`) carries [`Frame`]s; everything here is plain code
+//! over the store and the gate. Rules (see design.md, "Consent rules"):
+//! - a section travels only between its plan's home and a grantee (`gate::peer_send`,
+//!   `gate::peer_receive`); the receiver checks again before storing;
+//! - the home rejects (and audits) changes from a grantee without `read_write`, or whose
+//!   Automerge actors are not that grantee's;
+//! - consent records and revocations go to the grantees they name, signed, and are verified
+//!   with the key the peer announced over mutual TLS;
+//! - a holder deletes every copy of a section it may no longer hold and returns a signed
+//!   purge receipt to the home, which records it.
+//!
+//! Per (peer, section) the node keeps the heads the peer is known to have; a change is sent
+//! as `save_after(those heads)`, or as the whole saved document when the peer has nothing.
+//! Per peer it keeps a cursor into its own change feed, so catch-up after a reconnect costs
+//! O(changed sections).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use automerge::ChangeHash;
+use serde::{Deserialize, Serialize};
+use weft_consent::ed25519_dalek::{Signature, Signer, Verifier, VerifyingKey};
+use weft_consent::{active_grants, SignedConsent, SignedRevocation};
+
+use super::NodeService;
+use crate::audit::{AuditAction, AuditDraft, Outcome};
+use crate::error::{Error, Result};
+use crate::gate;
+use crate::model::{parse_actor, AgencyId, PlanId, PlanRecord, SectionKey, SectionName, Timestamp};
+use crate::section::SectionDoc;
+use crate::storage::{section_key_bytes, CommitBatch, ConsentEntry, ConsentKind};
+
+/// Changes of one section, as sent between peers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SectionChanges {
+    /// The plan (a grantee files it on first sight).
+    pub plan: PlanRecord,
+    /// The section.
+    pub section: SectionName,
+    /// Automerge change chunks, or a whole saved document.
+    pub bytes: Vec<u8>,
+    /// The sender's heads after these changes.
+    pub heads: Vec<ChangeHash>,
+    /// The sender's feed sequence.
+    pub feed_seq: u64,
+}
+
+/// One replication frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    /// First frame: the sender's consent key and feed head.
+    Hello {
+        /// Ed25519 verifying key for consents and receipts.
+        key: [u8; 32],
+        /// Feed head.
+        feed_seq: u64,
+    },
+    /// Section changes.
+    Changes(SectionChanges),
+    /// The receiver stored a section; its heads.
+    Ack {
+        /// The section.
+        key: SectionKey,
+        /// Its heads at the receiver.
+        heads: Vec<ChangeHash>,
+    },
+    /// A signed consent record.
+    Consent(Vec<u8>),
+    /// A signed revocation.
+    Revocation(Vec<u8>),
+    /// A signed purge receipt.
+    Receipt(Vec<u8>),
+    /// Everything before was sent.
+    Cursor(u64),
+    /// Everything before was processed.
+    CursorAck(u64),
+    /// A frame was refused.
+    Rejected {
+        /// The section, if any.
+        key: Option<SectionKey>,
+        /// The rule (no data).
+        reason: String,
+    },
+}
+
+/// A peer's replication status, for `weft peers` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's endpoint (configured).
+    pub endpoint: String,
+    /// A stream is up.
+    pub connected: bool,
+    /// Last frame exchanged, unix ms.
+    pub last_sync_ms: i64,
+    /// What the peer acknowledged of our feed.
+    pub acked_seq: u64,
+    /// Last error, if any (no data).
+    pub last_error: String,
+    /// Section documents sent.
+    pub sections_sent: u64,
+    /// Section documents received and stored.
+    pub sections_received: u64,
+    /// Frames from the peer refused.
+    pub rejected: u64,
+    /// Purge receipts received (home) or sent (holder).
+    pub purges: u64,
+}
+
+/// Status and pinned keys of every peer.
+#[derive(Default)]
+pub struct PeerBoard {
+    info: Mutex<BTreeMap<AgencyId, PeerInfo>>,
+    keys: Mutex<BTreeMap<AgencyId, VerifyingKey>>,
+}
+
+impl PeerBoard {
+    /// Updates a peer's status.
+    pub fn update(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
+        if let Ok(mut m) = self.info.lock() {
+            f(m.entry(peer.clone()).or_default());
+        }
+    }
+
+    /// Every peer's status.
+    pub fn snapshot(&self) -> BTreeMap<AgencyId, PeerInfo> {
+        self.info.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// A peer's pinned consent key.
+    pub fn key_of(&self, peer: &AgencyId) -> Option<VerifyingKey> {
+        self.keys.lock().ok()?.get(peer).copied()
+    }
+
+    fn set_key(&self, peer: &AgencyId, key: VerifyingKey) {
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(peer.clone(), key);
+        }
+    }
+}
+
+/// A signed statement by a holder that it deleted every copy of a section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeReceipt {
+    /// The plan.
+    pub plan: PlanId,
+    /// The section.
+    pub section: String,
+    /// The home agency the receipt is for.
+    pub home: AgencyId,
+    /// The agency that purged.
+    pub holder: AgencyId,
+    /// When, by the holder's clock.
+    pub purged_at: Timestamp,
+    /// Why (the rule or consent, no data).
+    pub reason: String,
+}
+
+const RECEIPT_TAG: &[u8] = b"weft-purge-receipt-v1\n";
+
+#[derive(Serialize, Deserialize)]
+struct ReceiptEnvelope {
+    body: String,
+    signature: String,
+}
+
+impl PurgeReceipt {
+    fn signed(&self, key: &weft_consent::ed25519_dalek::SigningKey) -> Vec<u8> {
+        let body = serde_json::to_string(self).expect("receipts serialize");
+        let mut msg = RECEIPT_TAG.to_vec();
+        msg.extend_from_slice(body.as_bytes());
+        let signature = hex::encode(key.sign(&msg).to_bytes());
+        serde_json::to_vec(&ReceiptEnvelope { body, signature }).expect("envelopes serialize")
+    }
+
+    /// Checks a signed receipt with the holder's key.
+    pub fn verify(bytes: &[u8], key: &VerifyingKey) -> Result<PurgeReceipt> {
+        let bad = |what: &str| Error::invalid(format!("purge receipt {what}"));
+        let env: ReceiptEnvelope = serde_json::from_slice(bytes).map_err(|_| bad("is malformed"))?;
+        let sig: [u8; 64] = hex::decode(&env.signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("has a malformed signature"))?;
+        let mut msg = RECEIPT_TAG.to_vec();
+        msg.extend_from_slice(env.body.as_bytes());
+        key.verify(&msg, &Signature::from_bytes(&sig)).map_err(|_| bad("signature does not verify"))?;
+        serde_json::from_str(&env.body).map_err(|_| bad("is malformed"))
+    }
+}
+
+fn heads_key(peer: &AgencyId, key: &SectionKey) -> Vec<u8> {
+    let mut k = format!("heads/{peer}/").into_bytes();
+    k.extend_from_slice(&section_key_bytes(key));
+    k
+}
+
+fn cursor_key(peer: &AgencyId) -> Vec<u8> {
+    format!("cursor/{peer}").into_bytes()
+}
+
+fn pin_key(peer: &AgencyId) -> Vec<u8> {
+    format!("key/{peer}").into_bytes()
+}
+
+fn pending_key(home: &AgencyId, key: &SectionKey) -> Vec<u8> {
+    let mut k = format!("pending/{home}/").into_bytes();
+    k.extend_from_slice(&section_key_bytes(key));
+    k
+}
+
+fn receipt_key(key: &SectionKey, holder: &AgencyId) -> Vec<u8> {
+    let mut k = b"receipt/".to_vec();
+    k.extend_from_slice(&section_key_bytes(key));
+    k.extend_from_slice(holder.as_str().as_bytes());
+    k
+}
+
+fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+fn decode_heads(bytes: &[u8]) -> Vec<ChangeHash> {
+    bytes.chunks_exact(32).filter_map(|c| ChangeHash::try_from(c).ok()).collect()
+}
+
+impl NodeService {
+    /// Loads the peers' pinned consent keys from the store (at start).
+    pub async fn load_peer_keys(&self) -> Result<()> {
+        for (k, v) in self.store.replication_scan(b"key/".to_vec()).await? {
+            let agency = std::str::from_utf8(&k[4..]).ok().and_then(|a| AgencyId::parse(a).ok());
+            let key = <[u8; 32]>::try_from(v.as_slice()).ok().and_then(|b| VerifyingKey::from_bytes(&b).ok());
+            if let (Some(a), Some(key)) = (agency, key) {
+                self.peers.set_key(&a, key);
+            }
+        }
+        Ok(())
+    }
+
+    /// The replication status of every peer.
+    pub fn peer_status(&self) -> BTreeMap<AgencyId, PeerInfo> {
+        self.peers.snapshot()
+    }
+
+    /// Records a peer's status change.
+    pub fn peer_update(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
+        self.peers.update(peer, f)
+    }
+
+    /// This node's current feed head.
+    pub async fn feed_head(&self) -> Result<u64> {
+        Ok(self.store.stats().await?.feed_seq)
+    }
+
+    /// Our first frame.
+    pub async fn hello(&self) -> Result<Frame> {
+        Ok(Frame::Hello { key: self.verifying_key().to_bytes(), feed_seq: self.feed_head().await? })
+    }
+
+    /// Pins the peer's consent key on first sight; a different key later is refused.
+    pub async fn accept_hello(&self, peer: &AgencyId, key: &[u8; 32]) -> Result<()> {
+        let vk = VerifyingKey::from_bytes(key).map_err(|_| Error::invalid("peer sent a malformed consent key"))?;
+        match self.store.replication_get(pin_key(peer)).await? {
+            Some(known) if known.as_slice() != key.as_slice() => {
+                return Err(Error::PermissionDenied(format!(
+                    "peer {peer} announced a consent key other than the one pinned for it"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                self.store.replication_put(vec![(pin_key(peer), Some(key.to_vec()))]).await?;
+                tracing::info!(peer = %peer, "pinned the peer's consent key");
+            }
+        }
+        self.peers.set_key(peer, vk);
+        Ok(())
+    }
+
+    /// Where the peer's acknowledged cursor into our feed stands.
+    pub async fn cursor(&self, peer: &AgencyId) -> Result<u64> {
+        Ok(self
+            .store
+            .replication_get(cursor_key(peer))
+            .await?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Feed entries after `after`.
+    pub async fn feed_page(&self, after: u64, limit: usize) -> Result<Vec<crate::storage::FeedEntry>> {
+        self.store.feed_since(after, limit).await
+    }
+
+    /// Consent records and revocations this node recorded that name `peer` as a grantee.
+    pub async fn consent_frames_for(&self, peer: &AgencyId) -> Result<Vec<(String, Frame)>> {
+        let entries = self.store.consent_entries(None).await?;
+        let mut named: BTreeSet<String> = BTreeSet::new();
+        let mut out = Vec::new();
+        for e in entries.iter().filter(|e| e.kind == ConsentKind::Consent) {
+            let Ok(signed) = SignedConsent::from_bytes(&e.bytes) else { continue };
+            if signed.signer != self.agency {
+                continue;
+            }
+            let Ok(record) = signed.verify(&self.verifying_key()) else { continue };
+            if record.provisions.iter().any(|p| p.grantee == *peer) {
+                named.insert(record.id.to_string());
+                out.push((e.id.clone(), Frame::Consent(e.bytes.clone())));
+            }
+        }
+        for e in entries.iter().filter(|e| e.kind == ConsentKind::Revocation) {
+            let Ok(signed) = SignedRevocation::from_bytes(&e.bytes) else { continue };
+            if signed.signer != self.agency {
+                continue;
+            }
+            if let Ok(r) = signed.verify(&self.verifying_key()) {
+                if named.contains(r.consent.as_str()) {
+                    out.push((e.id.clone(), Frame::Revocation(e.bytes.clone())));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sections `peer` may hold now that it has never been sent (new grants, restarts).
+    pub async fn grant_backlog(&self, peer: &AgencyId) -> Result<Vec<SectionKey>> {
+        let now = self.now();
+        let entries = self.store.consent_entries(None).await?;
+        let subjects: BTreeSet<_> = entries.iter().map(|e| e.subject).collect();
+        let mut out = Vec::new();
+        for subject in subjects {
+            let set = self.consents_for(subject).await?;
+            let Some(plan) = self.plan_of_subject(subject, &self.agency).await? else { continue };
+            for (agency, section, _, _) in active_grants(&set, &plan.home, now) {
+                if agency != *peer {
+                    continue;
+                }
+                let Ok(section) = SectionName::parse(&section) else { continue };
+                let key = SectionKey { plan: plan.id, section };
+                if self.store.replication_get(heads_key(peer, &key)).await?.is_none() {
+                    out.push(key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The frame that brings `peer` up to date on one section, if it may have it and lacks
+    /// anything. A home's send is recorded as a disclosure before it leaves.
+    pub async fn section_frame(&self, peer: &AgencyId, key: &SectionKey) -> Result<Option<Frame>> {
+        let Some(plan) = self.store.plan(key.plan).await? else { return Ok(None) };
+        let consents = self.consents_for(plan.subject).await?;
+        let Ok(permit) = gate::peer_send(&self.agency, peer, &plan, &key.section, &consents, self.now()) else {
+            return Ok(None);
+        };
+        let Some(stored) = self.store.read_section(&permit).await? else { return Ok(None) };
+        let mut doc = SectionDoc::load(stored.snapshot.as_deref(), &stored.chunks)?;
+        let known = self.store.replication_get(heads_key(peer, key)).await?.map(|b| decode_heads(&b));
+        let bytes = match &known {
+            Some(h) => doc.save_after(h),
+            None => doc.save(),
+        };
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if plan.home == self.agency {
+            let draft = AuditDraft {
+                time: self.now(),
+                agency: peer.to_string(),
+                user: "-".into(),
+                action: AuditAction::Disclose,
+                outcome: Outcome::Ok,
+                plan: Some(plan.id),
+                sections: vec![key.section.to_string()],
+                detail: if known.is_some() { "changes".into() } else { "whole section".into() },
+                basis: super::consent::basis(permit.reason()),
+            };
+            self.store.audit(draft).await?;
+        }
+        self.peers.update(peer, |i| i.sections_sent += 1);
+        Ok(Some(Frame::Changes(SectionChanges {
+            plan,
+            section: key.section.clone(),
+            bytes,
+            heads: doc.heads(),
+            feed_seq: stored.meta.last_seq,
+        })))
+    }
+
+    /// Purge receipts waiting for `home`, with their store keys.
+    pub async fn pending_receipts(&self, home: &AgencyId) -> Result<Vec<(Vec<u8>, Frame)>> {
+        Ok(self
+            .store
+            .replication_scan(format!("pending/{home}/").into_bytes())
+            .await?
+            .into_iter()
+            .map(|(k, v)| (k, Frame::Receipt(v)))
+            .collect())
+    }
+
+    /// Forgets receipts the home has processed.
+    pub async fn receipts_delivered(&self, keys: Vec<Vec<u8>>) -> Result<()> {
+        self.store.replication_put(keys.into_iter().map(|k| (k, None)).collect()).await
+    }
+
+    /// Handles one frame from `peer`; returns the frames to send back.
+    pub async fn handle_frame(&self, peer: &AgencyId, frame: Frame) -> Result<Vec<Frame>> {
+        self.peers.update(peer, |i| i.last_sync_ms = self.now().as_millis());
+        match frame {
+            Frame::Hello { .. } => Err(Error::invalid("a second hello")),
+            Frame::Changes(c) => self.receive_changes(peer, c).await,
+            Frame::Ack { key, heads } => {
+                self.store.replication_put(vec![(heads_key(peer, &key), Some(encode_heads(&heads)))]).await?;
+                Ok(vec![])
+            }
+            Frame::Consent(bytes) => self.receive_consent(peer, bytes).await,
+            Frame::Revocation(bytes) => self.receive_revocation(peer, bytes).await,
+            Frame::Receipt(bytes) => self.receive_receipt(peer, bytes).await,
+            Frame::Cursor(seq) => Ok(vec![Frame::CursorAck(seq)]),
+            Frame::CursorAck(seq) => {
+                self.store.replication_put(vec![(cursor_key(peer), Some(seq.to_be_bytes().to_vec()))]).await?;
+                self.peers.update(peer, |i| i.acked_seq = seq);
+                Ok(vec![])
+            }
+            Frame::Rejected { key, reason } => {
+                tracing::warn!(peer = %peer, %reason, "peer refused a frame");
+                if let Some(key) = key {
+                    // The peer could not use what we sent: send it the whole section next time.
+                    self.store.replication_put(vec![(heads_key(peer, &key), None)]).await?;
+                }
+                Ok(vec![])
+            }
+        }
+    }
+
+    async fn reject(&self, peer: &AgencyId, plan: Option<&PlanRecord>, section: Option<&SectionName>, code: &str, why: String) -> Result<Vec<Frame>> {
+        let draft = AuditDraft {
+            time: self.now(),
+            agency: peer.to_string(),
+            user: "-".into(),
+            action: AuditAction::ReplicaReject,
+            outcome: Outcome::Denied,
+            plan: plan.map(|p| p.id),
+            sections: section.map(|s| vec![s.to_string()]).unwrap_or_default(),
+            detail: code.to_string(),
+            basis: String::new(),
+        };
+        self.store.audit(draft).await?;
+        self.peers.update(peer, |i| i.rejected += 1);
+        tracing::warn!(target: "weft::audit", peer = %peer, code, "refused a frame from a peer");
+        let key = match (plan, section) {
+            (Some(p), Some(s)) => Some(SectionKey { plan: p.id, section: s.clone() }),
+            _ => None,
+        };
+        Ok(vec![Frame::Rejected { key, reason: why }])
+    }
+
+    async fn receive_changes(&self, peer: &AgencyId, c: SectionChanges) -> Result<Vec<Frame>> {
+        let plan = c.plan.clone();
+        if let Some(known) = self.store.plan(plan.id).await? {
+            if known.home != plan.home || known.subject != plan.subject {
+                return self.reject(peer, Some(&known), Some(&c.section), "plan_mismatch", "the plan is known with another home".into()).await;
+            }
+        }
+        let consents = self.consents_for(plan.subject).await?;
+        let permit = match gate::peer_receive(&self.agency, peer, &plan, &c.section, &consents, self.now()) {
+            Ok(p) => p,
+            Err(d) => return self.reject(peer, Some(&plan), Some(&c.section), d.code, d.message).await,
+        };
+        let key = permit.key().clone();
+        let _guard = self.locks[self.stripe(&key)].lock().await;
+        let stored = self.store.read_section(&gate::downgrade(&permit)).await?;
+        let mut doc = match &stored {
+            Some(s) => SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?,
+            None => SectionDoc::new(),
+        };
+        let before = doc.heads();
+        if doc.merge_changes(&c.bytes).is_err() {
+            return self.reject(peer, Some(&plan), Some(&c.section), "malformed", "the changes do not decode".into()).await;
+        }
+        if doc.has_missing_deps() {
+            return self.reject(peer, Some(&plan), Some(&c.section), "missing_deps", "changes depend on history this node lacks".into()).await;
+        }
+        let new_changes = doc.changes_since(&before);
+        if plan.home == self.agency {
+            // Only the grantee's own actors may appear in what it sends the home.
+            let forged = new_changes.iter().any(|(actor, _)| parse_actor(actor).is_none_or(|(a, _)| a != *peer));
+            if forged {
+                return self.reject(peer, Some(&plan), Some(&c.section), "actor", format!("changes carry actors that are not {peer}'s")).await;
+            }
+        }
+        let heads_now = doc.heads();
+        let bytes = doc.save_after(&before);
+        let mut batch = CommitBatch::audit_only(AuditDraft {
+            time: self.now(),
+            agency: peer.to_string(),
+            user: new_changes
+                .iter()
+                .filter_map(|(a, _)| parse_actor(a).map(|(_, u)| u))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(","),
+            action: AuditAction::ReplicaWrite,
+            outcome: Outcome::Ok,
+            plan: Some(plan.id),
+            sections: vec![c.section.to_string()],
+            detail: format!("{} changes", new_changes.len()),
+            basis: super::consent::basis(permit.reason()),
+        });
+        batch.ensure_plan = Some(plan.clone());
+        batch.replication = vec![(heads_key(peer, &key), Some(encode_heads(&c.heads)))];
+        if !bytes.is_empty() {
+            batch.changes = vec![(key.clone(), bytes)];
+        }
+        let committed = self.store.commit(batch).await?;
+        self.peers.update(peer, |i| i.sections_received += 1);
+        if let Some(entry) = committed.feed.first() {
+            self.wake();
+            let _ = self.events.send(super::PlanEvent {
+                plan: plan.id,
+                section: c.section.clone(),
+                seq: entry.seq,
+                agency: peer.clone(),
+                user: "-".into(),
+                time: self.now(),
+                summary: format!("{} changes from {peer}", new_changes.len()),
+            });
+        }
+        Ok(vec![Frame::Ack { key, heads: heads_now }])
+    }
+
+    async fn receive_consent(&self, peer: &AgencyId, bytes: Vec<u8>) -> Result<Vec<Frame>> {
+        let Some(key) = self.peers.key_of(peer) else {
+            return self.reject(peer, None, None, "no_key", "no consent key pinned".into()).await;
+        };
+        let signed = match SignedConsent::from_bytes(&bytes) {
+            Ok(s) => s,
+            Err(e) => return self.reject(peer, None, None, "consent_malformed", e.to_string()).await,
+        };
+        let record = match signed.verify(&key) {
+            Ok(r) if signed.signer == *peer && r.disclosing_agency == *peer => r,
+            Ok(_) => return self.reject(peer, None, None, "consent_signer", "consents come from the plan's home".into()).await,
+            Err(e) => return self.reject(peer, None, None, "consent_signature", e.to_string()).await,
+        };
+        if !record.provisions.iter().any(|p| p.grantee == self.agency) {
+            return self.reject(peer, None, None, "consent_not_named", "this consent does not name this agency".into()).await;
+        }
+        let subject: crate::model::SubjectId = record.subject.parse()?;
+        let entry = ConsentEntry { subject, kind: ConsentKind::Consent, id: record.id.to_string(), bytes };
+        self.store_received_consent(subject, entry, AuditAction::ConsentGrant, format!("{} received from {peer}", record.id)).await?;
+        Ok(vec![])
+    }
+
+    async fn receive_revocation(&self, peer: &AgencyId, bytes: Vec<u8>) -> Result<Vec<Frame>> {
+        let Some(key) = self.peers.key_of(peer) else {
+            return self.reject(peer, None, None, "no_key", "no consent key pinned".into()).await;
+        };
+        let signed = match SignedRevocation::from_bytes(&bytes) {
+            Ok(s) => s,
+            Err(e) => return self.reject(peer, None, None, "revocation_malformed", e.to_string()).await,
+        };
+        let revocation = match signed.verify(&key) {
+            Ok(r) if signed.signer == *peer => r,
+            Ok(_) => return self.reject(peer, None, None, "revocation_signer", "revocations come from the plan's home".into()).await,
+            Err(e) => return self.reject(peer, None, None, "revocation_signature", e.to_string()).await,
+        };
+        // File it under the subject of the consent it revokes.
+        let entries = self.store.consent_entries(None).await?;
+        let Some(subject) = entries
+            .iter()
+            .find(|e| e.kind == ConsentKind::Consent && e.id == revocation.consent.as_str())
+            .map(|e| e.subject)
+        else {
+            return self.reject(peer, None, None, "revocation_unknown", "revokes a consent this node never received".into()).await;
+        };
+        let entry = ConsentEntry { subject, kind: ConsentKind::Revocation, id: revocation.id.to_string(), bytes };
+        self.store_received_consent(subject, entry, AuditAction::ConsentRevoke, format!("{} revoked, received from {peer}", revocation.consent)).await?;
+        self.purge_unconsented().await?;
+        Ok(vec![])
+    }
+
+    async fn store_received_consent(
+        &self,
+        subject: crate::model::SubjectId,
+        entry: ConsentEntry,
+        action: AuditAction,
+        detail: String,
+    ) -> Result<()> {
+        let plan = self.store.plans(None, usize::MAX).await?.into_iter().find(|p| p.subject == subject).map(|p| p.id);
+        let draft = AuditDraft {
+            time: self.now(),
+            agency: self.agency.to_string(),
+            user: "-".into(),
+            action,
+            outcome: Outcome::Ok,
+            plan,
+            sections: vec![],
+            detail,
+            basis: String::new(),
+        };
+        match self.store.write_consent_entries(vec![entry], draft).await {
+            Ok(_) | Err(Error::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.refresh_consents(subject).await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn receive_receipt(&self, peer: &AgencyId, bytes: Vec<u8>) -> Result<Vec<Frame>> {
+        let Some(key) = self.peers.key_of(peer) else {
+            return self.reject(peer, None, None, "no_key", "no consent key pinned".into()).await;
+        };
+        let receipt = match PurgeReceipt::verify(&bytes, &key) {
+            Ok(r) if r.holder == *peer && r.home == self.agency => r,
+            Ok(_) => return self.reject(peer, None, None, "receipt_parties", "receipt names other agencies".into()).await,
+            Err(e) => return self.reject(peer, None, None, "receipt_signature", e.to_string()).await,
+        };
+        let section = SectionName::parse(&receipt.section)?;
+        let skey = SectionKey { plan: receipt.plan, section };
+        let mut batch = CommitBatch::audit_only(AuditDraft {
+            time: self.now(),
+            agency: peer.to_string(),
+            user: "-".into(),
+            action: AuditAction::PurgeReceipt,
+            outcome: Outcome::Ok,
+            plan: Some(receipt.plan),
+            sections: vec![receipt.section.clone()],
+            detail: format!("purged at {} ({})", receipt.purged_at, receipt.reason),
+            basis: String::new(),
+        });
+        batch.replication = vec![(receipt_key(&skey, peer), Some(bytes)), (heads_key(peer, &skey), None)];
+        self.store.commit(batch).await?;
+        self.peers.update(peer, |i| i.purges += 1);
+        tracing::info!(target: "weft::audit", peer = %peer, "purge receipt recorded");
+        Ok(vec![])
+    }
+
+    /// The purge receipts recorded for a plan: (section, holder, receipt).
+    pub async fn purge_receipts(&self, plan: PlanId) -> Result<Vec<PurgeReceipt>> {
+        let mut prefix = b"receipt/".to_vec();
+        prefix.extend_from_slice(plan.0.as_bytes());
+        let mut out = Vec::new();
+        for (_, v) in self.store.replication_scan(prefix).await? {
+            let env: Option<ReceiptEnvelope> = serde_json::from_slice(&v).ok();
+            if let Some(r) = env.and_then(|e| serde_json::from_str::<PurgeReceipt>(&e.body).ok()) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every section of a plan homed elsewhere that this node may no longer hold,
+    /// and queues a signed purge receipt for each to its home. Returns how many it purged.
+    pub async fn purge_unconsented(&self) -> Result<usize> {
+        let now = self.now();
+        let mut purged = 0;
+        for plan in self.store.plans(None, usize::MAX).await? {
+            if plan.home == self.agency {
+                continue;
+            }
+            let consents = self.consents_for(plan.subject).await?;
+            let held = self.store.sections_of(plan.id).await?;
+            let mut gone = Vec::new();
+            for section in &held {
+                if let Err(d) = gate::may_hold(&self.agency, &plan, section, &consents, now) {
+                    gone.push((section.clone(), d.message));
+                }
+            }
+            if gone.is_empty() {
+                continue;
+            }
+            let keys: Vec<SectionKey> = gone.iter().map(|(s, _)| SectionKey { plan: plan.id, section: s.clone() }).collect();
+            let mut replication = Vec::new();
+            for ((section, why), key) in gone.iter().zip(&keys) {
+                let receipt = PurgeReceipt {
+                    plan: plan.id,
+                    section: section.to_string(),
+                    home: plan.home.clone(),
+                    holder: self.agency.clone(),
+                    purged_at: now,
+                    reason: why.clone(),
+                };
+                replication.push((pending_key(&plan.home, key), Some(receipt.signed(&self.signing_key))));
+                replication.push((heads_key(&plan.home, key), None));
+            }
+            let batch = CommitBatch {
+                replication,
+                ..CommitBatch::audit_only(AuditDraft {
+                    time: now,
+                    agency: self.agency.to_string(),
+                    user: "-".into(),
+                    action: AuditAction::Purge,
+                    outcome: Outcome::Ok,
+                    plan: Some(plan.id),
+                    sections: gone.iter().map(|(s, _)| s.to_string()).collect(),
+                    detail: "no longer consented".into(),
+                    basis: String::new(),
+                })
+            };
+            for key in &keys {
+                let _guard = self.locks[self.stripe(key)].lock().await;
+            }
+            self.store.purge(keys.clone(), batch).await?;
+            purged += keys.len();
+            if held.len() == keys.len() {
+                self.store.forget_plan(plan.id).await?;
+            }
+            self.peers.update(&plan.home, |i| i.purges += keys.len() as u64);
+            tracing::info!(target: "weft::audit", plan_home = %plan.home, sections = keys.len(), "purged sections no longer consented");
+        }
+        if purged > 0 {
+            self.wake();
+        }
+        Ok(purged)
+    }
+}
