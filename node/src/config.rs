@@ -250,23 +250,33 @@ impl FileConfig {
             let listen = f
                 .listen
                 .parse::<SocketAddr>()
-                .map_err(|_| problems.push(format!("federation.listen: `{}` is not an IP address and port", f.listen)))
+                .map_err(|_| {
+                    problems.push(format!(
+                        "federation.listen: `{}` is not an IP address and port",
+                        f.listen
+                    ))
+                })
                 .ok();
             let mut peers = Vec::new();
             for (i, p) in f.peers.iter().enumerate() {
                 let n = i + 1;
                 match AgencyId::parse(&p.agency) {
-                    Ok(a) if agency.as_ref() == Some(&a) => {
-                        problems.push(format!("federation.peers[{n}].agency: a node is not its own peer"))
-                    }
-                    Ok(a) if peers.iter().any(|x: &PeerConfig| x.agency == a) => {
-                        problems.push(format!("federation.peers[{n}].agency: `{a}` is listed twice"))
-                    }
+                    Ok(a) if agency.as_ref() == Some(&a) => problems.push(format!(
+                        "federation.peers[{n}].agency: a node is not its own peer"
+                    )),
+                    Ok(a) if peers.iter().any(|x: &PeerConfig| x.agency == a) => problems.push(
+                        format!("federation.peers[{n}].agency: `{a}` is listed twice"),
+                    ),
                     Ok(a) => {
                         if !p.endpoint.starts_with("https://") {
-                            problems.push(format!("federation.peers[{n}].endpoint: must start with https://"));
+                            problems.push(format!(
+                                "federation.peers[{n}].endpoint: must start with https://"
+                            ));
                         }
-                        peers.push(PeerConfig { agency: a, endpoint: p.endpoint.clone() });
+                        peers.push(PeerConfig {
+                            agency: a,
+                            endpoint: p.endpoint.clone(),
+                        });
                     }
                     Err(e) => problems.push(format!("federation.peers[{n}].agency: {e}")),
                 }
@@ -291,9 +301,15 @@ impl FileConfig {
     }
 }
 
-/// Writes a config file for a node (used by `weft dev`).
-pub fn render(agency: &AgencyId, data_dir: &Path, listen: SocketAddr, tls: &TlsFiles) -> String {
-    format!(
+/// Writes a config file for a node (used by `weft dev` and the tests).
+pub fn render(
+    agency: &AgencyId,
+    data_dir: &Path,
+    listen: SocketAddr,
+    tls: &TlsFiles,
+    federation: Option<&FederationConfig>,
+) -> String {
+    let mut text = format!(
         "# Weft node config (written by `weft dev`)\n\
          agency = \"{agency}\"\n\
          data_dir = \"{}\"\n\n\
@@ -309,7 +325,17 @@ pub fn render(agency: &AgencyId, data_dir: &Path, listen: SocketAddr, tls: &TlsF
         tls.cert.display(),
         tls.key.display(),
         tls.ca.display()
-    )
+    );
+    if let Some(f) = federation {
+        text.push_str(&format!("\n[federation]\nlisten = \"{}\"\n", f.listen));
+        for p in &f.peers {
+            text.push_str(&format!(
+                "\n[[federation.peers]]\nagency = \"{}\"\nendpoint = \"{}\"\n",
+                p.agency, p.endpoint
+            ));
+        }
+    }
+    text
 }
 
 #[cfg(test)]

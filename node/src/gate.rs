@@ -12,9 +12,7 @@ use std::marker::PhantomData;
 
 use weft_consent::{evaluate, Action, AllowReason, ConsentSet, Decision};
 
-use crate::model::{
-    AgencyId, Caller, PlanRecord, Right, Role, SectionKey, SectionName, Timestamp,
-};
+use crate::model::{AgencyId, Caller, PlanRecord, Right, Role, SectionKey, SectionName, Timestamp};
 
 /// Marker for read permits.
 #[derive(Debug)]
@@ -172,10 +170,16 @@ pub fn write(
     })
 }
 
-fn consent_denial(agency: &AgencyId, section: &SectionName, action: Action, reason: impl std::fmt::Display) -> Denial {
+fn consent_denial(
+    agency: &AgencyId,
+    section: &SectionName,
+    action: Action,
+    reason: impl std::fmt::Display,
+) -> Denial {
     Denial {
         code: "consent",
-        message: format!("agency {agency} may not {action:?} section {section}: {reason}").to_lowercase(),
+        message: format!("agency {agency} may not {action:?} section {section}: {reason}")
+            .to_lowercase(),
     }
 }
 
@@ -198,19 +202,37 @@ pub fn peer_send(
     now: Timestamp,
 ) -> Result<ReadPermit, Denial> {
     let reason = if plan.home == *me {
-        match evaluate(consents, peer, &plan.home, section.as_str(), Action::Read, now) {
+        match evaluate(
+            consents,
+            peer,
+            &plan.home,
+            section.as_str(),
+            Action::Read,
+            now,
+        ) {
             Decision::Allow(r) => r,
             Decision::Deny(r) => return Err(consent_denial(peer, section, Action::Read, r)),
         }
     } else if plan.home == *peer {
-        match evaluate(consents, me, &plan.home, section.as_str(), Action::Read, now) {
+        match evaluate(
+            consents,
+            me,
+            &plan.home,
+            section.as_str(),
+            Action::Read,
+            now,
+        ) {
             Decision::Allow(r) => r,
             Decision::Deny(r) => return Err(consent_denial(me, section, Action::Read, r)),
         }
     } else {
         return Err(star_denial());
     };
-    Ok(Permit { key: key(plan, section), reason, _access: PhantomData })
+    Ok(Permit {
+        key: key(plan, section),
+        reason,
+        _access: PhantomData,
+    })
 }
 
 /// May changes to `section` of `plan` received from `peer` be stored here? At the home,
@@ -225,19 +247,37 @@ pub fn peer_receive(
     now: Timestamp,
 ) -> Result<WritePermit, Denial> {
     let reason = if plan.home == *me {
-        match evaluate(consents, peer, &plan.home, section.as_str(), Action::Write, now) {
+        match evaluate(
+            consents,
+            peer,
+            &plan.home,
+            section.as_str(),
+            Action::Write,
+            now,
+        ) {
             Decision::Allow(r) => r,
             Decision::Deny(r) => return Err(consent_denial(peer, section, Action::Write, r)),
         }
     } else if plan.home == *peer {
-        match evaluate(consents, me, &plan.home, section.as_str(), Action::Read, now) {
+        match evaluate(
+            consents,
+            me,
+            &plan.home,
+            section.as_str(),
+            Action::Read,
+            now,
+        ) {
             Decision::Allow(r) => r,
             Decision::Deny(r) => return Err(consent_denial(me, section, Action::Read, r)),
         }
     } else {
         return Err(star_denial());
     };
-    Ok(Permit { key: key(plan, section), reason, _access: PhantomData })
+    Ok(Permit {
+        key: key(plan, section),
+        reason,
+        _access: PhantomData,
+    })
 }
 
 /// May this node keep holding `section` of a plan homed elsewhere? (The purge decision.)
@@ -248,8 +288,19 @@ pub fn may_hold(
     consents: &ConsentSet,
     now: Timestamp,
 ) -> Result<ReadPermit, Denial> {
-    match evaluate(consents, me, &plan.home, section.as_str(), Action::Read, now) {
-        Decision::Allow(reason) => Ok(Permit { key: key(plan, section), reason, _access: PhantomData }),
+    match evaluate(
+        consents,
+        me,
+        &plan.home,
+        section.as_str(),
+        Action::Read,
+        now,
+    ) {
+        Decision::Allow(reason) => Ok(Permit {
+            key: key(plan, section),
+            reason,
+            _access: PhantomData,
+        }),
         Decision::Deny(r) => Err(consent_denial(me, section, Action::Read, r)),
     }
 }

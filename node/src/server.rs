@@ -103,9 +103,28 @@ impl Node {
 
     /// Like [`Node::bind`], over a store the caller has opened already.
     pub async fn bind_with_store(config: Config, store: StoreHandle, clock: Clock) -> Result<Node> {
-        let listener = TcpListener::bind(config.api_listen)
-            .await
-            .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.api_listen)))?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))
+        };
+        let api = bind(config.api_listen).await?;
+        let federation = match &config.federation {
+            Some(f) => Some(bind(f.listen).await?),
+            None => None,
+        };
+        Self::start(config, store, clock, api, federation).await
+    }
+
+    /// Starts a node on listeners the caller has bound (tests bind port 0). `federation`
+    /// must be given exactly when the config has a `[federation]` section.
+    pub async fn start(
+        config: Config,
+        store: StoreHandle,
+        clock: Clock,
+        listener: TcpListener,
+        federation: Option<TcpListener>,
+    ) -> Result<Node> {
         let signing_key = load_signing_key(&config)?;
         let service = NodeService::new(
             config.agency.clone(),
@@ -121,10 +140,7 @@ impl Node {
         let (tx, rx) = watch::channel(false);
         let api_addr = listener.local_addr().map_err(Error::internal)?;
         let mut federation_addr = None;
-        if let Some(fed) = &config.federation {
-            let peer_listener = TcpListener::bind(fed.listen)
-                .await
-                .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", fed.listen)))?;
+        if let (Some(fed), Some(peer_listener)) = (&config.federation, federation) {
             federation_addr = Some(peer_listener.local_addr().map_err(Error::internal)?);
             let peers = Arc::new(fed.peers.clone());
             for p in peers.iter() {

@@ -21,9 +21,10 @@ use anyhow::{bail, Context};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use weft_node::config::{Config, DataLocation, TlsFiles};
+use weft_node::config::{Config, DataLocation, FederationConfig, PeerConfig, TlsFiles};
 use weft_node::model::{now, AgencyId, Role, Timestamp};
 use weft_node::server::{open_store, Node};
+use weft_node::service::replica::PeerInfo;
 use weft_node::service::{bootstrap_user, Clock};
 use weft_proto::v1 as pb;
 
@@ -166,6 +167,17 @@ pub struct TestNode {
     pub clock: TestClock,
     node: Option<Node>,
     addr: SocketAddr,
+    federation: Option<FederationConfig>,
+}
+
+/// Binds an address a stopped node just released, retrying while the OS lets go of it.
+async fn bind_again(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    eventually(
+        "the federation port to be free again",
+        DEADLINE,
+        || async move { Ok(tokio::net::TcpListener::bind(addr).await.ok()) },
+    )
+    .await
 }
 
 impl TestNode {
@@ -177,11 +189,18 @@ impl TestNode {
             tls: self.tls.clone(),
             compact_after_chunks: 8,
             signing_key: None,
+            federation: self.federation.clone(),
         }
     }
 
-    /// Starts a node with a coordinator and an admin user.
-    pub async fn start(pki: &TestPki, agency: &str, data_dir: PathBuf) -> anyhow::Result<Self> {
+    /// Starts a node with a coordinator and an admin user, on pre-bound listeners.
+    pub async fn start(
+        pki: &TestPki,
+        agency: &str,
+        data_dir: PathBuf,
+        api: tokio::net::TcpListener,
+        federation: Option<(tokio::net::TcpListener, FederationConfig)>,
+    ) -> anyhow::Result<Self> {
         let agency = AgencyId::parse(agency)?;
         let tls = pki.issue(&agency)?;
         let store = open_store(&DataLocation::Dir(data_dir.clone()))?;
@@ -196,13 +215,31 @@ impl TestNode {
             admin_token,
             clock: TestClock::new(),
             node: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr: api.local_addr()?,
+            federation: federation.as_ref().map(|(_, f)| f.clone()),
         };
         let config = node.config(node.addr);
-        let running = Node::bind_with_store(config, store, node.clock.clock()).await?;
+        let running = Node::start(
+            config,
+            store,
+            node.clock.clock(),
+            api,
+            federation.map(|(l, _)| l),
+        )
+        .await?;
         node.addr = running.api_addr();
         node.node = Some(running);
         Ok(node)
+    }
+
+    /// The federation listener's address, if any.
+    pub fn federation_addr(&self) -> Option<SocketAddr> {
+        self.federation.as_ref().map(|f| f.listen)
+    }
+
+    /// Replication status of this node's peers (in-process, not audited).
+    pub fn peers(&self) -> std::collections::BTreeMap<AgencyId, PeerInfo> {
+        self.node().service().peer_status()
     }
 
     /// The client API address.
@@ -228,7 +265,13 @@ impl TestNode {
         self.stop().await?;
         let config = self.config(SocketAddr::from(([127, 0, 0, 1], 0)));
         let store = open_store(&config.data)?;
-        let running = Node::bind_with_store(config, store, self.clock.clock()).await?;
+        // Peers dial the federation address, so it stays the same across restarts.
+        let api = tokio::net::TcpListener::bind(config.api_listen).await?;
+        let fed = match &config.federation {
+            Some(f) => Some(bind_again(f.listen).await?),
+            None => None,
+        };
+        let running = Node::start(config, store, self.clock.clock(), api, fed).await?;
         self.addr = running.api_addr();
         self.node = Some(running);
         Ok(())
@@ -398,12 +441,15 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
     /// The test CA.
     pub pki: TestPki,
+    _other_pki: TestPki,
     nodes: Vec<TestNode>,
 }
 
 /// Builds a [`Cluster`].
 pub struct ClusterBuilder {
     agencies: Vec<String>,
+    foreign: Vec<String>,
+    played: Vec<String>,
 }
 
 impl Cluster {
@@ -411,6 +457,8 @@ impl Cluster {
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder {
             agencies: vec!["school.test".into()],
+            foreign: vec![],
+            played: vec![],
         }
     }
 
@@ -430,6 +478,21 @@ impl Cluster {
             .expect("no such agency in the cluster")
     }
 
+    /// Opens a federation stream to `to`'s node as agency `as_agency`, with a certificate
+    /// from the cluster's CA (or `ca` of your choosing). Returns the sender for our frames
+    /// and the stream of the node's frames.
+    pub async fn peer_stream(
+        &self,
+        as_agency: &str,
+        to: &str,
+    ) -> anyhow::Result<(
+        tokio::sync::mpsc::Sender<pb::Frame>,
+        tonic::Streaming<pb::Frame>,
+    )> {
+        let files = self.pki.issue(&AgencyId::parse(as_agency)?)?;
+        peer_stream(&files, self.node(to)).await
+    }
+
     /// Stops every node.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for n in &mut self.nodes {
@@ -446,21 +509,137 @@ impl ClusterBuilder {
         self
     }
 
-    /// Starts the nodes.
+    /// Agencies whose certificates come from another CA (they try to federate, and must be
+    /// refused).
+    pub fn foreign_ca<I: IntoIterator<Item = S>, S: Into<String>>(mut self, agencies: I) -> Self {
+        self.foreign = agencies.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Agencies configured as peers of every node, but played by the test itself through
+    /// [`Cluster::peer_stream`] (to send what a well-behaved node never would).
+    pub fn played_by_test<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        agencies: I,
+    ) -> Self {
+        self.played = agencies.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Starts the nodes; with more than one agency, each lists all the others as peers.
     pub async fn start(self) -> anyhow::Result<Cluster> {
         weft_node::server::install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let pki = TestPki::new()?;
+        let other_pki = TestPki::new()?;
+        let all: Vec<String> = self
+            .agencies
+            .iter()
+            .chain(&self.foreign)
+            .chain(&self.played)
+            .cloned()
+            .collect();
+        let mut listeners = Vec::new();
+        for _ in &all {
+            let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let fed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            listeners.push((api, fed));
+        }
+        let fed_addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|(_, f)| f.local_addr())
+            .collect::<Result<_, _>>()?;
         let mut nodes = Vec::new();
-        for a in &self.agencies {
-            nodes.push(TestNode::start(&pki, a, dir.path().join(a)).await?);
+        for (i, ((a, (api, fed)), addr)) in all.iter().zip(listeners).zip(&fed_addrs).enumerate() {
+            let federation = (all.len() > 1).then(|| FederationConfig {
+                listen: *addr,
+                peers: all
+                    .iter()
+                    .zip(&fed_addrs)
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (p, addr))| PeerConfig {
+                        agency: AgencyId::parse(p).expect("test agency ids parse"),
+                        endpoint: format!("https://{addr}"),
+                    })
+                    .collect(),
+            });
+            if self.played.contains(a) {
+                continue;
+            }
+            let issuer = if self.foreign.contains(a) {
+                &other_pki
+            } else {
+                &pki
+            };
+            let node = TestNode::start(
+                issuer,
+                a,
+                dir.path().join(a),
+                api,
+                federation.map(|f| (fed, f)),
+            )
+            .await?;
+            nodes.push(node);
         }
         Ok(Cluster {
             _dir: dir,
             pki,
+            _other_pki: other_pki,
             nodes,
         })
     }
+}
+
+/// Opens a federation stream to `node` with the certificate `files`.
+pub async fn peer_stream(
+    files: &TlsFiles,
+    node: &TestNode,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::Sender<pb::Frame>,
+    tonic::Streaming<pb::Frame>,
+)> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&files.ca)?))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(&files.cert)?,
+            std::fs::read(&files.key)?,
+        ))
+        .domain_name(node.agency.as_str());
+    let addr = node
+        .federation_addr()
+        .context("the node has no federation listener")?;
+    let channel = Channel::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let mut client = pb::federation_client::FederationClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let inbound = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, inbound))
+}
+
+/// Every file under `dir` whose raw bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)?
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The `weft` binary of this build, built on first use (`cargo build -p weft-node --bin weft`
@@ -535,7 +714,7 @@ impl WeftProcess {
         let config = dir.join("weft.toml");
         std::fs::write(
             &config,
-            weft_node::config::render(&agency, &dir.join("data"), addr, &tls),
+            weft_node::config::render(&agency, &dir.join("data"), addr, &tls, None),
         )?;
         Ok((config, addr, tls.ca))
     }

@@ -28,7 +28,8 @@ use crate::service::NodeService;
 /// Reads the agency id from a peer certificate: its one DNS subject alternative name other
 /// than `localhost`.
 pub fn agency_of_certificate(der: &[u8]) -> std::result::Result<AgencyId, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| "unparsable certificate".to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| "unparsable certificate".to_string())?;
     let san = cert
         .subject_alternative_name()
         .map_err(|_| "malformed subject alternative names".to_string())?
@@ -57,19 +58,27 @@ fn heads_to_pb(heads: &[ChangeHash]) -> Vec<Vec<u8>> {
 fn heads_from_pb(heads: &[Vec<u8>]) -> Result<Vec<ChangeHash>> {
     heads
         .iter()
-        .map(|h| ChangeHash::try_from(h.as_slice()).map_err(|_| Error::invalid("malformed change hash")))
+        .map(|h| {
+            ChangeHash::try_from(h.as_slice()).map_err(|_| Error::invalid("malformed change hash"))
+        })
         .collect()
 }
 
 fn key_from(plan: &str, section: &str) -> Result<SectionKey> {
-    Ok(SectionKey { plan: plan.parse::<PlanId>()?, section: SectionName::parse(section)? })
+    Ok(SectionKey {
+        plan: plan.parse::<PlanId>()?,
+        section: SectionName::parse(section)?,
+    })
 }
 
 /// Converts a domain frame to the wire.
 pub fn to_pb(frame: Frame) -> pb::Frame {
     use pb::frame::Kind;
     let kind = match frame {
-        Frame::Hello { key, feed_seq } => Kind::Hello(pb::Hello { consent_key: key.to_vec(), feed_seq }),
+        Frame::Hello { key, feed_seq } => Kind::Hello(pb::Hello {
+            consent_key: key.to_vec(),
+            feed_seq,
+        }),
         Frame::Changes(c) => Kind::Changes(pb::SectionChanges {
             plan_id: c.plan.id.to_string(),
             subject_id: c.plan.subject.to_string(),
@@ -102,40 +111,53 @@ pub fn to_pb(frame: Frame) -> pb::Frame {
 /// Converts a wire frame to the domain; malformed frames are an error naming the problem.
 pub fn from_pb(frame: pb::Frame) -> Result<Frame> {
     use pb::frame::Kind;
-    Ok(match frame.kind.ok_or_else(|| Error::invalid("empty frame"))? {
-        Kind::Hello(h) => Frame::Hello {
-            key: h.consent_key.try_into().map_err(|_| Error::invalid("a consent key is 32 bytes"))?,
-            feed_seq: h.feed_seq,
-        },
-        Kind::Changes(c) => {
-            let plan = PlanRecord {
-                id: c.plan_id.parse()?,
-                subject: c.subject_id.parse::<SubjectId>()?,
-                home: AgencyId::parse(&c.home_agency).map_err(|e| Error::invalid(format!("home agency: {e}")))?,
-                created_at: Timestamp::from_millis(c.plan_created_at_ms),
-            };
-            if c.changes.len() > crate::catalogue::MAX_SECTION_BYTES * 4 {
-                return Err(Error::invalid("section changes over the size limit"));
+    Ok(
+        match frame.kind.ok_or_else(|| Error::invalid("empty frame"))? {
+            Kind::Hello(h) => Frame::Hello {
+                key: h
+                    .consent_key
+                    .try_into()
+                    .map_err(|_| Error::invalid("a consent key is 32 bytes"))?,
+                feed_seq: h.feed_seq,
+            },
+            Kind::Changes(c) => {
+                let plan = PlanRecord {
+                    id: c.plan_id.parse()?,
+                    subject: c.subject_id.parse::<SubjectId>()?,
+                    home: AgencyId::parse(&c.home_agency)
+                        .map_err(|e| Error::invalid(format!("home agency: {e}")))?,
+                    created_at: Timestamp::from_millis(c.plan_created_at_ms),
+                };
+                if c.changes.len() > crate::catalogue::MAX_SECTION_BYTES * 4 {
+                    return Err(Error::invalid("section changes over the size limit"));
+                }
+                Frame::Changes(SectionChanges {
+                    plan,
+                    section: SectionName::parse(&c.section)?,
+                    bytes: c.changes,
+                    heads: heads_from_pb(&c.heads)?,
+                    feed_seq: c.feed_seq,
+                })
             }
-            Frame::Changes(SectionChanges {
-                plan,
-                section: SectionName::parse(&c.section)?,
-                bytes: c.changes,
-                heads: heads_from_pb(&c.heads)?,
-                feed_seq: c.feed_seq,
-            })
-        }
-        Kind::Ack(a) => Frame::Ack { key: key_from(&a.plan_id, &a.section)?, heads: heads_from_pb(&a.heads)? },
-        Kind::Consent(r) => Frame::Consent(r.envelope),
-        Kind::Revocation(r) => Frame::Revocation(r.envelope),
-        Kind::PurgeReceipt(r) => Frame::Receipt(r.envelope),
-        Kind::Cursor(c) => Frame::Cursor(c.seq),
-        Kind::CursorAck(c) => Frame::CursorAck(c.seq),
-        Kind::Rejected(r) => Frame::Rejected {
-            key: if r.plan_id.is_empty() { None } else { key_from(&r.plan_id, &r.section).ok() },
-            reason: r.reason.chars().take(500).collect(),
+            Kind::Ack(a) => Frame::Ack {
+                key: key_from(&a.plan_id, &a.section)?,
+                heads: heads_from_pb(&a.heads)?,
+            },
+            Kind::Consent(r) => Frame::Consent(r.envelope),
+            Kind::Revocation(r) => Frame::Revocation(r.envelope),
+            Kind::PurgeReceipt(r) => Frame::Receipt(r.envelope),
+            Kind::Cursor(c) => Frame::Cursor(c.seq),
+            Kind::CursorAck(c) => Frame::CursorAck(c.seq),
+            Kind::Rejected(r) => Frame::Rejected {
+                key: if r.plan_id.is_empty() {
+                    None
+                } else {
+                    key_from(&r.plan_id, &r.section).ok()
+                },
+                reason: r.reason.chars().take(500).collect(),
+            },
         },
-    })
+    )
 }
 
 /// The federation service: accepts streams from configured peers.
@@ -147,8 +169,16 @@ pub struct FederationApi {
 
 impl FederationApi {
     /// Wraps a node service and its peer list.
-    pub fn new(svc: Arc<NodeService>, peers: Arc<Vec<PeerConfig>>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { svc, peers, shutdown }
+    pub fn new(
+        svc: Arc<NodeService>,
+        peers: Arc<Vec<PeerConfig>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            svc,
+            peers,
+            shutdown,
+        }
     }
 }
 
@@ -159,9 +189,16 @@ impl Federation for FederationApi {
     type SyncStream = FrameStream;
 
     /// `Sync`: one replication stream with a peer.
-    async fn sync(&self, req: Request<Streaming<pb::Frame>>) -> std::result::Result<Response<FrameStream>, Status> {
-        let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let der = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    async fn sync(
+        &self,
+        req: Request<Streaming<pb::Frame>>,
+    ) -> std::result::Result<Response<FrameStream>, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let der = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
         let peer = match agency_of_certificate(der.as_ref()) {
             Ok(a) => a,
             Err(why) => {
@@ -171,21 +208,33 @@ impl Federation for FederationApi {
         };
         if !self.peers.iter().any(|p| p.agency == peer) {
             tracing::warn!(peer = %peer, "refused a peer that is not configured");
-            return Err(Status::permission_denied("this agency is not a configured peer"));
+            return Err(Status::permission_denied(
+                "this agency is not a configured peer",
+            ));
         }
         let (tx, rx) = mpsc::channel(256);
-        let inbound = req.into_inner().map(|r| r.map_err(|s| Error::Internal(format!("stream: {}", s.message()))));
+        let inbound = req
+            .into_inner()
+            .map(|r| r.map_err(|s| Error::Internal(format!("stream: {}", s.message()))));
         let svc = self.svc.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let span = tracing::info_span!("peer", agency = %peer, side = "accept");
-            let _ = tracing::Instrument::instrument(run_session(svc, peer, Box::pin(inbound), tx, shutdown), span).await;
+            let _ = tracing::Instrument::instrument(
+                run_session(svc, peer, Box::pin(inbound), tx, shutdown),
+                span,
+            )
+            .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
     }
 }
 
 type Inbound = Pin<Box<dyn Stream<Item = Result<pb::Frame>> + Send>>;
+
+/// What this session sent the peer per section: the heads it will have once it processes
+/// our frames (the stream is ordered).
+type SentHeads = Arc<std::sync::Mutex<std::collections::HashMap<SectionKey, Vec<ChangeHash>>>>;
 
 /// Runs one replication session until the stream ends, the node shuts down, or an error.
 async fn run_session(
@@ -196,8 +245,13 @@ async fn run_session(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let result = async {
-        tx.send(to_pb(svc.hello().await?)).await.map_err(|_| Error::internal("peer stream closed"))?;
-        let first = inbound.next().await.ok_or_else(|| Error::internal("peer closed before hello"))??;
+        tx.send(to_pb(svc.hello().await?))
+            .await
+            .map_err(|_| Error::internal("peer stream closed"))?;
+        let first = inbound
+            .next()
+            .await
+            .ok_or_else(|| Error::internal("peer closed before hello"))??;
         match from_pb(first)? {
             Frame::Hello { key, .. } => svc.accept_hello(&peer, &key).await?,
             _ => return Err(Error::invalid("the first frame must be a hello")),
@@ -208,7 +262,14 @@ async fn run_session(
         });
         tracing::info!(peer = %peer, "peer connected");
         let (acked_tx, acked_rx) = watch::channel(0u64);
-        let pump = tokio::spawn(pump(svc.clone(), peer.clone(), tx.clone(), acked_rx));
+        let sent: SentHeads = Default::default();
+        let pump = tokio::spawn(pump(
+            svc.clone(),
+            peer.clone(),
+            tx.clone(),
+            acked_rx,
+            sent.clone(),
+        ));
         let outcome = loop {
             let next = tokio::select! {
                 f = inbound.next() => f,
@@ -219,12 +280,28 @@ async fn run_session(
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(peer = %peer, error = %e, "malformed frame from peer");
-                    let _ = tx.send(to_pb(Frame::Rejected { key: None, reason: e.to_string() })).await;
+                    let _ = tx
+                        .send(to_pb(Frame::Rejected {
+                            key: None,
+                            reason: e.to_string(),
+                        }))
+                        .await;
                     continue;
                 }
             };
-            if let Frame::CursorAck(seq) = frame {
-                acked_tx.send_replace(seq);
+            match &frame {
+                Frame::CursorAck(seq) => {
+                    acked_tx.send_replace(*seq);
+                }
+                Frame::Rejected { key: Some(key), .. } => {
+                    // The peer could not use it (a consent it had not yet seen, missing
+                    // history): forget what we sent, so the pump sends the whole section again.
+                    if let Ok(mut sent) = sent.lock() {
+                        sent.remove(key);
+                    }
+                    svc.wake();
+                }
+                _ => {}
             }
             match svc.handle_frame(&peer, frame).await {
                 Ok(replies) => {
@@ -261,14 +338,43 @@ async fn pump(
     peer: AgencyId,
     tx: mpsc::Sender<pb::Frame>,
     mut acked: watch::Receiver<u64>,
+    sent_heads: SentHeads,
 ) -> Result<()> {
     let send = |f: Frame| {
         let tx = tx.clone();
-        async move { tx.send(to_pb(f)).await.map_err(|_| Error::internal("peer stream closed")) }
+        async move {
+            tx.send(to_pb(f))
+                .await
+                .map_err(|_| Error::internal("peer stream closed"))
+        }
     };
     let mut changes = svc.subscribe_changes();
     let mut sent_consents: HashSet<String> = HashSet::new();
-    let mut sent_backlog: HashSet<SectionKey> = HashSet::new();
+    // Sends one section if the peer may have it and lacks something; consents first, so the
+    // peer never sees a section before the consent that lets it hold it.
+    let send_section = |key: SectionKey, sent_consents: HashSet<String>| {
+        let (svc, peer, sent_heads, send) = (svc.clone(), peer.clone(), sent_heads.clone(), send);
+        let mut fresh = Vec::new();
+        async move {
+            let known = sent_heads.lock().ok().and_then(|m| m.get(&key).cloned());
+            let Some(frame) = svc.section_frame(&peer, &key, known.as_deref()).await? else {
+                return Ok::<_, Error>(fresh);
+            };
+            for (id, consent) in svc.consent_frames_for(&peer).await? {
+                if !sent_consents.contains(&id) {
+                    fresh.push(id);
+                    send(consent).await?;
+                }
+            }
+            if let Frame::Changes(c) = &frame {
+                if let Ok(mut m) = sent_heads.lock() {
+                    m.insert(key, c.heads.clone());
+                }
+            }
+            send(frame).await?;
+            Ok(fresh)
+        }
+    };
     let mut receipts_in_flight: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut sent_receipts: HashSet<Vec<u8>> = HashSet::new();
     let mut cursor = svc.cursor(&peer).await?;
@@ -288,9 +394,13 @@ async fn pump(
             }
         }
         for key in svc.grant_backlog(&peer).await? {
-            if sent_backlog.insert(key.clone()) {
-                if let Some(frame) = svc.section_frame(&peer, &key).await? {
-                    send(frame).await?;
+            let already = sent_heads
+                .lock()
+                .map(|m| m.contains_key(&key))
+                .unwrap_or(false);
+            if !already {
+                for id in send_section(key, sent_consents.clone()).await? {
+                    sent_consents.insert(id);
                 }
             }
         }
@@ -301,8 +411,8 @@ async fn pump(
             let mut seen = HashSet::new();
             for entry in page {
                 if seen.insert(entry.key.clone()) {
-                    if let Some(frame) = svc.section_frame(&peer, &entry.key).await? {
-                        send(frame).await?;
+                    for id in send_section(entry.key, sent_consents.clone()).await? {
+                        sent_consents.insert(id);
                     }
                 }
             }
@@ -357,8 +467,15 @@ pub async fn dial(
     }
 }
 
-async fn dial_once(svc: &Arc<NodeService>, peer: &PeerConfig, tls: &TlsFiles, shutdown: watch::Receiver<bool>) -> Result<()> {
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::Internal(format!("cannot read {}: {e}", p.display())));
+async fn dial_once(
+    svc: &Arc<NodeService>,
+    peer: &PeerConfig,
+    tls: &TlsFiles,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| Error::Internal(format!("cannot read {}: {e}", p.display())))
+    };
     let config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
         .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
@@ -378,9 +495,25 @@ async fn dial_once(svc: &Arc<NodeService>, peer: &PeerConfig, tls: &TlsFiles, sh
     let inbound = client
         .sync(ReceiverStream::new(rx))
         .await
-        .map_err(|s| Error::Internal(format!("peer refused the stream: {} ({:?})", s.message(), s.code())))?
+        .map_err(|s| {
+            Error::Internal(format!(
+                "peer refused the stream: {} ({:?})",
+                s.message(),
+                s.code()
+            ))
+        })?
         .into_inner()
         .map(|r| r.map_err(|s| Error::Internal(format!("stream: {}", s.message()))));
     let span = tracing::info_span!("peer", agency = %peer.agency, side = "dial");
-    tracing::Instrument::instrument(run_session(svc.clone(), peer.agency.clone(), Box::pin(inbound), tx, shutdown), span).await
+    tracing::Instrument::instrument(
+        run_session(
+            svc.clone(),
+            peer.agency.clone(),
+            Box::pin(inbound),
+            tx,
+            shutdown,
+        ),
+        span,
+    )
+    .await
 }

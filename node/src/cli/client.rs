@@ -760,3 +760,54 @@ pub async fn whoami(conn: JsonConn) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs `weft peers`.
+pub async fn peers(conn: JsonConn) -> anyhow::Result<()> {
+    use pb::admin_service_client::AdminServiceClient as C;
+    let mut c = C::new(connect(&conn.conn).await?);
+    let r = call!(c.peers(pb::PeersRequest {}));
+    let last = |ms: i64| {
+        if ms > 0 {
+            time(ms)
+        } else {
+            "never".to_string()
+        }
+    };
+    if conn.json {
+        let rows: Vec<Json> = r
+            .peers
+            .iter()
+            .map(|p| {
+                json!({"agency": p.agency, "endpoint": p.endpoint, "connected": p.connected,
+                    "last_sync": last(p.last_sync_ms), "behind": p.behind, "last_error": p.last_error,
+                    "sections_sent": p.sections_sent, "sections_received": p.sections_received,
+                    "rejected": p.rejected, "purges": p.purges})
+            })
+            .collect();
+        print_json(&Json::from(rows));
+    } else if r.peers.is_empty() {
+        println!("no peers configured");
+    } else {
+        println!(
+            "{:<18} {:<10} {:<26} {:>7} {:>6} {:>6}  LAST ERROR",
+            "PEER", "STATE", "LAST SYNC", "BEHIND", "SENT", "RECV"
+        );
+        for p in &r.peers {
+            println!(
+                "{:<18} {:<10} {:<26} {:>7} {:>6} {:>6}  {}",
+                p.agency,
+                if p.connected { "connected" } else { "down" },
+                last(p.last_sync_ms),
+                p.behind,
+                p.sections_sent,
+                p.sections_received,
+                if p.last_error.is_empty() {
+                    "-"
+                } else {
+                    &p.last_error
+                }
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,8 +1,10 @@
-//! `weft dev`: a ready-to-use local node on embedded defaults.
+//! `weft dev`: a ready-to-use local federation of three agencies on embedded defaults.
 //!
-//! Layout under DIR: `ca/` (a throwaway dev CA), `certs/`, `school/` (the sled store),
-//! `school.toml` (its config), `school.env` (a coordinator's `WEFT_NODE`, `WEFT_CA`,
-//! `WEFT_TOKEN`) and `school-admin.env` (an admin's). A second run reuses all of it.
+//! `school.test`, `clinic.test` and `nutrition.test` run in this process, each with its own
+//! sled store and peers over mutual TLS. Layout under DIR: `ca/` (a throwaway dev CA),
+//! `certs/`, `<agency>/` (the stores), `<agency>.toml` (configs), `<agency>.env` (a
+//! coordinator's `WEFT_NODE`, `WEFT_CA`, `WEFT_TOKEN`) and `<agency>-admin.env` (an admin's),
+//! where `<agency>` is `school`, `clinic` or `nutrition`. A second run reuses all of it.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -10,13 +12,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{Config, DataLocation, TlsFiles};
+use crate::config::{Config, DataLocation, FederationConfig, PeerConfig, TlsFiles};
 use crate::model::{now, AgencyId, Caller, Role};
 use crate::server::{open_store, Node};
 use crate::service::bootstrap_user;
 
 /// The agencies `weft dev` runs: (short name, agency id).
-pub const DEV_AGENCIES: &[(&str, &str)] = &[("school", "school.test")];
+pub const DEV_AGENCIES: &[(&str, &str)] = &[
+    ("school", "school.test"),
+    ("clinic", "clinic.test"),
+    ("nutrition", "nutrition.test"),
+];
 
 fn write_env(path: &Path, node: &str, ca: &Path, token: &str) -> anyhow::Result<()> {
     let text = format!(
@@ -33,7 +39,12 @@ fn write_env(path: &Path, node: &str, ca: &Path, token: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// Runs the dev setup until Ctrl-C.
+/// Ports of agency number `i`: client API `base + i`, federation `base + 10 + i`.
+fn ports(base: u16, i: usize) -> (u16, u16) {
+    (base + i as u16, base + 10 + i as u16)
+}
+
+/// Runs the dev federation until Ctrl-C.
 pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -41,66 +52,90 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     if !ca_dir.join("ca.key").is_file() {
         crate::pki::init_ca(&ca_dir, "Weft dev federation CA (throwaway)")?;
     }
-    let (short, agency) = DEV_AGENCIES[0];
-    let agency = AgencyId::parse(agency)?;
     let certs = dir.join("certs");
-    let tls = if certs.join(format!("{agency}.crt")).is_file() {
-        TlsFiles {
-            cert: certs.join(format!("{agency}.crt")),
-            key: certs.join(format!("{agency}.key")),
-            ca: certs.join("ca.crt"),
-        }
-    } else {
-        crate::pki::issue(&ca_dir, &agency, &certs, 397)?
-    };
-    let data_dir = dir.join(short);
-    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let config_path = dir.join(format!("{short}.toml"));
-    std::fs::write(
-        &config_path,
-        crate::config::render(&agency, &data_dir, listen, &tls),
-    )?;
-    let config = Config::load(&config_path)?;
-
-    let env_path = dir.join(format!("{short}.env"));
-    let node_url = format!("https://127.0.0.1:{port}");
-    let first_run = !env_path.is_file();
-    let store = open_store(&DataLocation::Dir(data_dir.clone()))?;
-    if first_run {
-        let (_, token) = bootstrap_user(&store, &agency, "coordinator", Role::Coordinator, now())?;
-        write_env(&env_path, &node_url, &tls.ca, &token)?;
-        let (_, admin) = bootstrap_user(&store, &agency, "admin", Role::Admin, now())?;
-        write_env(
-            &dir.join(format!("{short}-admin.env")),
-            &node_url,
-            &tls.ca,
-            &admin,
+    let mut nodes = Vec::new();
+    let mut first_run_school = false;
+    for (i, (short, agency)) in DEV_AGENCIES.iter().enumerate() {
+        let agency = AgencyId::parse(agency)?;
+        let tls = if certs.join(format!("{agency}.crt")).is_file() {
+            TlsFiles {
+                cert: certs.join(format!("{agency}.crt")),
+                key: certs.join(format!("{agency}.key")),
+                ca: certs.join("ca.crt"),
+            }
+        } else {
+            crate::pki::issue(&ca_dir, &agency, &certs, 397)?
+        };
+        let (api_port, fed_port) = ports(port, i);
+        let peers = DEV_AGENCIES
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, (_, a))| {
+                Ok(PeerConfig {
+                    agency: AgencyId::parse(a)?,
+                    endpoint: format!("https://127.0.0.1:{}", ports(port, j).1),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let federation = FederationConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, fed_port)),
+            peers,
+        };
+        let data_dir = dir.join(short);
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
+        let config_path = dir.join(format!("{short}.toml"));
+        std::fs::write(
+            &config_path,
+            crate::config::render(&agency, &data_dir, listen, &tls, Some(&federation)),
         )?;
-    } else {
-        // The port may have changed since the env files were written.
-        for name in [format!("{short}.env"), format!("{short}-admin.env")] {
-            let path = dir.join(name);
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                if let Some(token) = text.lines().find_map(|l| l.strip_prefix("WEFT_TOKEN=")) {
-                    write_env(&path, &node_url, &tls.ca, token)?;
+        let config = Config::load(&config_path)?;
+
+        let env_path = dir.join(format!("{short}.env"));
+        let node_url = format!("https://127.0.0.1:{api_port}");
+        let first_run = !env_path.is_file();
+        let store = open_store(&DataLocation::Dir(data_dir.clone()))?;
+        if first_run {
+            let (_, token) =
+                bootstrap_user(&store, &agency, "coordinator", Role::Coordinator, now())?;
+            write_env(&env_path, &node_url, &tls.ca, &token)?;
+            let (_, admin) = bootstrap_user(&store, &agency, "admin", Role::Admin, now())?;
+            write_env(
+                &dir.join(format!("{short}-admin.env")),
+                &node_url,
+                &tls.ca,
+                &admin,
+            )?;
+            first_run_school |= i == 0;
+        } else {
+            // The port may have changed since the env files were written.
+            for name in [format!("{short}.env"), format!("{short}-admin.env")] {
+                let path = dir.join(name);
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    if let Some(token) = text.lines().find_map(|l| l.strip_prefix("WEFT_TOKEN=")) {
+                        write_env(&path, &node_url, &tls.ca, token)?;
+                    }
                 }
             }
         }
+        let node = Node::bind_with_store(config, store, Arc::new(now))
+            .await
+            .with_context(|| {
+                format!("cannot start {agency} on ports {api_port}/{fed_port} (in use? try --port)")
+            })?;
+        nodes.push((agency, data_dir, env_path, node));
     }
 
-    let node = Node::bind_with_store(config, store, Arc::new(now))
-        .await
-        .with_context(|| format!("cannot start {agency} on port {port} (in use? try --port)"))?;
-
     let mut sample = None;
-    if first_run {
+    if first_run_school {
+        let school = &nodes[0];
         let coordinator = Caller {
-            agency: agency.clone(),
+            agency: school.0.clone(),
             user: "coordinator".into(),
             role: Role::Coordinator,
             subjects: vec![],
         };
-        let svc = node.service();
+        let svc = school.3.service();
         let plan = svc
             .create_plan(
                 &coordinator,
@@ -115,6 +150,7 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
                         "strengths".into(),
                         "curious; kind to classmates".into(),
                     ),
+                    ("health".into(), "conditions".into(), "asthma".into()),
                 ],
             )
             .await?;
@@ -127,35 +163,72 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
             None,
         )
         .await?;
+        let until = time::OffsetDateTime::now_utc() + time::Duration::days(180);
+        svc.grant(
+            &coordinator,
+            crate::service::GrantInput {
+                plan: Some(plan.id),
+                grantee: "clinic.test".into(),
+                sections: vec!["goals".into()],
+                access: "read_write".into(),
+                purpose: "care_coordination".into(),
+                valid_from: None,
+                valid_until: format!(
+                    "{:04}-{:02}-{:02}",
+                    until.year(),
+                    until.month() as u8,
+                    until.day()
+                ),
+                grantor_name: "Rosa Example".into(),
+                relationship: "parent".into(),
+                method: "paper_form".into(),
+            },
+        )
+        .await?;
         sample = Some(plan.id);
     }
 
-    let env = env_path.display();
     println!();
     println!("Weft dev federation is running (Ctrl-C to stop)");
-    println!(
-        "  {agency:<14} client API https://{}  data {}",
-        node.api_addr(),
-        data_dir.display()
-    );
+    for (agency, data_dir, _, node) in &nodes {
+        println!(
+            "  {agency:<15} client API https://{}  peers on {}  data {}",
+            node.api_addr(),
+            node.federation_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            data_dir.display()
+        );
+    }
+    let env = nodes[0].2.display();
+    let clinic_env = nodes[1].2.display();
     println!();
-    println!("Client settings for a coordinator: {env}");
+    println!(
+        "Client settings per agency: {}/<agency>.env (a coordinator's token)",
+        dir.display()
+    );
     println!("Try:");
     println!("  set -a; . {env}; set +a");
     println!("  weft plan list");
     match sample {
-        Some(p) => println!("  weft plan show {p}"),
+        Some(p) => {
+            println!("  weft plan show {p}");
+            println!("  weft consent list --plan {p}");
+            println!("  weft peers");
+            println!("  (set -a; . {clinic_env}; set +a; weft plan show {p})   # the clinic holds only goals");
+            println!("  weft audit disclosures --plan {p}");
+        }
         None => println!("  weft plan show <PLAN>"),
     }
     println!("  weft plan create --given-name Sam --family-name Doe --date-of-birth 2016-09-01");
-    println!("  weft plan set <PLAN> profile.grade=4 health.allergies=\"peanuts;dust\"");
-    println!("  weft goal add <PLAN> --domain academic --text \"Read daily\" --horizon short");
-    println!("  weft plan history <PLAN>");
+    println!("  weft consent grant --plan <PLAN> --to clinic.test --sections goals --access read_write --purpose care_coordination --until 2027-06-30 --grantor \"A Parent\" --relationship parent --method paper");
     println!("  weft audit log && weft audit verify");
     println!();
 
     super::wait_for_stop_signal().await;
     println!("stopping");
-    node.stop().await?;
+    for (_, _, _, node) in nodes {
+        node.stop().await?;
+    }
     Ok(())
 }

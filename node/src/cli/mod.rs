@@ -35,13 +35,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Start a ready-to-use local node (school.test) with a dev CA, a coordinator user and a
-    /// sample plan; writes DIR/school.env for the client commands. Stops on Ctrl-C.
+    /// Start a ready-to-use local federation: school.test, clinic.test and nutrition.test,
+    /// peers over mutual TLS, a dev CA, a coordinator per agency and a sample plan shared
+    /// with the clinic; writes DIR/<agency>.env for the client commands. Stops on Ctrl-C.
     Dev {
         /// Where to keep certificates, configs, data and env files.
         #[arg(long, default_value = "weft-dev")]
         dir: PathBuf,
-        /// Client API port of the school node.
+        /// First port: client APIs on PORT, PORT+1, PORT+2; peer streams on PORT+10..12.
         #[arg(long, default_value_t = 7400)]
         port: u16,
     },
@@ -71,6 +72,8 @@ enum Command {
     User(UserCmd),
     /// The node's identity and counters.
     Status(client::StatusArgs),
+    /// Each peer agency: connected or not, last sync, how far behind, last error.
+    Peers(client::JsonConn),
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,6 +232,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Consent(cmd) => consent::run(cmd).await,
         Command::Audit(cmd) => client::audit(cmd).await,
         Command::Status(args) => client::status(args).await,
+        Command::Peers(conn) => client::peers(conn).await,
         Command::User(UserCmd::Add(args)) => match &args.config {
             Some(config) => offline_user_add(config, &args),
             None => client::user_add(args).await,

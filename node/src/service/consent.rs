@@ -736,6 +736,9 @@ impl NodeService {
                             | AuditAction::Watch
                             | AuditAction::Write
                             | AuditAction::CreatePlan
+                            | AuditAction::Disclose
+                            | AuditAction::ReplicaWrite
+                            | AuditAction::PurgeReceipt
                     )
             }));
         }

@@ -177,14 +177,16 @@ impl PurgeReceipt {
     /// Checks a signed receipt with the holder's key.
     pub fn verify(bytes: &[u8], key: &VerifyingKey) -> Result<PurgeReceipt> {
         let bad = |what: &str| Error::invalid(format!("purge receipt {what}"));
-        let env: ReceiptEnvelope = serde_json::from_slice(bytes).map_err(|_| bad("is malformed"))?;
+        let env: ReceiptEnvelope =
+            serde_json::from_slice(bytes).map_err(|_| bad("is malformed"))?;
         let sig: [u8; 64] = hex::decode(&env.signature)
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| bad("has a malformed signature"))?;
         let mut msg = RECEIPT_TAG.to_vec();
         msg.extend_from_slice(env.body.as_bytes());
-        key.verify(&msg, &Signature::from_bytes(&sig)).map_err(|_| bad("signature does not verify"))?;
+        key.verify(&msg, &Signature::from_bytes(&sig))
+            .map_err(|_| bad("signature does not verify"))?;
         serde_json::from_str(&env.body).map_err(|_| bad("is malformed"))
     }
 }
@@ -221,15 +223,22 @@ fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
 }
 
 fn decode_heads(bytes: &[u8]) -> Vec<ChangeHash> {
-    bytes.chunks_exact(32).filter_map(|c| ChangeHash::try_from(c).ok()).collect()
+    bytes
+        .chunks_exact(32)
+        .filter_map(|c| ChangeHash::try_from(c).ok())
+        .collect()
 }
 
 impl NodeService {
     /// Loads the peers' pinned consent keys from the store (at start).
     pub async fn load_peer_keys(&self) -> Result<()> {
         for (k, v) in self.store.replication_scan(b"key/".to_vec()).await? {
-            let agency = std::str::from_utf8(&k[4..]).ok().and_then(|a| AgencyId::parse(a).ok());
-            let key = <[u8; 32]>::try_from(v.as_slice()).ok().and_then(|b| VerifyingKey::from_bytes(&b).ok());
+            let agency = std::str::from_utf8(&k[4..])
+                .ok()
+                .and_then(|a| AgencyId::parse(a).ok());
+            let key = <[u8; 32]>::try_from(v.as_slice())
+                .ok()
+                .and_then(|b| VerifyingKey::from_bytes(&b).ok());
             if let (Some(a), Some(key)) = (agency, key) {
                 self.peers.set_key(&a, key);
             }
@@ -254,12 +263,16 @@ impl NodeService {
 
     /// Our first frame.
     pub async fn hello(&self) -> Result<Frame> {
-        Ok(Frame::Hello { key: self.verifying_key().to_bytes(), feed_seq: self.feed_head().await? })
+        Ok(Frame::Hello {
+            key: self.verifying_key().to_bytes(),
+            feed_seq: self.feed_head().await?,
+        })
     }
 
     /// Pins the peer's consent key on first sight; a different key later is refused.
     pub async fn accept_hello(&self, peer: &AgencyId, key: &[u8; 32]) -> Result<()> {
-        let vk = VerifyingKey::from_bytes(key).map_err(|_| Error::invalid("peer sent a malformed consent key"))?;
+        let vk = VerifyingKey::from_bytes(key)
+            .map_err(|_| Error::invalid("peer sent a malformed consent key"))?;
         match self.store.replication_get(pin_key(peer)).await? {
             Some(known) if known.as_slice() != key.as_slice() => {
                 return Err(Error::PermissionDenied(format!(
@@ -268,7 +281,9 @@ impl NodeService {
             }
             Some(_) => {}
             None => {
-                self.store.replication_put(vec![(pin_key(peer), Some(key.to_vec()))]).await?;
+                self.store
+                    .replication_put(vec![(pin_key(peer), Some(key.to_vec()))])
+                    .await?;
                 tracing::info!(peer = %peer, "pinned the peer's consent key");
             }
         }
@@ -288,7 +303,11 @@ impl NodeService {
     }
 
     /// Feed entries after `after`.
-    pub async fn feed_page(&self, after: u64, limit: usize) -> Result<Vec<crate::storage::FeedEntry>> {
+    pub async fn feed_page(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::storage::FeedEntry>> {
         self.store.feed_since(after, limit).await
     }
 
@@ -298,18 +317,24 @@ impl NodeService {
         let mut named: BTreeSet<String> = BTreeSet::new();
         let mut out = Vec::new();
         for e in entries.iter().filter(|e| e.kind == ConsentKind::Consent) {
-            let Ok(signed) = SignedConsent::from_bytes(&e.bytes) else { continue };
+            let Ok(signed) = SignedConsent::from_bytes(&e.bytes) else {
+                continue;
+            };
             if signed.signer != self.agency {
                 continue;
             }
-            let Ok(record) = signed.verify(&self.verifying_key()) else { continue };
+            let Ok(record) = signed.verify(&self.verifying_key()) else {
+                continue;
+            };
             if record.provisions.iter().any(|p| p.grantee == *peer) {
                 named.insert(record.id.to_string());
                 out.push((e.id.clone(), Frame::Consent(e.bytes.clone())));
             }
         }
         for e in entries.iter().filter(|e| e.kind == ConsentKind::Revocation) {
-            let Ok(signed) = SignedRevocation::from_bytes(&e.bytes) else { continue };
+            let Ok(signed) = SignedRevocation::from_bytes(&e.bytes) else {
+                continue;
+            };
             if signed.signer != self.agency {
                 continue;
             }
@@ -330,14 +355,26 @@ impl NodeService {
         let mut out = Vec::new();
         for subject in subjects {
             let set = self.consents_for(subject).await?;
-            let Some(plan) = self.plan_of_subject(subject, &self.agency).await? else { continue };
+            let Some(plan) = self.plan_of_subject(subject, &self.agency).await? else {
+                continue;
+            };
             for (agency, section, _, _) in active_grants(&set, &plan.home, now) {
                 if agency != *peer {
                     continue;
                 }
-                let Ok(section) = SectionName::parse(&section) else { continue };
-                let key = SectionKey { plan: plan.id, section };
-                if self.store.replication_get(heads_key(peer, &key)).await?.is_none() {
+                let Ok(section) = SectionName::parse(&section) else {
+                    continue;
+                };
+                let key = SectionKey {
+                    plan: plan.id,
+                    section,
+                };
+                if self
+                    .store
+                    .replication_get(heads_key(peer, &key))
+                    .await?
+                    .is_none()
+                {
                     out.push(key);
                 }
             }
@@ -347,15 +384,40 @@ impl NodeService {
 
     /// The frame that brings `peer` up to date on one section, if it may have it and lacks
     /// anything. A home's send is recorded as a disclosure before it leaves.
-    pub async fn section_frame(&self, peer: &AgencyId, key: &SectionKey) -> Result<Option<Frame>> {
-        let Some(plan) = self.store.plan(key.plan).await? else { return Ok(None) };
-        let consents = self.consents_for(plan.subject).await?;
-        let Ok(permit) = gate::peer_send(&self.agency, peer, &plan, &key.section, &consents, self.now()) else {
+    /// `sent` is what this session already sent the peer for this section (the stream is
+    /// ordered, so the peer will have it even before it acknowledges).
+    pub async fn section_frame(
+        &self,
+        peer: &AgencyId,
+        key: &SectionKey,
+        sent: Option<&[ChangeHash]>,
+    ) -> Result<Option<Frame>> {
+        let Some(plan) = self.store.plan(key.plan).await? else {
             return Ok(None);
         };
-        let Some(stored) = self.store.read_section(&permit).await? else { return Ok(None) };
+        let consents = self.consents_for(plan.subject).await?;
+        let Ok(permit) = gate::peer_send(
+            &self.agency,
+            peer,
+            &plan,
+            &key.section,
+            &consents,
+            self.now(),
+        ) else {
+            return Ok(None);
+        };
+        let Some(stored) = self.store.read_section(&permit).await? else {
+            return Ok(None);
+        };
         let mut doc = SectionDoc::load(stored.snapshot.as_deref(), &stored.chunks)?;
-        let known = self.store.replication_get(heads_key(peer, key)).await?.map(|b| decode_heads(&b));
+        let known = match sent {
+            Some(h) => Some(h.to_vec()),
+            None => self
+                .store
+                .replication_get(heads_key(peer, key))
+                .await?
+                .map(|b| decode_heads(&b)),
+        };
         let bytes = match &known {
             Some(h) => doc.save_after(h),
             None => doc.save(),
@@ -372,7 +434,11 @@ impl NodeService {
                 outcome: Outcome::Ok,
                 plan: Some(plan.id),
                 sections: vec![key.section.to_string()],
-                detail: if known.is_some() { "changes".into() } else { "whole section".into() },
+                detail: if known.is_some() {
+                    "changes".into()
+                } else {
+                    "whole section".into()
+                },
                 basis: super::consent::basis(permit.reason()),
             };
             self.store.audit(draft).await?;
@@ -400,17 +466,22 @@ impl NodeService {
 
     /// Forgets receipts the home has processed.
     pub async fn receipts_delivered(&self, keys: Vec<Vec<u8>>) -> Result<()> {
-        self.store.replication_put(keys.into_iter().map(|k| (k, None)).collect()).await
+        self.store
+            .replication_put(keys.into_iter().map(|k| (k, None)).collect())
+            .await
     }
 
     /// Handles one frame from `peer`; returns the frames to send back.
     pub async fn handle_frame(&self, peer: &AgencyId, frame: Frame) -> Result<Vec<Frame>> {
-        self.peers.update(peer, |i| i.last_sync_ms = self.now().as_millis());
+        self.peers
+            .update(peer, |i| i.last_sync_ms = self.now().as_millis());
         match frame {
             Frame::Hello { .. } => Err(Error::invalid("a second hello")),
             Frame::Changes(c) => self.receive_changes(peer, c).await,
             Frame::Ack { key, heads } => {
-                self.store.replication_put(vec![(heads_key(peer, &key), Some(encode_heads(&heads)))]).await?;
+                self.store
+                    .replication_put(vec![(heads_key(peer, &key), Some(encode_heads(&heads)))])
+                    .await?;
                 Ok(vec![])
             }
             Frame::Consent(bytes) => self.receive_consent(peer, bytes).await,
@@ -418,7 +489,9 @@ impl NodeService {
             Frame::Receipt(bytes) => self.receive_receipt(peer, bytes).await,
             Frame::Cursor(seq) => Ok(vec![Frame::CursorAck(seq)]),
             Frame::CursorAck(seq) => {
-                self.store.replication_put(vec![(cursor_key(peer), Some(seq.to_be_bytes().to_vec()))]).await?;
+                self.store
+                    .replication_put(vec![(cursor_key(peer), Some(seq.to_be_bytes().to_vec()))])
+                    .await?;
                 self.peers.update(peer, |i| i.acked_seq = seq);
                 Ok(vec![])
             }
@@ -426,14 +499,23 @@ impl NodeService {
                 tracing::warn!(peer = %peer, %reason, "peer refused a frame");
                 if let Some(key) = key {
                     // The peer could not use what we sent: send it the whole section next time.
-                    self.store.replication_put(vec![(heads_key(peer, &key), None)]).await?;
+                    self.store
+                        .replication_put(vec![(heads_key(peer, &key), None)])
+                        .await?;
                 }
                 Ok(vec![])
             }
         }
     }
 
-    async fn reject(&self, peer: &AgencyId, plan: Option<&PlanRecord>, section: Option<&SectionName>, code: &str, why: String) -> Result<Vec<Frame>> {
+    async fn reject(
+        &self,
+        peer: &AgencyId,
+        plan: Option<&PlanRecord>,
+        section: Option<&SectionName>,
+        code: &str,
+        why: String,
+    ) -> Result<Vec<Frame>> {
         let draft = AuditDraft {
             time: self.now(),
             agency: peer.to_string(),
@@ -449,7 +531,10 @@ impl NodeService {
         self.peers.update(peer, |i| i.rejected += 1);
         tracing::warn!(target: "weft::audit", peer = %peer, code, "refused a frame from a peer");
         let key = match (plan, section) {
-            (Some(p), Some(s)) => Some(SectionKey { plan: p.id, section: s.clone() }),
+            (Some(p), Some(s)) => Some(SectionKey {
+                plan: p.id,
+                section: s.clone(),
+            }),
             _ => None,
         };
         Ok(vec![Frame::Rejected { key, reason: why }])
@@ -459,13 +544,32 @@ impl NodeService {
         let plan = c.plan.clone();
         if let Some(known) = self.store.plan(plan.id).await? {
             if known.home != plan.home || known.subject != plan.subject {
-                return self.reject(peer, Some(&known), Some(&c.section), "plan_mismatch", "the plan is known with another home".into()).await;
+                return self
+                    .reject(
+                        peer,
+                        Some(&known),
+                        Some(&c.section),
+                        "plan_mismatch",
+                        "the plan is known with another home".into(),
+                    )
+                    .await;
             }
         }
         let consents = self.consents_for(plan.subject).await?;
-        let permit = match gate::peer_receive(&self.agency, peer, &plan, &c.section, &consents, self.now()) {
+        let permit = match gate::peer_receive(
+            &self.agency,
+            peer,
+            &plan,
+            &c.section,
+            &consents,
+            self.now(),
+        ) {
             Ok(p) => p,
-            Err(d) => return self.reject(peer, Some(&plan), Some(&c.section), d.code, d.message).await,
+            Err(d) => {
+                return self
+                    .reject(peer, Some(&plan), Some(&c.section), d.code, d.message)
+                    .await
+            }
         };
         let key = permit.key().clone();
         let _guard = self.locks[self.stripe(&key)].lock().await;
@@ -476,17 +580,43 @@ impl NodeService {
         };
         let before = doc.heads();
         if doc.merge_changes(&c.bytes).is_err() {
-            return self.reject(peer, Some(&plan), Some(&c.section), "malformed", "the changes do not decode".into()).await;
+            return self
+                .reject(
+                    peer,
+                    Some(&plan),
+                    Some(&c.section),
+                    "malformed",
+                    "the changes do not decode".into(),
+                )
+                .await;
         }
         if doc.has_missing_deps() {
-            return self.reject(peer, Some(&plan), Some(&c.section), "missing_deps", "changes depend on history this node lacks".into()).await;
+            return self
+                .reject(
+                    peer,
+                    Some(&plan),
+                    Some(&c.section),
+                    "missing_deps",
+                    "changes depend on history this node lacks".into(),
+                )
+                .await;
         }
         let new_changes = doc.changes_since(&before);
         if plan.home == self.agency {
             // Only the grantee's own actors may appear in what it sends the home.
-            let forged = new_changes.iter().any(|(actor, _)| parse_actor(actor).is_none_or(|(a, _)| a != *peer));
+            let forged = new_changes
+                .iter()
+                .any(|(actor, _)| parse_actor(actor).is_none_or(|(a, _)| a != *peer));
             if forged {
-                return self.reject(peer, Some(&plan), Some(&c.section), "actor", format!("changes carry actors that are not {peer}'s")).await;
+                return self
+                    .reject(
+                        peer,
+                        Some(&plan),
+                        Some(&c.section),
+                        "actor",
+                        format!("changes carry actors that are not {peer}'s"),
+                    )
+                    .await;
             }
         }
         let heads_now = doc.heads();
@@ -527,43 +657,105 @@ impl NodeService {
                 summary: format!("{} changes from {peer}", new_changes.len()),
             });
         }
-        Ok(vec![Frame::Ack { key, heads: heads_now }])
+        Ok(vec![Frame::Ack {
+            key,
+            heads: heads_now,
+        }])
     }
 
     async fn receive_consent(&self, peer: &AgencyId, bytes: Vec<u8>) -> Result<Vec<Frame>> {
         let Some(key) = self.peers.key_of(peer) else {
-            return self.reject(peer, None, None, "no_key", "no consent key pinned".into()).await;
+            return self
+                .reject(peer, None, None, "no_key", "no consent key pinned".into())
+                .await;
         };
         let signed = match SignedConsent::from_bytes(&bytes) {
             Ok(s) => s,
-            Err(e) => return self.reject(peer, None, None, "consent_malformed", e.to_string()).await,
+            Err(e) => {
+                return self
+                    .reject(peer, None, None, "consent_malformed", e.to_string())
+                    .await
+            }
         };
         let record = match signed.verify(&key) {
             Ok(r) if signed.signer == *peer && r.disclosing_agency == *peer => r,
-            Ok(_) => return self.reject(peer, None, None, "consent_signer", "consents come from the plan's home".into()).await,
-            Err(e) => return self.reject(peer, None, None, "consent_signature", e.to_string()).await,
+            Ok(_) => {
+                return self
+                    .reject(
+                        peer,
+                        None,
+                        None,
+                        "consent_signer",
+                        "consents come from the plan's home".into(),
+                    )
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .reject(peer, None, None, "consent_signature", e.to_string())
+                    .await
+            }
         };
         if !record.provisions.iter().any(|p| p.grantee == self.agency) {
-            return self.reject(peer, None, None, "consent_not_named", "this consent does not name this agency".into()).await;
+            return self
+                .reject(
+                    peer,
+                    None,
+                    None,
+                    "consent_not_named",
+                    "this consent does not name this agency".into(),
+                )
+                .await;
         }
         let subject: crate::model::SubjectId = record.subject.parse()?;
-        let entry = ConsentEntry { subject, kind: ConsentKind::Consent, id: record.id.to_string(), bytes };
-        self.store_received_consent(subject, entry, AuditAction::ConsentGrant, format!("{} received from {peer}", record.id)).await?;
+        let entry = ConsentEntry {
+            subject,
+            kind: ConsentKind::Consent,
+            id: record.id.to_string(),
+            bytes,
+        };
+        self.store_received_consent(
+            subject,
+            entry,
+            AuditAction::ConsentGrant,
+            format!("{} received from {peer}", record.id),
+        )
+        .await?;
         Ok(vec![])
     }
 
     async fn receive_revocation(&self, peer: &AgencyId, bytes: Vec<u8>) -> Result<Vec<Frame>> {
         let Some(key) = self.peers.key_of(peer) else {
-            return self.reject(peer, None, None, "no_key", "no consent key pinned".into()).await;
+            return self
+                .reject(peer, None, None, "no_key", "no consent key pinned".into())
+                .await;
         };
         let signed = match SignedRevocation::from_bytes(&bytes) {
             Ok(s) => s,
-            Err(e) => return self.reject(peer, None, None, "revocation_malformed", e.to_string()).await,
+            Err(e) => {
+                return self
+                    .reject(peer, None, None, "revocation_malformed", e.to_string())
+                    .await
+            }
         };
         let revocation = match signed.verify(&key) {
             Ok(r) if signed.signer == *peer => r,
-            Ok(_) => return self.reject(peer, None, None, "revocation_signer", "revocations come from the plan's home".into()).await,
-            Err(e) => return self.reject(peer, None, None, "revocation_signature", e.to_string()).await,
+            Ok(_) => {
+                return self
+                    .reject(
+                        peer,
+                        None,
+                        None,
+                        "revocation_signer",
+                        "revocations come from the plan's home".into(),
+                    )
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .reject(peer, None, None, "revocation_signature", e.to_string())
+                    .await
+            }
         };
         // File it under the subject of the consent it revokes.
         let entries = self.store.consent_entries(None).await?;
@@ -572,10 +764,29 @@ impl NodeService {
             .find(|e| e.kind == ConsentKind::Consent && e.id == revocation.consent.as_str())
             .map(|e| e.subject)
         else {
-            return self.reject(peer, None, None, "revocation_unknown", "revokes a consent this node never received".into()).await;
+            return self
+                .reject(
+                    peer,
+                    None,
+                    None,
+                    "revocation_unknown",
+                    "revokes a consent this node never received".into(),
+                )
+                .await;
         };
-        let entry = ConsentEntry { subject, kind: ConsentKind::Revocation, id: revocation.id.to_string(), bytes };
-        self.store_received_consent(subject, entry, AuditAction::ConsentRevoke, format!("{} revoked, received from {peer}", revocation.consent)).await?;
+        let entry = ConsentEntry {
+            subject,
+            kind: ConsentKind::Revocation,
+            id: revocation.id.to_string(),
+            bytes,
+        };
+        self.store_received_consent(
+            subject,
+            entry,
+            AuditAction::ConsentRevoke,
+            format!("{} revoked, received from {peer}", revocation.consent),
+        )
+        .await?;
         self.purge_unconsented().await?;
         Ok(vec![])
     }
@@ -587,7 +798,13 @@ impl NodeService {
         action: AuditAction,
         detail: String,
     ) -> Result<()> {
-        let plan = self.store.plans(None, usize::MAX).await?.into_iter().find(|p| p.subject == subject).map(|p| p.id);
+        let plan = self
+            .store
+            .plans(None, usize::MAX)
+            .await?
+            .into_iter()
+            .find(|p| p.subject == subject)
+            .map(|p| p.id);
         let draft = AuditDraft {
             time: self.now(),
             agency: self.agency.to_string(),
@@ -610,15 +827,34 @@ impl NodeService {
 
     async fn receive_receipt(&self, peer: &AgencyId, bytes: Vec<u8>) -> Result<Vec<Frame>> {
         let Some(key) = self.peers.key_of(peer) else {
-            return self.reject(peer, None, None, "no_key", "no consent key pinned".into()).await;
+            return self
+                .reject(peer, None, None, "no_key", "no consent key pinned".into())
+                .await;
         };
         let receipt = match PurgeReceipt::verify(&bytes, &key) {
             Ok(r) if r.holder == *peer && r.home == self.agency => r,
-            Ok(_) => return self.reject(peer, None, None, "receipt_parties", "receipt names other agencies".into()).await,
-            Err(e) => return self.reject(peer, None, None, "receipt_signature", e.to_string()).await,
+            Ok(_) => {
+                return self
+                    .reject(
+                        peer,
+                        None,
+                        None,
+                        "receipt_parties",
+                        "receipt names other agencies".into(),
+                    )
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .reject(peer, None, None, "receipt_signature", e.to_string())
+                    .await
+            }
         };
         let section = SectionName::parse(&receipt.section)?;
-        let skey = SectionKey { plan: receipt.plan, section };
+        let skey = SectionKey {
+            plan: receipt.plan,
+            section,
+        };
         let mut batch = CommitBatch::audit_only(AuditDraft {
             time: self.now(),
             agency: peer.to_string(),
@@ -630,7 +866,10 @@ impl NodeService {
             detail: format!("purged at {} ({})", receipt.purged_at, receipt.reason),
             basis: String::new(),
         });
-        batch.replication = vec![(receipt_key(&skey, peer), Some(bytes)), (heads_key(peer, &skey), None)];
+        batch.replication = vec![
+            (receipt_key(&skey, peer), Some(bytes)),
+            (heads_key(peer, &skey), None),
+        ];
         self.store.commit(batch).await?;
         self.peers.update(peer, |i| i.purges += 1);
         tracing::info!(target: "weft::audit", peer = %peer, "purge receipt recorded");
@@ -671,7 +910,13 @@ impl NodeService {
             if gone.is_empty() {
                 continue;
             }
-            let keys: Vec<SectionKey> = gone.iter().map(|(s, _)| SectionKey { plan: plan.id, section: s.clone() }).collect();
+            let keys: Vec<SectionKey> = gone
+                .iter()
+                .map(|(s, _)| SectionKey {
+                    plan: plan.id,
+                    section: s.clone(),
+                })
+                .collect();
             let mut replication = Vec::new();
             for ((section, why), key) in gone.iter().zip(&keys) {
                 let receipt = PurgeReceipt {
@@ -682,7 +927,10 @@ impl NodeService {
                     purged_at: now,
                     reason: why.clone(),
                 };
-                replication.push((pending_key(&plan.home, key), Some(receipt.signed(&self.signing_key))));
+                replication.push((
+                    pending_key(&plan.home, key),
+                    Some(receipt.signed(&self.signing_key)),
+                ));
                 replication.push((heads_key(&plan.home, key), None));
             }
             let batch = CommitBatch {
@@ -707,7 +955,8 @@ impl NodeService {
             if held.len() == keys.len() {
                 self.store.forget_plan(plan.id).await?;
             }
-            self.peers.update(&plan.home, |i| i.purges += keys.len() as u64);
+            self.peers
+                .update(&plan.home, |i| i.purges += keys.len() as u64);
             tracing::info!(target: "weft::audit", plan_home = %plan.home, sections = keys.len(), "purged sections no longer consented");
         }
         if purged > 0 {

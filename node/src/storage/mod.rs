@@ -459,7 +459,10 @@ impl Store {
     /// and `replication` keys given by the caller), with one audit entry, atomically. Plans
     /// left with no section are deleted too, unless this node is their home.
     pub fn purge(&self, keys: &[SectionKey], batch: &CommitBatch) -> Result<Committed> {
-        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("store writer poisoned"))?;
         // Find the feed entries of these sections first (the writer lock keeps them stable).
         let mut feed_seqs = Vec::new();
         let mut after: Option<Vec<u8>> = None;
@@ -503,16 +506,24 @@ impl Store {
             let (entry, head) = audit::seal(&head, batch.audit.clone());
             txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
             txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
-            *out.borrow_mut() = Some(Committed { feed: vec![], audit: entry });
+            *out.borrow_mut() = Some(Committed {
+                feed: vec![],
+                audit: entry,
+            });
             Ok(())
         })?;
-        out.into_inner().ok_or_else(|| Error::internal("purge produced no result"))
+        out.into_inner()
+            .ok_or_else(|| Error::internal("purge produced no result"))
     }
 
     /// Deletes a plan record (a replica plan with no sections left).
     pub fn forget_plan(&self, id: PlanId) -> Result<()> {
-        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
-        self.backend.transact(&|txn| txn.remove(Tree::Plans, id.0.as_bytes()))
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("store writer poisoned"))?;
+        self.backend
+            .transact(&|txn| txn.remove(Tree::Plans, id.0.as_bytes()))
     }
 
     /// Reads a replication key.
@@ -522,12 +533,16 @@ impl Store {
 
     /// Replication keys with a prefix.
     pub fn replication_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.backend.scan(Tree::Replication, prefix, None, usize::MAX)
+        self.backend
+            .scan(Tree::Replication, prefix, None, usize::MAX)
     }
 
     /// Writes replication keys on their own (cursors, heads), durably.
     pub fn replication_put(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
-        let _guard = self.writer.lock().map_err(|_| Error::internal("store writer poisoned"))?;
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("store writer poisoned"))?;
         self.backend.transact(&|txn| {
             for (key, value) in writes {
                 match value {

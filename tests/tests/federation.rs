@@ -1,0 +1,511 @@
+//! Federation with real nodes over real mutual TLS on 127.0.0.1: consented sections
+//! replicate both ways and converge; nothing else leaves the home (checked on raw bytes);
+//! revocation and expiry purge the holder's copies with a signed receipt; the home refuses
+//! what it must not accept; peers from another CA are refused; catch-up is O(changes).
+
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use weft_proto::v1 as pb;
+use weft_tests::{eventually, files_containing, Cluster, TestNode, DEADLINE};
+
+fn grant(plan: &str, to: &str, sections: &[&str], access: &str, until: &str) -> pb::GrantRequest {
+    pb::GrantRequest {
+        plan_id: plan.into(),
+        grantee_agency: to.into(),
+        sections: sections.iter().map(|s| s.to_string()).collect(),
+        access: access.into(),
+        purpose: "care_coordination".into(),
+        valid_from: String::new(),
+        valid_until: until.into(),
+        grantor_name: "Rosa Example".into(),
+        relationship: "parent".into(),
+        method: "paper_form".into(),
+    }
+}
+
+async fn add_goal(node: &TestNode, plan: &str, text: &str) -> anyhow::Result<String> {
+    Ok(node
+        .goals(&node.coordinator_token)
+        .await?
+        .add_goal(pb::AddGoalRequest {
+            plan_id: plan.into(),
+            domain: "health".into(),
+            text: text.into(),
+            horizon: "short".into(),
+            target_date: String::new(),
+        })
+        .await?
+        .into_inner()
+        .goal_id)
+}
+
+async fn set(
+    node: &TestNode,
+    plan: &str,
+    section: &str,
+    field: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    node.plans(&node.coordinator_token)
+        .await?
+        .set_fields(pb::SetFieldsRequest {
+            plan_id: plan.into(),
+            fields: vec![pb::FieldValue {
+                section: section.into(),
+                field: field.into(),
+                value: value.into(),
+            }],
+        })
+        .await?;
+    Ok(())
+}
+
+/// The section as the node's coordinator reads it, or `None` when it may not or has nothing.
+async fn try_read(node: &TestNode, plan: &str, section: &str) -> Option<Json> {
+    node.section(&node.coordinator_token, plan, section)
+        .await
+        .ok()
+}
+
+async fn wait_for_goal(node: &TestNode, plan: &str, text: &str) -> anyhow::Result<Json> {
+    eventually(
+        &format!("goal `{text}` at {}", node.agency),
+        DEADLINE,
+        || async move {
+            let goals = try_read(node, plan, "goals").await;
+            Ok(goals.filter(|g| g.to_string().contains(text)))
+        },
+    )
+    .await
+}
+
+fn marker(name: &str) -> String {
+    format!("{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consented_sections_replicate_converge_and_nothing_else_leaves() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .agencies(["school.test", "clinic.test", "nutrition.test"])
+        .start()
+        .await?;
+    let (school, clinic, nutrition) = (
+        cluster.node("school.test"),
+        cluster.node("clinic.test"),
+        cluster.node("nutrition.test"),
+    );
+    let plan = school.create_plan("Maya", "Example").await?;
+    let goals_marker = marker("GOALSMARK");
+    let health_marker = marker("HEALTHMARK");
+    add_goal(school, &plan, &goals_marker).await?;
+    set(school, &plan, "health", "conditions", &health_marker).await?;
+
+    school
+        .consents(&school.coordinator_token)
+        .await?
+        .grant(grant(
+            &plan,
+            "clinic.test",
+            &["goals"],
+            "read_write",
+            "2027-06-30",
+        ))
+        .await?;
+    wait_for_goal(clinic, &plan, &goals_marker).await?;
+
+    // Concurrent edits of the same goal list at both ends converge to the same value.
+    let (a, b) = tokio::join!(
+        add_goal(school, &plan, "school goal"),
+        add_goal(clinic, &plan, "clinic goal")
+    );
+    let (a, b) = (a?, b?);
+    let converged = eventually("both nodes to hold the same goals", DEADLINE, || async {
+        let (x, y) = (
+            try_read(school, &plan, "goals").await,
+            try_read(clinic, &plan, "goals").await,
+        );
+        Ok(match (x, y) {
+            (Some(x), Some(y))
+                if x == y && x["goals"].get(&a).is_some() && x["goals"].get(&b).is_some() =>
+            {
+                Some(x)
+            }
+            _ => None,
+        })
+    })
+    .await?;
+    assert_eq!(converged["goals"].as_object().unwrap().len(), 3);
+    // The clinic's goal is attributed to the clinic at the school.
+    let history = school
+        .plans(&school.coordinator_token)
+        .await?
+        .plan_history(pb::PlanHistoryRequest {
+            plan_id: plan.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(history
+        .entries
+        .iter()
+        .any(|e| e.agency == "clinic.test" && e.section == "goals"));
+
+    // health never reaches the clinic, and nothing reaches nutrition.
+    assert!(try_read(clinic, &plan, "health").await.is_none());
+    let clinic_sections = clinic
+        .node()
+        .service()
+        .store()
+        .sections_of(plan.parse()?)
+        .await?;
+    assert_eq!(
+        clinic_sections
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        ["goals"]
+    );
+    assert!(nutrition
+        .node()
+        .service()
+        .store()
+        .plan(plan.parse()?)
+        .await?
+        .is_none());
+
+    // Raw bytes on disk, with positive controls for the same scan.
+    assert!(
+        !files_containing(&school.data_dir, health_marker.as_bytes())?.is_empty(),
+        "control: the school holds health"
+    );
+    assert!(
+        !files_containing(&clinic.data_dir, goals_marker.as_bytes())?.is_empty(),
+        "control: the clinic holds goals"
+    );
+    assert_eq!(
+        files_containing(&clinic.data_dir, health_marker.as_bytes())?,
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        files_containing(&nutrition.data_dir, health_marker.as_bytes())?,
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        files_containing(&nutrition.data_dir, goals_marker.as_bytes())?,
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    // The school's record of disclosures shows what went to the clinic, under which consent.
+    let d = school
+        .consents(&school.coordinator_token)
+        .await?
+        .disclosures(pb::DisclosuresRequest {
+            plan_id: plan.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(d.disclosures.iter().any(|x| x.agency == "clinic.test"
+        && x.action == "disclose"
+        && x.sections == ["goals"]
+        && x.basis.starts_with("consent c-")));
+    assert!(d
+        .disclosures
+        .iter()
+        .any(|x| x.agency == "clinic.test" && x.action == "replica_write"));
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_purges_the_holder_and_stops_the_flow() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .agencies(["school.test", "clinic.test"])
+        .start()
+        .await?;
+    let (school, clinic) = (cluster.node("school.test"), cluster.node("clinic.test"));
+    let plan = school.create_plan("Maya", "Example").await?;
+    let goals_marker = marker("GOALSMARK");
+    add_goal(school, &plan, &goals_marker).await?;
+    let mut consents = school.consents(&school.coordinator_token).await?;
+    let c = consents
+        .grant(grant(
+            &plan,
+            "clinic.test",
+            &["goals"],
+            "read",
+            "2027-06-30",
+        ))
+        .await?
+        .into_inner();
+    wait_for_goal(clinic, &plan, &goals_marker).await?;
+    assert!(
+        !files_containing(&clinic.data_dir, goals_marker.as_bytes())?.is_empty(),
+        "control: the clinic holds goals"
+    );
+
+    consents
+        .revoke(pb::RevokeRequest {
+            consent_id: c.consent_id.clone(),
+            reason: "family asked".into(),
+        })
+        .await?;
+    let plan_id: weft_node::model::PlanId = plan.parse()?;
+    // The clinic purges every copy: no section, no plan, no feed entry, no sync state.
+    eventually("the clinic to purge the plan", DEADLINE, || async {
+        let store = clinic.node().service().store();
+        Ok(
+            (store.sections_of(plan_id).await?.is_empty() && store.plan(plan_id).await?.is_none())
+                .then_some(()),
+        )
+    })
+    .await?;
+    let store = clinic.node().service().store();
+    assert!(store
+        .feed_since(0, 10_000)
+        .await?
+        .iter()
+        .all(|f| f.key.plan != plan_id));
+    let sync_state = store.replication_scan(b"heads/".to_vec()).await?;
+    assert!(
+        sync_state.is_empty(),
+        "sync state left: {}",
+        sync_state.len()
+    );
+    // The signed receipt is stored and audited at the school.
+    let receipts = eventually("the purge receipt at the school", DEADLINE, || async {
+        let r = school.node().service().purge_receipts(plan_id).await?;
+        Ok((!r.is_empty()).then_some(r))
+    })
+    .await?;
+    assert_eq!(receipts[0].holder.as_str(), "clinic.test");
+    assert_eq!(receipts[0].section, "goals");
+    let log = school
+        .admin(&school.admin_token)
+        .await?
+        .audit_log(pb::AuditLogRequest {
+            plan_id: plan.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(log
+        .entries
+        .iter()
+        .any(|e| e.action == "purge_receipt" && e.agency == "clinic.test"));
+
+    // Further edits no longer flow: once the clinic acknowledged everything, it still has nothing.
+    let after = marker("AFTERMARK");
+    add_goal(school, &plan, &after).await?;
+    let head = school.node().service().feed_head().await?;
+    eventually(
+        "the clinic to acknowledge the school's feed",
+        DEADLINE,
+        || async {
+            let acked = school
+                .peers()
+                .get(&clinic.agency)
+                .map(|p| p.acked_seq)
+                .unwrap_or(0);
+            Ok((acked >= head).then_some(()))
+        },
+    )
+    .await?;
+    assert!(store.sections_of(plan_id).await?.is_empty());
+    assert!(files_containing(&clinic.data_dir, after.as_bytes())?.is_empty());
+    // What the storage engine keeps after a delete, measured rather than assumed: sled is
+    // log-structured and keeps deleted values in its file until it rewrites the segment, so
+    // the purged marker is usually still in the clinic's `db` file here. True erasure needs
+    // per-section keys (crypto-shredding); see ARCHITECTURE.md.
+    let left = files_containing(&clinic.data_dir, goals_marker.as_bytes())?;
+    println!("raw files still holding the purged goals marker at the clinic: {left:?}");
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_consent_is_purged_by_a_disconnected_holder() -> anyhow::Result<()> {
+    let mut cluster = Cluster::builder()
+        .agencies(["school.test", "clinic.test"])
+        .start()
+        .await?;
+    let plan = cluster
+        .node("school.test")
+        .create_plan("Maya", "Example")
+        .await?;
+    let plan_id: weft_node::model::PlanId = plan.parse()?;
+    {
+        let school = cluster.node("school.test");
+        add_goal(school, &plan, "goal before expiry").await?;
+        school
+            .consents(&school.coordinator_token)
+            .await?
+            .grant(grant(
+                &plan,
+                "clinic.test",
+                &["goals"],
+                "read",
+                "2027-01-31",
+            ))
+            .await?;
+        wait_for_goal(cluster.node("clinic.test"), &plan, "goal before expiry").await?;
+    }
+    // The school goes away; the clinic's clock passes the expiry.
+    cluster.node_mut("school.test").stop().await?;
+    let clinic = cluster.node("clinic.test");
+    let until = time::macros::datetime!(2027-02-01 00:00 UTC).unix_timestamp() * 1000;
+    let now = clinic.clock.now().as_millis();
+    clinic
+        .clock
+        .advance(Duration::from_millis((until - now + 1000) as u64));
+    assert!(
+        try_read(clinic, &plan, "goals").await.is_none(),
+        "denied at once by the holder's own clock"
+    );
+    // The periodic sweep (run here directly) purges while still disconnected.
+    clinic.node().service().sweep_expiries().await?;
+    assert!(clinic
+        .node()
+        .service()
+        .store()
+        .sections_of(plan_id)
+        .await?
+        .is_empty());
+    // When the school is back, it receives the signed receipt.
+    cluster.node_mut("school.test").restart().await?;
+    let school = cluster.node("school.test");
+    let receipts = eventually("the receipt after reconnect", DEADLINE, || async {
+        let r = school.node().service().purge_receipts(plan_id).await?;
+        Ok((!r.is_empty()).then_some(r))
+    })
+    .await?;
+    assert_eq!(receipts[0].holder.as_str(), "clinic.test");
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_sends_only_what_changed_while_offline() -> anyhow::Result<()> {
+    let mut cluster = Cluster::builder()
+        .agencies(["school.test", "clinic.test"])
+        .start()
+        .await?;
+    let mut plans = Vec::new();
+    {
+        let school = cluster.node("school.test");
+        let mut consents = school.consents(&school.coordinator_token).await?;
+        for i in 0..20 {
+            let plan = school.create_plan("Kid", &format!("Number{i}")).await?;
+            add_goal(school, &plan, &format!("first goal {i}")).await?;
+            consents
+                .grant(grant(
+                    &plan,
+                    "clinic.test",
+                    &["goals"],
+                    "read",
+                    "2027-06-30",
+                ))
+                .await?;
+            plans.push(plan);
+        }
+        for (i, plan) in plans.iter().enumerate() {
+            wait_for_goal(
+                cluster.node("clinic.test"),
+                plan,
+                &format!("first goal {i}"),
+            )
+            .await?;
+        }
+        let head = school.node().service().feed_head().await?;
+        eventually("the clinic to acknowledge everything", DEADLINE, || async {
+            Ok((school
+                .peers()
+                .get(&AgencyIdExt::clinic())
+                .map(|p| p.acked_seq)
+                .unwrap_or(0)
+                >= head)
+                .then_some(()))
+        })
+        .await?;
+    }
+    cluster.node_mut("clinic.test").stop().await?;
+    let before = cluster.node("school.test").peers()[&AgencyIdExt::clinic()].sections_sent;
+    for plan in plans.iter().take(3) {
+        add_goal(cluster.node("school.test"), plan, "while offline").await?;
+    }
+    cluster.node_mut("clinic.test").restart().await?;
+    for plan in plans.iter().take(3) {
+        wait_for_goal(cluster.node("clinic.test"), plan, "while offline").await?;
+    }
+    let school = cluster.node("school.test");
+    let head = school.node().service().feed_head().await?;
+    eventually(
+        "the clinic to acknowledge the catch-up",
+        DEADLINE,
+        || async {
+            Ok((school
+                .peers()
+                .get(&AgencyIdExt::clinic())
+                .map(|p| p.acked_seq)
+                .unwrap_or(0)
+                >= head)
+                .then_some(()))
+        },
+    )
+    .await?;
+    let sent = school.peers()[&AgencyIdExt::clinic()].sections_sent - before;
+    assert_eq!(sent, 3, "catch-up sent {sent} sections for 3 changed of 20");
+    cluster.stop().await
+}
+
+struct AgencyIdExt;
+impl AgencyIdExt {
+    fn clinic() -> weft_node::model::AgencyId {
+        weft_node::model::AgencyId::parse("clinic.test").unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_from_another_ca_is_refused() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .agencies(["school.test"])
+        .foreign_ca(["clinic.test"])
+        .start()
+        .await?;
+    let (school, clinic) = (cluster.node("school.test"), cluster.node("clinic.test"));
+    let plan = school.create_plan("Maya", "Example").await?;
+    add_goal(school, &plan, "never leaves").await?;
+    school
+        .consents(&school.coordinator_token)
+        .await?
+        .grant(grant(
+            &plan,
+            "clinic.test",
+            &["goals"],
+            "read",
+            "2027-06-30",
+        ))
+        .await?;
+    // The clinic (the dialer) keeps failing to connect, and says so.
+    let err = eventually("the clinic to report the refusal", DEADLINE, || async {
+        let info = clinic
+            .peers()
+            .get(&weft_node::model::AgencyId::parse("school.test")?)
+            .cloned()
+            .unwrap_or_default();
+        Ok((!info.last_error.is_empty()).then_some(info.last_error))
+    })
+    .await?;
+    assert!(!err.is_empty());
+    let at_school = school
+        .peers()
+        .get(&AgencyIdExt::clinic())
+        .cloned()
+        .unwrap_or_default();
+    assert!(!at_school.connected);
+    assert_eq!(at_school.sections_sent, 0);
+    assert!(clinic
+        .node()
+        .service()
+        .store()
+        .plan(plan.parse()?)
+        .await?
+        .is_none());
+    cluster.stop().await
+}
