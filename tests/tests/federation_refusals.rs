@@ -1,0 +1,213 @@
+//! The home node refuses what a peer must not send. The test plays the clinic itself, over a
+//! real mutual-TLS stream with a certificate from the federation CA, to send what a
+//! well-behaved node never would.
+
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ChangeHash, ReadDoc, ROOT};
+use weft_proto::v1 as pb;
+use weft_tests::{Cluster, DEADLINE};
+
+fn grant(plan: &str, access: &str) -> pb::GrantRequest {
+    pb::GrantRequest {
+        plan_id: plan.into(),
+        grantee_agency: "clinic.test".into(),
+        sections: vec!["goals".into()],
+        access: access.into(),
+        purpose: "care_coordination".into(),
+        valid_from: String::new(),
+        valid_until: "2027-06-30".into(),
+        grantor_name: "Rosa Example".into(),
+        relationship: "parent".into(),
+        method: "paper_form".into(),
+    }
+}
+
+fn frame(kind: pb::frame::Kind) -> pb::Frame {
+    pb::Frame { kind: Some(kind) }
+}
+
+/// Waits for the next frame matching `pick`, skipping others.
+async fn next<T>(
+    rx: &mut tonic::Streaming<pb::Frame>,
+    mut pick: impl FnMut(pb::frame::Kind) -> Option<T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let f = rx
+                .message()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+            if let Some(t) = f.kind.and_then(&mut pick) {
+                return Ok(t);
+            }
+        }
+    })
+    .await?
+}
+
+fn heads(h: &[ChangeHash]) -> Vec<Vec<u8>> {
+    h.iter().map(|h| h.0.to_vec()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_refuses_read_only_and_forged_changes_and_accepts_honest_ones(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .agencies(["school.test"])
+        .played_by_test(["clinic.test"])
+        .start()
+        .await?;
+    let school = cluster.node("school.test");
+    let plan = school.create_plan("Maya", "Example").await?;
+    school
+        .goals(&school.coordinator_token)
+        .await?
+        .add_goal(pb::AddGoalRequest {
+            plan_id: plan.clone(),
+            domain: "academic".into(),
+            text: "read daily".into(),
+            horizon: "short".into(),
+            target_date: String::new(),
+        })
+        .await?;
+    let mut consents = school.consents(&school.coordinator_token).await?;
+    let read_only = consents.grant(grant(&plan, "read")).await?.into_inner();
+
+    let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
+    let key = [7u8; 32];
+    let vk = weft_consent::ed25519_dalek::SigningKey::from_bytes(&key).verifying_key();
+    tx.send(frame(pb::frame::Kind::Hello(pb::Hello {
+        consent_key: vk.to_bytes().to_vec(),
+        feed_seq: 0,
+    })))
+    .await?;
+    // The school sends the consent, then the goals it allows.
+    next(&mut rx, |k| {
+        matches!(k, pb::frame::Kind::Consent(_)).then_some(())
+    })
+    .await?;
+    let goals = next(&mut rx, |k| match k {
+        pb::frame::Kind::Changes(c) if c.section == "goals" => Some(c),
+        _ => None,
+    })
+    .await?;
+    let mut doc = AutoCommit::load(&goals.changes)?;
+    let base = doc.get_heads();
+    let change =
+        |doc: &mut AutoCommit, actor: &str, text: &str| -> anyhow::Result<pb::frame::Kind> {
+            doc.set_actor(ActorId::from(actor.as_bytes().to_vec()));
+            doc.put(ROOT, "notes", text)?;
+            doc.commit();
+            Ok(pb::frame::Kind::Changes(pb::SectionChanges {
+                changes: doc.save_after(&base),
+                heads: heads(&doc.get_heads()),
+                ..goals.clone()
+            }))
+        };
+    let rejected = |k: pb::frame::Kind| match k {
+        pb::frame::Kind::Rejected(r) => Some(r.reason),
+        _ => None,
+    };
+
+    // 1. A read-only grantee's change.
+    tx.send(frame(change(
+        &mut doc.clone(),
+        "clinic.test|mallory",
+        "read-only write",
+    )?))
+    .await?;
+    let reason = next(&mut rx, rejected).await?;
+    assert!(reason.contains("may not write section goals"), "{reason}");
+
+    // 2. With read_write, a change whose actor claims to be the school's coordinator.
+    consents.grant(grant(&plan, "read_write")).await?;
+    next(&mut rx, |k| {
+        matches!(k, pb::frame::Kind::Consent(_)).then_some(())
+    })
+    .await?;
+    tx.send(frame(change(
+        &mut doc.clone(),
+        "school.test|coordinator",
+        "forged write",
+    )?))
+    .await?;
+    let reason = next(&mut rx, rejected).await?;
+    assert!(
+        reason.contains("actors that are not clinic.test's"),
+        "{reason}"
+    );
+
+    // 3. An honest change is stored and acknowledged (the positive control).
+    tx.send(frame(change(
+        &mut doc,
+        "clinic.test|nurse.kim",
+        "honest write",
+    )?))
+    .await?;
+    next(&mut rx, |k| {
+        matches!(k, pb::frame::Kind::Ack(_)).then_some(())
+    })
+    .await?;
+    let goals_now = school
+        .section(&school.coordinator_token, &plan, "goals")
+        .await?;
+    assert_eq!(goals_now["notes"], "honest write");
+    assert_eq!(
+        doc.get(ROOT, "notes")?.map(|(v, _)| v.to_string()),
+        Some("\"honest write\"".into())
+    );
+
+    // Both refusals are in the school's audit log, and nothing they carried was stored.
+    let log = school
+        .admin(&school.admin_token)
+        .await?
+        .audit_log(pb::AuditLogRequest {
+            plan_id: plan.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let refusals: Vec<&str> = log
+        .entries
+        .iter()
+        .filter(|e| e.action == "replica_reject" && e.agency == "clinic.test")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert_eq!(refusals, ["consent", "actor"]);
+    let history = school
+        .plans(&school.coordinator_token)
+        .await?
+        .plan_history(pb::PlanHistoryRequest {
+            plan_id: plan.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(!history.entries.iter().any(|e| e.user == "mallory"));
+    assert!(history
+        .entries
+        .iter()
+        .any(|e| e.agency == "clinic.test" && e.user == "nurse.kim"));
+    let _ = read_only;
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_an_unlisted_agency_is_refused() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .agencies(["school.test"])
+        .played_by_test(["clinic.test"])
+        .start()
+        .await?;
+    let err = cluster
+        .peer_stream("library.test", "school.test")
+        .await
+        .unwrap_err();
+    let status = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("not a configured peer"));
+    cluster.stop().await
+}
