@@ -719,6 +719,55 @@ impl WeftProcess {
         Ok((config, addr, tls.ca))
     }
 
+    /// Writes configs for `agencies` federated with each other, each in `dir/<agency>/`, on
+    /// free ports (found by binding port 0 and letting go: separate processes cannot share
+    /// pre-bound listeners). Returns (config, client API address, CA) per agency.
+    pub fn configure_federation(
+        pki: &TestPki,
+        agencies: &[&str],
+        dir: &Path,
+    ) -> anyhow::Result<Vec<(PathBuf, SocketAddr, PathBuf)>> {
+        let free = || -> anyhow::Result<SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        };
+        let addrs: Vec<(SocketAddr, SocketAddr)> = agencies
+            .iter()
+            .map(|_| Ok((free()?, free()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let mut out = Vec::new();
+        for (i, a) in agencies.iter().enumerate() {
+            let agency = AgencyId::parse(a)?;
+            let tls = pki.issue(&agency)?;
+            let federation = FederationConfig {
+                listen: addrs[i].1,
+                peers: agencies
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, p)| PeerConfig {
+                        agency: AgencyId::parse(p).expect("test agency ids parse"),
+                        endpoint: format!("https://{}", addrs[j].1),
+                    })
+                    .collect(),
+            };
+            let home = dir.join(a);
+            std::fs::create_dir_all(&home)?;
+            let config = home.join("weft.toml");
+            std::fs::write(
+                &config,
+                weft_node::config::render(
+                    &agency,
+                    &home.join("data"),
+                    addrs[i].0,
+                    &tls,
+                    Some(&federation),
+                ),
+            )?;
+            out.push((config, addrs[i].0, tls.ca));
+        }
+        Ok(out)
+    }
+
     /// Starts `weft serve --config FILE` and waits until the API answers.
     pub async fn start(config: &Path, addr: SocketAddr, ca: &Path) -> anyhow::Result<Self> {
         let child = Command::new(weft_bin()?)

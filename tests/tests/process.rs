@@ -384,3 +384,117 @@ async fn the_cli_drives_a_node() -> anyhow::Result<()> {
     drop(node);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_sync_converges_after_restart() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let configs =
+        WeftProcess::configure_federation(&pki, &["clinic.test", "school.test"], dir.path())?;
+    let (clinic_cfg, clinic_addr, ca) = configs[0].clone();
+    let (school_cfg, school_addr, _) = configs[1].clone();
+    let clinic_token = bootstrap(&clinic_cfg, "coordinator", "coordinator")?;
+    let school_token = bootstrap(&school_cfg, "coordinator", "coordinator")?;
+    let school = WeftProcess::start(&school_cfg, school_addr, &ca).await?;
+    let mut clinic = WeftProcess::start(&clinic_cfg, clinic_addr, &ca).await?;
+
+    let plan = school.cli(
+        &school_token,
+        &[
+            "plan",
+            "create",
+            "--given-name",
+            "Kai",
+            "--family-name",
+            "Sync",
+        ],
+    )?;
+    let plan = plan.trim().to_string();
+    school.cli(
+        &school_token,
+        &[
+            "consent",
+            "grant",
+            "--plan",
+            &plan,
+            "--to",
+            "clinic.test",
+            "--sections",
+            "goals",
+            "--access",
+            "read_write",
+            "--purpose",
+            "care_coordination",
+            "--until",
+            "2027-06-30",
+            "--grantor",
+            "Rosa",
+            "--relationship",
+            "parent",
+        ],
+    )?;
+    // The school writes 40 goals; the clinic is killed while they stream in.
+    let chan = channel(school_addr, &ca, Some(&school_token)).await?;
+    let writer = {
+        let plan = plan.clone();
+        tokio::spawn(async move {
+            let mut goals = pb::goal_service_client::GoalServiceClient::new(chan);
+            for i in 0..40 {
+                goals
+                    .add_goal(pb::AddGoalRequest {
+                        plan_id: plan.clone(),
+                        domain: "academic".into(),
+                        text: format!("goal {i}"),
+                        horizon: "short".into(),
+                        target_date: String::new(),
+                    })
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let goals_at = |node: &WeftProcess, token: &str| -> anyhow::Result<Json> {
+        let out = node.cli(
+            token,
+            &["plan", "show", &plan, "--section", "goals", "--json"],
+        )?;
+        let v: Json = serde_json::from_str(&out)?;
+        Ok(v["sections"]["goals"]["content"]["goals"].clone())
+    };
+    weft_tests::eventually(
+        "the clinic to hold some goals",
+        Duration::from_secs(60),
+        || {
+            let n = goals_at(&clinic, &clinic_token)
+                .ok()
+                .and_then(|g| g.as_object().map(|o| o.len()))
+                .unwrap_or(0);
+            async move { Ok((n >= 5).then_some(())) }
+        },
+    )
+    .await?;
+    clinic.kill9()?;
+    drop(clinic);
+    writer.await??;
+    let clinic = WeftProcess::start(&clinic_cfg, clinic_addr, &ca).await?;
+    let at_school = goals_at(&school, &school_token)?;
+    assert_eq!(at_school.as_object().unwrap().len(), 40);
+    let converged =
+        weft_tests::eventually("the clinic to converge", Duration::from_secs(60), || {
+            let g = goals_at(&clinic, &clinic_token).ok();
+            let want = at_school.clone();
+            async move { Ok(g.filter(|g| *g == want)) }
+        })
+        .await?;
+    assert_eq!(converged.as_object().unwrap().len(), 40);
+    // Nothing lost or doubled, and both audit chains verify.
+    for (node, token) in [(&school, &school_token), (&clinic, &clinic_token)] {
+        assert!(node
+            .cli(token, &["audit", "verify"])?
+            .starts_with("audit chain ok"));
+    }
+    let peers: Json = serde_json::from_str(&clinic.cli(&clinic_token, &["peers", "--json"])?)?;
+    assert_eq!(peers[0]["agency"], "school.test");
+    assert_eq!(peers[0]["connected"], true);
+    Ok(())
+}
