@@ -23,6 +23,9 @@ pub enum Error {
     /// The thing exists already.
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// The operation cannot run in the current state (e.g. a section not yet replicated).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     /// The store failed; the detail is for logs only.
     #[error("storage error: {0}")]
     Storage(String),

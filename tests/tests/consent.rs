@@ -89,17 +89,20 @@ async fn partner_staff_get_exactly_what_was_consented_for_as_long_as_it_lasts() 
         .await?
         .into_inner();
     assert!(listed.plans.is_empty());
-    let all = school
+    let err = school
         .plans(&clinic)
         .await?
         .get_plan(pb::GetPlanRequest {
             plan_id: plan.clone(),
             sections: vec![],
         })
-        .await?
-        .into_inner();
-    assert!(all.sections.is_empty());
-    assert_eq!(all.withheld.len(), 9);
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "a plan with nothing consented is not theirs to know of"
+    );
 
     // A read consent for goals: goals readable, nothing else, and no writing.
     let read_only = consents
@@ -597,5 +600,101 @@ async fn consents_export_as_fhir_r4() -> anyhow::Result<()> {
             .bundle_json,
     )?;
     assert_eq!(bundle["entry"][0]["resource"]["status"], "inactive");
+    cluster.stop().await
+}
+
+#[tokio::test]
+async fn partner_staff_hold_no_rights_beyond_consented_sections() -> anyhow::Result<()> {
+    let cluster = Cluster::builder().start().await?;
+    let school = cluster.node("school.test");
+    let plan = school.create_plan("Maya", "Example").await?;
+    // Partner staff are caseworkers only.
+    let err = school
+        .add_partner("clinic.lead", "coordinator", "clinic.test")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("partner-agency staff are added as caseworkers"),
+        "{err}"
+    );
+    let kim = school
+        .add_partner("nurse.kim", "caseworker", "clinic.test")
+        .await?;
+    school
+        .consents(&school.coordinator_token)
+        .await?
+        .grant(grant(
+            &plan,
+            "clinic.test",
+            &["goals"],
+            "read",
+            "2027-06-30",
+        ))
+        .await?;
+
+    let err = school
+        .plans(&kim)
+        .await?
+        .create_plan(pb::CreatePlanRequest {
+            given_name: "A".into(),
+            family_name: "B".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = school
+        .admin(&kim)
+        .await?
+        .audit_log(pb::AuditLogRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = school
+        .users(&kim)
+        .await?
+        .list_users(pb::ListUsersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = school
+        .consents(&kim)
+        .await?
+        .explain(pb::ExplainRequest {
+            plan_id: plan.clone(),
+            agency: "mh.test".into(),
+            section: "behavioral_health".into(),
+            action: "read".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let own = school
+        .consents(&kim)
+        .await?
+        .explain(pb::ExplainRequest {
+            plan_id: plan.clone(),
+            agency: "clinic.test".into(),
+            section: "goals".into(),
+            action: "read".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(own.allowed);
+    // What they may read, they read; the list of withheld sections names no agency's notes.
+    assert!(read(school, &kim, &plan, "goals").await.is_ok());
+    let log = school
+        .admin(&school.admin_token)
+        .await?
+        .audit_log(pb::AuditLogRequest::default())
+        .await?
+        .into_inner();
+    let partner_denials = log
+        .entries
+        .iter()
+        .filter(|e| e.user == "nurse.kim" && e.detail == "partner")
+        .count();
+    assert_eq!(partner_denials, 4);
     cluster.stop().await
 }

@@ -115,5 +115,6 @@ pub fn audit(e: &AuditEntry) -> pb::AuditEntry {
         detail: e.draft.detail.clone(),
         prev_hash: e.prev_hash.clone(),
         hash: e.hash.clone(),
+        basis: e.draft.basis.clone(),
     }
 }

@@ -15,6 +15,7 @@ pub fn to_status(err: Error) -> Status {
         Error::InvalidInput(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
         Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Storage(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
     };

@@ -631,7 +631,7 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                     .map(|e| {
                         json!({"index": e.index, "time": time(e.time_ms),
                     "agency": e.agency, "user": e.user, "action": e.action, "outcome": e.outcome,
-                    "plan_id": e.plan_id, "sections": e.sections, "detail": e.detail,
+                    "plan_id": e.plan_id, "sections": e.sections, "detail": e.detail, "basis": e.basis,
                     "prev_hash": e.prev_hash, "hash": e.hash})
                     })
                     .collect();
@@ -733,14 +733,20 @@ pub async fn user_list(conn: JsonConn) -> anyhow::Result<()> {
             .users
             .iter()
             .map(|u| {
-                json!({"name": u.name, "role": u.role, "subjects": u.subject_ids,
+                json!({"name": u.name, "role": u.role, "agency": u.agency, "subjects": u.subject_ids,
             "created": time(u.created_at_ms)})
             })
             .collect();
         print_json(&Json::from(rows));
     } else {
         for u in &r.users {
-            println!("{:<24} {:<12} {}", u.name, u.role, time(u.created_at_ms));
+            println!(
+                "{:<24} {:<12} {:<20} {}",
+                u.name,
+                u.role,
+                u.agency,
+                time(u.created_at_ms)
+            );
         }
     }
     Ok(())

@@ -331,10 +331,9 @@ pub async fn disclosures(plan: String, conn: JsonConn) -> anyhow::Result<()> {
     } else {
         for d in &r.disclosures {
             println!(
-                "{}  {}/{}  {:<11} {}  under {}",
+                "{}  {:<30} {:<14} {:<24} under {}",
                 time(d.time_ms),
-                d.agency,
-                d.user,
+                format!("{}/{}", d.agency, d.user),
                 d.action,
                 d.sections.join(","),
                 if d.basis.is_empty() { "-" } else { &d.basis }

@@ -167,10 +167,11 @@ impl NodeService {
         }
         let entries = self.store.consent_entries(Some(subject)).await?;
         let set = Arc::new(self.verified_set(&entries));
-        if let Ok(mut cache) = self.consents.write() {
-            cache.insert(subject, set.clone());
-        }
-        Ok(set)
+        // A miss never replaces a newer entry that a refresh put there meanwhile.
+        Ok(match self.consents.write() {
+            Ok(mut cache) => cache.entry(subject).or_insert(set).clone(),
+            Err(_) => set,
+        })
     }
 
     /// The cached consents of a subject (empty if not loaded).
@@ -184,6 +185,7 @@ impl NodeService {
 
     pub(crate) fn verified_set(&self, entries: &[ConsentEntry]) -> ConsentSet {
         let mut set = ConsentSet::new();
+        let mut revocations = Vec::new();
         for e in entries {
             match e.kind {
                 ConsentKind::Consent => match SignedConsent::from_bytes(&e.bytes) {
@@ -202,9 +204,7 @@ impl NodeService {
                 },
                 ConsentKind::Revocation => match SignedRevocation::from_bytes(&e.bytes) {
                     Ok(signed) => match self.key_of(&signed.signer).map(|k| signed.verify(&k)) {
-                        Some(Ok(r)) => {
-                            set.add_revocation(r);
-                        }
+                        Some(Ok(r)) => revocations.push((signed.signer.clone(), r)),
                         Some(Err(err)) => {
                             tracing::warn!(revocation = %e.id, %err, "revocation ignored: does not verify")
                         }
@@ -217,6 +217,18 @@ impl NodeService {
                     }
                 },
                 ConsentKind::ExpiryMark => {}
+            }
+        }
+        for (signer, r) in revocations {
+            // Only the disclosing agency revokes (a revocation of an unknown consent is kept:
+            // it still blocks that consent if it arrives later).
+            let allowed = set
+                .consent(&r.consent)
+                .is_none_or(|c| c.disclosing_agency == signer);
+            if allowed {
+                set.add_revocation(r);
+            } else {
+                tracing::warn!(revocation = %r.id, "revocation ignored: not signed by the disclosing agency");
             }
         }
         set
@@ -611,6 +623,24 @@ impl NodeService {
         self.require_consent_reader(caller, &plan).await?;
         let agency =
             AgencyId::parse(agency.trim()).map_err(|e| Error::invalid(format!("agency: {e}")))?;
+        if caller.agency != plan.home && agency != caller.agency {
+            let denial = Denial {
+                code: "partner",
+                message: format!(
+                    "staff of {} may only ask about their own agency",
+                    caller.agency
+                ),
+            };
+            return Err(self
+                .deny(
+                    caller,
+                    AuditAction::ConsentRead,
+                    Some(plan.id),
+                    vec![],
+                    denial,
+                )
+                .await);
+        }
         let section = SectionName::parse(section.trim())?;
         let set = self.consents_for(plan.subject).await?;
         let decision = evaluate(
@@ -681,7 +711,11 @@ impl NodeService {
                     id: record.id.to_string(),
                     bytes: vec![],
                 };
-                self.store.write_consent_entries(vec![mark], draft).await?;
+                match self.store.write_consent_entries(vec![mark], draft).await {
+                    // Another sweep recorded it first.
+                    Ok(_) | Err(Error::AlreadyExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
                 tracing::info!(target: "weft::audit", consent = %record.id, "consent expired");
                 recorded += 1;
             }
@@ -728,6 +762,7 @@ impl NodeService {
             };
             out.extend(page.into_iter().flatten().filter(|e| {
                 e.draft.plan == Some(plan.id)
+                    && !e.draft.sections.is_empty()
                     && e.draft.outcome == crate::audit::Outcome::Ok
                     && matches!(
                         e.draft.action,

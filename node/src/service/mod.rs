@@ -300,6 +300,22 @@ impl NodeService {
         action: AuditAction,
         plan: Option<PlanId>,
     ) -> Result<()> {
+        let partner_may = matches!(
+            right,
+            Right::ReadPlan | Right::WritePlan | Right::WriteGoals | Right::EditGoals
+        );
+        if caller.agency != self.agency && !partner_may {
+            // Partner-agency staff reach sections through consent only: no users, no audit
+            // log, no plans of their own on this node.
+            let denial = Denial {
+                code: "partner",
+                message: format!(
+                    "staff of {} may only read and write consented sections here",
+                    caller.agency
+                ),
+            };
+            return Err(self.deny(caller, action, plan, vec![], denial).await);
+        }
         match gate::require(caller, right) {
             Ok(()) => Ok(()),
             Err(d) => Err(self.deny(caller, action, plan, vec![], d).await),
@@ -384,6 +400,22 @@ impl NodeService {
         edits: Vec<(SectionName, Edit, Right)>,
         action: AuditAction,
     ) -> Result<(Vec<SectionName>, u64, BTreeMap<SectionName, SectionDoc>)> {
+        // Lock first, then decide: a revocation or purge cannot slip in between.
+        let mut stripes: Vec<usize> = edits
+            .iter()
+            .map(|(s, _, _)| {
+                self.stripe(&SectionKey {
+                    plan: plan.id,
+                    section: s.clone(),
+                })
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.locks[s].lock().await);
+        }
         let now = self.now();
         let consents = self.consents_for(plan.subject).await?;
         let sections: Vec<String> = edits.iter().map(|(s, _, _)| s.to_string()).collect();
@@ -394,13 +426,6 @@ impl NodeService {
                 Err(d) => return Err(self.deny(caller, action, Some(plan.id), sections, d).await),
             }
         }
-        let mut stripes: Vec<usize> = permits.iter().map(|p| self.stripe(p.key())).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let mut guards = Vec::with_capacity(stripes.len());
-        for s in stripes {
-            guards.push(self.locks[s].lock().await);
-        }
 
         // Group edits by section so several fields of one section make one change.
         let mut docs: BTreeMap<SectionName, (SectionDoc, u64, u64)> = BTreeMap::new();
@@ -408,6 +433,12 @@ impl NodeService {
         for (i, (section, edit, _)) in edits.iter().enumerate() {
             if !docs.contains_key(section) {
                 let stored = self.store.read_section(&as_read(&permits[i])).await?;
+                if stored.is_none() && plan.home != self.agency {
+                    return Err(Error::FailedPrecondition(format!(
+                        "section {section} has not arrived from {} yet; try again once it has",
+                        plan.home
+                    )));
+                }
                 let (doc, next_chunk, bytes) = match stored {
                     Some(s) => (
                         SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?,
@@ -519,7 +550,7 @@ impl NodeService {
         let plan = PlanRecord {
             id: PlanId::random(),
             subject: SubjectId::random(),
-            home: caller.agency.clone(),
+            home: self.agency.clone(),
             created_at: self.now(),
         };
         self.edit(caller, &plan, true, edits, AuditAction::CreatePlan)
@@ -777,9 +808,25 @@ impl NodeService {
                             .await;
                         return Err(e);
                     }
-                    withheld.push(name);
+                    // Partners learn only of catalogue sections, not which agencies keep notes.
+                    if caller.agency == plan.home
+                        || !name.as_str().starts_with(catalogue::NOTES_PREFIX)
+                    {
+                        withheld.push(name);
+                    }
                 }
             }
+        }
+        if views.is_empty() && caller.agency != plan.home {
+            // Nothing consented: the plan is not theirs to know about.
+            let denial = Denial {
+                code: "consent",
+                message: String::new(),
+            };
+            let _ = self
+                .deny(caller, AuditAction::Read, Some(plan.id), vec![], denial)
+                .await;
+            return Err(Error::NotFound(format!("plan {}", plan.id)));
         }
         let mut draft = self.draft(caller, AuditAction::Read, Some(plan.id));
         draft.sections = views.iter().map(|v| v.name.to_string()).collect();
@@ -849,6 +896,14 @@ impl NodeService {
                 let (display_name, tier) = match gate::read(caller, &plan, &profile, &consents, now)
                 {
                     Ok(p) => {
+                        if caller.agency != plan.home {
+                            // A partner seeing the child's name is a disclosure of `profile`.
+                            let mut draft = self.draft(caller, AuditAction::Read, Some(plan.id));
+                            draft.sections = vec!["profile".into()];
+                            draft.detail = "name and tier in a plan list".into();
+                            draft.basis = consent::basis(p.reason());
+                            self.store.audit(draft).await?;
+                        }
                         let v = self.view(&p).await?.content;
                         let s = |k: &str| v.get(k).and_then(Json::as_str).unwrap_or("").to_string();
                         let first = if s("preferred_name").is_empty() {
@@ -967,9 +1022,16 @@ impl NodeService {
             .await?;
         validate_user_name(name)?;
         let agency = agency.filter(|a| *a != self.agency);
-        if agency.is_some() && !matches!(role, Role::Caseworker | Role::Coordinator) {
+        if let Some(a) = &agency {
+            if self.peers.snapshot().contains_key(a) {
+                return Err(Error::invalid(format!(
+                    "{a} runs its own node in this federation: its staff work there"
+                )));
+            }
+        }
+        if agency.is_some() && role != Role::Caseworker {
             return Err(Error::invalid(
-                "only caseworkers and coordinators may belong to a partner agency",
+                "partner-agency staff are added as caseworkers (consent decides what they see)",
             ));
         }
         let mut subjects = Vec::new();
@@ -1034,6 +1096,9 @@ impl NodeService {
         caller: &Caller,
     ) -> Result<(std::collections::BTreeMap<AgencyId, replica::PeerInfo>, u64)> {
         self.require(caller, Right::ReadStatus, AuditAction::Status)
+            .await?;
+        self.store
+            .audit(self.draft(caller, AuditAction::Status, None))
             .await?;
         Ok((self.peer_status(), self.feed_head().await?))
     }

@@ -554,7 +554,24 @@ impl NodeService {
                     )
                     .await;
             }
+        } else if plan.home == self.agency {
+            // The home knows its own plans; a grantee cannot invent one.
+            return self
+                .reject(
+                    peer,
+                    None,
+                    Some(&c.section),
+                    "unknown_plan",
+                    "no such plan at its home".into(),
+                )
+                .await;
         }
+        // Lock first, then decide: a revocation's purge cannot slip in between.
+        let lock_key = SectionKey {
+            plan: plan.id,
+            section: c.section.clone(),
+        };
+        let _guard = self.locks[self.stripe(&lock_key)].lock().await;
         let consents = self.consents_for(plan.subject).await?;
         let permit = match gate::peer_receive(
             &self.agency,
@@ -572,7 +589,20 @@ impl NodeService {
             }
         };
         let key = permit.key().clone();
-        let _guard = self.locks[self.stripe(&key)].lock().await;
+        if plan.home == self.agency {
+            let held = self.store.section_size(&key).await?;
+            if held + c.bytes.len() as u64 > crate::catalogue::MAX_SECTION_BYTES as u64 {
+                return self
+                    .reject(
+                        peer,
+                        Some(&plan),
+                        Some(&c.section),
+                        "too_large",
+                        "the section would exceed its size limit".into(),
+                    )
+                    .await;
+            }
+        }
         let stored = self.store.read_section(&gate::downgrade(&permit)).await?;
         let mut doc = match &stored {
             Some(s) => SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?,
@@ -707,7 +737,17 @@ impl NodeService {
                 )
                 .await;
         }
-        let subject: crate::model::SubjectId = record.subject.parse()?;
+        let Ok(subject) = record.subject.parse::<crate::model::SubjectId>() else {
+            return self
+                .reject(
+                    peer,
+                    None,
+                    None,
+                    "consent_subject",
+                    "the consent's subject is not a UUID".into(),
+                )
+                .await;
+        };
         let entry = ConsentEntry {
             subject,
             kind: ConsentKind::Consent,
@@ -762,6 +802,8 @@ impl NodeService {
         let Some(subject) = entries
             .iter()
             .find(|e| e.kind == ConsentKind::Consent && e.id == revocation.consent.as_str())
+            // Only the agency that recorded a consent may revoke it.
+            .filter(|e| SignedConsent::from_bytes(&e.bytes).is_ok_and(|c| c.signer == *peer))
             .map(|e| e.subject)
         else {
             return self
@@ -850,7 +892,17 @@ impl NodeService {
                     .await
             }
         };
-        let section = SectionName::parse(&receipt.section)?;
+        let Ok(section) = SectionName::parse(&receipt.section) else {
+            return self
+                .reject(
+                    peer,
+                    None,
+                    None,
+                    "receipt_section",
+                    "the receipt names no known section".into(),
+                )
+                .await;
+        };
         let skey = SectionKey {
             plan: receipt.plan,
             section,
@@ -947,14 +999,16 @@ impl NodeService {
                     basis: String::new(),
                 })
             };
-            for key in &keys {
-                let _guard = self.locks[self.stripe(key)].lock().await;
+            let mut stripes: Vec<usize> = keys.iter().map(|k| self.stripe(k)).collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let mut guards = Vec::with_capacity(stripes.len());
+            for s in stripes {
+                guards.push(self.locks[s].lock().await);
             }
             self.store.purge(keys.clone(), batch).await?;
+            drop(guards);
             purged += keys.len();
-            if held.len() == keys.len() {
-                self.store.forget_plan(plan.id).await?;
-            }
             self.peers
                 .update(&plan.home, |i| i.purges += keys.len() as u64);
             tracing::info!(target: "weft::audit", plan_home = %plan.home, sections = keys.len(), "purged sections no longer consented");

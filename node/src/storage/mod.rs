@@ -457,7 +457,7 @@ impl Store {
 
     /// Deletes every trace of the given sections (documents, snapshots, chunks, feed entries,
     /// and `replication` keys given by the caller), with one audit entry, atomically. Plans
-    /// left with no section are deleted too, unless this node is their home.
+    /// left with no section are deleted too (callers pass only foreign sections).
     pub fn purge(&self, keys: &[SectionKey], batch: &CommitBatch) -> Result<Committed> {
         let _guard = self
             .writer
@@ -477,8 +477,25 @@ impl Store {
                 }
             }
         }
+        // Plans left with no section are forgotten in the same transaction (callers pass
+        // only sections of plans homed elsewhere).
+        let mut empty_plans = Vec::new();
+        let plans: std::collections::BTreeSet<PlanId> = keys.iter().map(|k| k.plan).collect();
+        for plan in plans {
+            let remaining = self
+                .sections_of(plan)?
+                .into_iter()
+                .filter(|s| !keys.iter().any(|k| k.plan == plan && k.section == *s))
+                .count();
+            if remaining == 0 {
+                empty_plans.push(plan);
+            }
+        }
         let out = std::cell::RefCell::new(None);
         self.backend.transact(&|txn| {
+            for plan in &empty_plans {
+                txn.remove(Tree::Plans, plan.0.as_bytes())?;
+            }
             for key in keys {
                 let skey = section_key_bytes(key);
                 if let Some(b) = txn.get(Tree::Sections, &skey)? {
@@ -514,16 +531,6 @@ impl Store {
         })?;
         out.into_inner()
             .ok_or_else(|| Error::internal("purge produced no result"))
-    }
-
-    /// Deletes a plan record (a replica plan with no sections left).
-    pub fn forget_plan(&self, id: PlanId) -> Result<()> {
-        let _guard = self
-            .writer
-            .lock()
-            .map_err(|_| Error::internal("store writer poisoned"))?;
-        self.backend
-            .transact(&|txn| txn.remove(Tree::Plans, id.0.as_bytes()))
     }
 
     /// Reads a replication key.
@@ -583,6 +590,35 @@ impl Store {
 
     /// A section's snapshot and chunks, or `None` if it was never written.
     pub fn section(&self, key: &SectionKey) -> Result<Option<StoredSection>> {
+        // Snapshot and chunks are separate reads: if a compaction lands between them, the
+        // first chunk moves; read again until the metadata is the same before and after.
+        loop {
+            let Some(found) = self.section_once(key)? else {
+                return Ok(None);
+            };
+            let skey = section_key_bytes(key);
+            let again: Option<SectionMeta> = self
+                .backend
+                .get(Tree::Sections, &skey)?
+                .map(|b| from_json(&b, "section"))
+                .transpose()?;
+            if again.as_ref() == Some(&found.meta) {
+                return Ok(Some(found));
+            }
+        }
+    }
+
+    /// A section's stored size in bytes (0 if absent).
+    pub fn section_size(&self, key: &SectionKey) -> Result<u64> {
+        Ok(self
+            .backend
+            .get(Tree::Sections, &section_key_bytes(key))?
+            .map(|b| from_json::<SectionMeta>(&b, "section"))
+            .transpose()?
+            .map_or(0, |m| m.bytes))
+    }
+
+    fn section_once(&self, key: &SectionKey) -> Result<Option<StoredSection>> {
         let skey = section_key_bytes(key);
         let Some(meta) = self.backend.get(Tree::Sections, &skey)? else {
             return Ok(None);
@@ -635,7 +671,12 @@ impl Store {
             .scan(Tree::Audit, &[], Some(&after), limit)?
             .into_iter()
             .map(|(k, v)| {
-                let index = k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                // A malformed key sorts last, so paging over entries always ends.
+                let index = k
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
                 serde_json::from_slice::<AuditEntry>(&v)
                     .map_err(|_| (index, "entry does not decode (entry altered)".to_string()))
             })
@@ -847,9 +888,10 @@ impl StoreHandle {
         self.run(move |s| s.purge(&keys, &batch)).await
     }
 
-    /// Deletes a replica plan's record.
-    pub async fn forget_plan(&self, id: PlanId) -> Result<()> {
-        self.run(move |s| s.forget_plan(id)).await
+    /// A section's stored size in bytes.
+    pub async fn section_size(&self, key: &SectionKey) -> Result<u64> {
+        let key = key.clone();
+        self.run(move |s| s.section_size(&key)).await
     }
 
     /// Reads a replication key.
