@@ -190,6 +190,31 @@ fn star_denial() -> Denial {
     }
 }
 
+/// The star rule shared by sends and receives: between a plan's home and a grantee only.
+/// At the home, the peer needs `home_action` on the section; at a grantee (the peer is the
+/// home), this node must still be allowed to hold the section.
+fn peer_decision(
+    me: &AgencyId,
+    peer: &AgencyId,
+    plan: &PlanRecord,
+    section: &SectionName,
+    consents: &ConsentSet,
+    now: Timestamp,
+    home_action: Action,
+) -> Result<AllowReason, Denial> {
+    let (agency, action) = if plan.home == *me {
+        (peer, home_action)
+    } else if plan.home == *peer {
+        (me, Action::Read)
+    } else {
+        return Err(star_denial());
+    };
+    match evaluate(consents, agency, &plan.home, section.as_str(), action, now) {
+        Decision::Allow(r) => Ok(r),
+        Decision::Deny(r) => Err(consent_denial(agency, section, action, r)),
+    }
+}
+
 /// May this node (`me`) send `section` of `plan` to `peer`? The home sends to a grantee
 /// whose consent allows reading; a grantee sends its copy only back to the home, and only
 /// while it may hold it. Never grantee to grantee.
@@ -201,33 +226,7 @@ pub fn peer_send(
     consents: &ConsentSet,
     now: Timestamp,
 ) -> Result<ReadPermit, Denial> {
-    let reason = if plan.home == *me {
-        match evaluate(
-            consents,
-            peer,
-            &plan.home,
-            section.as_str(),
-            Action::Read,
-            now,
-        ) {
-            Decision::Allow(r) => r,
-            Decision::Deny(r) => return Err(consent_denial(peer, section, Action::Read, r)),
-        }
-    } else if plan.home == *peer {
-        match evaluate(
-            consents,
-            me,
-            &plan.home,
-            section.as_str(),
-            Action::Read,
-            now,
-        ) {
-            Decision::Allow(r) => r,
-            Decision::Deny(r) => return Err(consent_denial(me, section, Action::Read, r)),
-        }
-    } else {
-        return Err(star_denial());
-    };
+    let reason = peer_decision(me, peer, plan, section, consents, now, Action::Read)?;
     Ok(Permit {
         key: key(plan, section),
         reason,
@@ -246,33 +245,7 @@ pub fn peer_receive(
     consents: &ConsentSet,
     now: Timestamp,
 ) -> Result<WritePermit, Denial> {
-    let reason = if plan.home == *me {
-        match evaluate(
-            consents,
-            peer,
-            &plan.home,
-            section.as_str(),
-            Action::Write,
-            now,
-        ) {
-            Decision::Allow(r) => r,
-            Decision::Deny(r) => return Err(consent_denial(peer, section, Action::Write, r)),
-        }
-    } else if plan.home == *peer {
-        match evaluate(
-            consents,
-            me,
-            &plan.home,
-            section.as_str(),
-            Action::Read,
-            now,
-        ) {
-            Decision::Allow(r) => r,
-            Decision::Deny(r) => return Err(consent_denial(me, section, Action::Read, r)),
-        }
-    } else {
-        return Err(star_denial());
-    };
+    let reason = peer_decision(me, peer, plan, section, consents, now, Action::Write)?;
     Ok(Permit {
         key: key(plan, section),
         reason,
@@ -431,5 +404,54 @@ mod tests {
             )
             .is_err());
         }
+    }
+
+    #[test]
+    fn sections_travel_only_between_home_and_grantee() {
+        let p = plan();
+        let goals = SectionName::parse("goals").unwrap();
+        let (school, clinic, nutrition) = (
+            AgencyId::parse("school.test").unwrap(),
+            AgencyId::parse("clinic.test").unwrap(),
+            AgencyId::parse("nutrition.test").unwrap(),
+        );
+        let none = ConsentSet::new();
+        let t = Timestamp::from_millis(1);
+        // Grantee to grantee: never, whatever the consents.
+        assert_eq!(
+            peer_send(&clinic, &nutrition, &p, &goals, &none, t)
+                .unwrap_err()
+                .code,
+            "star"
+        );
+        assert_eq!(
+            peer_receive(&clinic, &nutrition, &p, &goals, &none, t)
+                .unwrap_err()
+                .code,
+            "star"
+        );
+        // Home and grantee without consent: refused both ways.
+        assert_eq!(
+            peer_send(&school, &clinic, &p, &goals, &none, t)
+                .unwrap_err()
+                .code,
+            "consent"
+        );
+        assert_eq!(
+            peer_receive(&school, &clinic, &p, &goals, &none, t)
+                .unwrap_err()
+                .code,
+            "consent"
+        );
+        assert_eq!(
+            peer_receive(&clinic, &school, &p, &goals, &none, t)
+                .unwrap_err()
+                .code,
+            "consent"
+        );
+        assert_eq!(
+            may_hold(&clinic, &p, &goals, &none, t).unwrap_err().code,
+            "consent"
+        );
     }
 }

@@ -622,6 +622,28 @@ pub async fn peer_stream(
     Ok((tx, inbound))
 }
 
+/// A consent request as a coordinator records a parent's paper form, for `care_coordination`.
+pub fn grant_request(
+    plan: &str,
+    to: &str,
+    sections: &[&str],
+    access: &str,
+    until: &str,
+) -> pb::GrantRequest {
+    pb::GrantRequest {
+        plan_id: plan.into(),
+        grantee_agency: to.into(),
+        sections: sections.iter().map(|s| s.to_string()).collect(),
+        access: access.into(),
+        purpose: "care_coordination".into(),
+        valid_from: String::new(),
+        valid_until: until.into(),
+        grantor_name: "Rosa Example".into(),
+        relationship: "parent".into(),
+        method: "paper_form".into(),
+    }
+}
+
 /// Every file under `dir` whose raw bytes contain `needle`.
 pub fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();

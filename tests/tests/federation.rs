@@ -9,20 +9,7 @@ use serde_json::Value as Json;
 use weft_proto::v1 as pb;
 use weft_tests::{eventually, files_containing, Cluster, TestNode, DEADLINE};
 
-fn grant(plan: &str, to: &str, sections: &[&str], access: &str, until: &str) -> pb::GrantRequest {
-    pb::GrantRequest {
-        plan_id: plan.into(),
-        grantee_agency: to.into(),
-        sections: sections.iter().map(|s| s.to_string()).collect(),
-        access: access.into(),
-        purpose: "care_coordination".into(),
-        valid_from: String::new(),
-        valid_until: until.into(),
-        grantor_name: "Rosa Example".into(),
-        relationship: "parent".into(),
-        method: "paper_form".into(),
-    }
-}
+use weft_tests::grant_request as grant;
 
 async fn add_goal(node: &TestNode, plan: &str, text: &str) -> anyhow::Result<String> {
     Ok(node

@@ -10,18 +10,7 @@ use weft_proto::v1 as pb;
 use weft_tests::{Cluster, DEADLINE};
 
 fn grant(plan: &str, access: &str) -> pb::GrantRequest {
-    pb::GrantRequest {
-        plan_id: plan.into(),
-        grantee_agency: "clinic.test".into(),
-        sections: vec!["goals".into()],
-        access: access.into(),
-        purpose: "care_coordination".into(),
-        valid_from: String::new(),
-        valid_until: "2027-06-30".into(),
-        grantor_name: "Rosa Example".into(),
-        relationship: "parent".into(),
-        method: "paper_form".into(),
-    }
+    weft_tests::grant_request(plan, "clinic.test", &["goals"], access, "2027-06-30")
 }
 
 fn frame(kind: pb::frame::Kind) -> pb::Frame {
