@@ -225,7 +225,7 @@ async fn serve_federation(
     let ca = tonic::transport::Certificate::from_pem(read(&tls.ca)?);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let api = crate::api::federation::FederationApi::new(service.clone(), peers, shutdown.clone());
-    let result = Server::builder()
+    let result = crate::api::federation::server_keepalive(Server::builder())
         .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))
         .map_err(|e| Error::Internal(format!("tls config: {e}")))?
         .add_service(

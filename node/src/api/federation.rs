@@ -212,7 +212,7 @@ impl Federation for FederationApi {
                 "this agency is not a configured peer",
             ));
         }
-        let (tx, rx) = mpsc::channel(256);
+        let (out, outbound) = outbound();
         let inbound = req
             .into_inner()
             .map(|r| r.map_err(|s| Error::Internal(format!("stream: {}", s.message()))));
@@ -221,16 +221,45 @@ impl Federation for FederationApi {
         tokio::spawn(async move {
             let span = tracing::info_span!("peer", agency = %peer, side = "accept");
             let _ = tracing::Instrument::instrument(
-                run_session(svc, peer, Box::pin(inbound), tx, shutdown),
+                run_session(svc, peer, Box::pin(inbound), out, shutdown),
                 span,
             )
             .await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        Ok(Response::new(Box::pin(outbound.map(Ok))))
     }
 }
 
 type Inbound = Pin<Box<dyn Stream<Item = Result<pb::Frame>> + Send>>;
+
+/// How long a peer has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 and TCP keepalives, so a silently dead connection is noticed.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// The sending halves of a session. Replies (acks, cursor acks, refusals) never wait for room,
+/// so the read loop never blocks on the peer reading; the pump's frames are bounded, which is
+/// the backpressure on catch-up.
+#[derive(Clone)]
+struct Outbound {
+    replies: mpsc::UnboundedSender<pb::Frame>,
+    pump: mpsc::Sender<pb::Frame>,
+}
+
+fn outbound() -> (Outbound, impl Stream<Item = pb::Frame> + Send + 'static) {
+    let (replies, replies_rx) = mpsc::unbounded_channel();
+    let (pump, pump_rx) = mpsc::channel(256);
+    let stream = tokio_stream::StreamExt::merge(
+        tokio_stream::wrappers::UnboundedReceiverStream::new(replies_rx),
+        ReceiverStream::new(pump_rx),
+    );
+    (Outbound { replies, pump }, stream)
+}
+
+fn closed() -> Error {
+    Error::internal("peer stream closed")
+}
 
 /// What this session sent the peer per section: the heads it will have once it processes
 /// our frames (the stream is ordered).
@@ -241,16 +270,16 @@ async fn run_session(
     svc: Arc<NodeService>,
     peer: AgencyId,
     mut inbound: Inbound,
-    tx: mpsc::Sender<pb::Frame>,
+    out: Outbound,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let result = async {
-        tx.send(to_pb(svc.hello().await?))
+        out.replies
+            .send(to_pb(svc.hello().await?))
+            .map_err(|_| closed())?;
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
-            .map_err(|_| Error::internal("peer stream closed"))?;
-        let first = inbound
-            .next()
-            .await
+            .map_err(|_| Error::invalid("the peer sent no hello in time"))?
             .ok_or_else(|| Error::internal("peer closed before hello"))??;
         match from_pb(first)? {
             Frame::Hello { key, .. } => svc.accept_hello(&peer, &key).await?,
@@ -261,18 +290,24 @@ async fn run_session(
             i.last_error.clear();
         });
         tracing::info!(peer = %peer, "peer connected");
-        let (acked_tx, acked_rx) = watch::channel(0u64);
+        let (acks_tx, acks_rx) = watch::channel(0u64);
+        let mut acks = 0u64;
         let sent: SentHeads = Default::default();
-        let pump = tokio::spawn(pump(
+        let mut pump = tokio::spawn(pump(
             svc.clone(),
             peer.clone(),
-            tx.clone(),
-            acked_rx,
+            out.pump.clone(),
+            acks_rx,
             sent.clone(),
         ));
         let outcome = loop {
             let next = tokio::select! {
                 f = inbound.next() => f,
+                r = &mut pump => break match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::internal(format!("replication pump failed: {e}"))),
+                },
                 _ = shutdown.wait_for(|s| *s) => break Ok(()),
             };
             let Some(frame) = next else { break Ok(()) };
@@ -280,38 +315,64 @@ async fn run_session(
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(peer = %peer, error = %e, "malformed frame from peer");
-                    let _ = tx
-                        .send(to_pb(Frame::Rejected {
-                            key: None,
-                            reason: e.to_string(),
-                        }))
-                        .await;
+                    let _ = out.replies.send(to_pb(Frame::Rejected {
+                        key: None,
+                        reason: format!("malformed: {e}"),
+                    }));
                     continue;
                 }
             };
-            match &frame {
-                Frame::CursorAck(seq) => {
-                    acked_tx.send_replace(*seq);
+            let receipt = match &frame {
+                Frame::CursorAck(_) => {
+                    acks += 1;
+                    acks_tx.send_replace(acks);
+                    None
                 }
-                Frame::Rejected { key: Some(key), .. } => {
-                    // The peer could not use it (a consent it had not yet seen, missing
-                    // history): forget what we sent, so the pump sends the whole section again.
+                Frame::Rejected {
+                    key: Some(key),
+                    reason,
+                } => {
+                    // Forget what we sent, so the whole section goes again: at once when the
+                    // peer lacked history, or at the next change (a refusal on consent or
+                    // size would only repeat if resent straight away).
                     if let Ok(mut sent) = sent.lock() {
                         sent.remove(key);
                     }
-                    svc.wake();
+                    if reason.starts_with("missing_deps") || reason.starts_with("malformed") {
+                        svc.wake();
+                    }
+                    None
                 }
-                _ => {}
-            }
+                Frame::Receipt(bytes) => crate::service::replica::receipt_section(bytes),
+                Frame::Changes(c) => {
+                    // The peer's own heads (stored with its changes) now say more than what
+                    // this session sent: use them, so its change is not echoed back to it.
+                    if let Ok(mut sent) = sent.lock() {
+                        sent.remove(&SectionKey {
+                            plan: c.plan.id,
+                            section: c.section.clone(),
+                        });
+                    }
+                    None
+                }
+                _ => None,
+            };
             match svc.handle_frame(&peer, frame).await {
                 Ok(replies) => {
                     for r in replies {
-                        if tx.send(to_pb(r)).await.is_err() {
+                        if out.replies.send(to_pb(r)).is_err() {
                             break;
                         }
                     }
                 }
                 Err(e) => break Err(e),
+            }
+            if let Some(key) = receipt {
+                // The holder purged it: a later grant must send the whole section again.
+                if let Ok(mut sent) = sent.lock() {
+                    sent.remove(&key);
+                }
+                svc.wake();
             }
         };
         pump.abort();
@@ -337,98 +398,122 @@ async fn pump(
     svc: Arc<NodeService>,
     peer: AgencyId,
     tx: mpsc::Sender<pb::Frame>,
-    mut acked: watch::Receiver<u64>,
+    mut acks: watch::Receiver<u64>,
     sent_heads: SentHeads,
 ) -> Result<()> {
     let send = |f: Frame| {
         let tx = tx.clone();
-        async move {
-            tx.send(to_pb(f))
-                .await
-                .map_err(|_| Error::internal("peer stream closed"))
-        }
+        async move { tx.send(to_pb(f)).await.map_err(|_| closed()) }
     };
     let mut changes = svc.subscribe_changes();
     let mut sent_consents: HashSet<String> = HashSet::new();
-    // Sends one section if the peer may have it and lacks something; consents first, so the
-    // peer never sees a section before the consent that lets it hold it.
-    let send_section = |key: SectionKey, sent_consents: HashSet<String>| {
-        let (svc, peer, sent_heads, send) = (svc.clone(), peer.clone(), sent_heads.clone(), send);
-        let mut fresh = Vec::new();
-        async move {
-            let known = sent_heads.lock().ok().and_then(|m| m.get(&key).cloned());
-            let Some(frame) = svc.section_frame(&peer, &key, known.as_deref()).await? else {
-                return Ok::<_, Error>(fresh);
-            };
-            for (id, consent) in svc.consent_frames_for(&peer).await? {
-                if !sent_consents.contains(&id) {
-                    fresh.push(id);
-                    send(consent).await?;
-                }
-            }
-            if let Frame::Changes(c) = &frame {
-                if let Ok(mut m) = sent_heads.lock() {
-                    m.insert(key, c.heads.clone());
-                }
-            }
-            send(frame).await?;
-            Ok(fresh)
-        }
-    };
+    let mut consents_at: Option<u64> = None;
+    let mut cursors_sent = 0u64;
     let mut receipts_in_flight: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut sent_receipts: HashSet<Vec<u8>> = HashSet::new();
     let mut cursor = svc.cursor(&peer).await?;
+    // Sends consent records and revocations the peer has not had in this session. Called
+    // before any section the gate allowed under consents newer than the last call, so the
+    // peer never sees a section before the consent that lets it hold it.
+    let flush_consents = |sent_consents: HashSet<String>| {
+        let (svc, peer) = (svc.clone(), peer.clone());
+        async move {
+            let mut fresh = Vec::new();
+            for (id, frame) in svc.consent_frames_for(&peer).await? {
+                if !sent_consents.contains(&id) {
+                    send(frame).await?;
+                    fresh.push(id);
+                }
+            }
+            Ok::<_, Error>(fresh)
+        }
+    };
     loop {
         changes.borrow_and_update();
-        for (id, frame) in svc.consent_frames_for(&peer).await? {
-            if sent_consents.insert(id) {
-                send(frame).await?;
-            }
+        let mut backlog = Vec::new();
+        let generation = svc.consent_generation();
+        if consents_at != Some(generation) {
+            backlog = svc.grant_backlog(&peer).await?;
+            sent_consents.extend(flush_consents(sent_consents.clone()).await?);
+            consents_at = Some(generation);
         }
         let mut need_marker = false;
         for (key, frame) in svc.pending_receipts(&peer).await? {
             if sent_receipts.insert(key.clone()) {
                 send(frame).await?;
-                receipts_in_flight.push((key, cursor));
+                receipts_in_flight.push((key, cursors_sent + 1));
                 need_marker = true;
             }
         }
-        for key in svc.grant_backlog(&peer).await? {
-            let already = sent_heads
-                .lock()
-                .map(|m| m.contains_key(&key))
-                .unwrap_or(false);
-            if !already {
-                for id in send_section(key, sent_consents.clone()).await? {
-                    sent_consents.insert(id);
-                }
-            }
-        }
+        let mut keys: Vec<SectionKey> = backlog
+            .into_iter()
+            .filter(|k| {
+                !sent_heads
+                    .lock()
+                    .map(|m| m.contains_key(k))
+                    .unwrap_or(false)
+            })
+            .collect();
         loop {
-            let page = svc.feed_page(cursor, 256).await?;
-            let Some(last) = page.last() else { break };
-            let last = last.seq;
+            let page = if keys.is_empty() {
+                svc.feed_page(cursor, 256).await?
+            } else {
+                Vec::new()
+            };
+            let last = page.last().map(|e| e.seq);
             let mut seen = HashSet::new();
-            for entry in page {
-                if seen.insert(entry.key.clone()) {
-                    for id in send_section(entry.key, sent_consents.clone()).await? {
-                        sent_consents.insert(id);
+            keys.extend(
+                page.into_iter()
+                    .map(|e| e.key)
+                    .filter(|k| seen.insert(k.clone())),
+            );
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys.drain(..) {
+                let known = sent_heads.lock().ok().and_then(|m| m.get(&key).cloned());
+                let frame = match svc.section_frame(&peer, &key, known.as_deref()).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // One unreadable section must not stall the peer's whole feed.
+                        tracing::error!(peer = %peer, error = %e, "could not prepare a section for a peer");
+                        continue;
+                    }
+                };
+                let generation = svc.consent_generation();
+                if consents_at != Some(generation) {
+                    sent_consents.extend(flush_consents(sent_consents.clone()).await?);
+                    consents_at = None; // recompute the grant backlog next round
+                }
+                if let Frame::Changes(c) = &frame {
+                    if let Ok(mut m) = sent_heads.lock() {
+                        m.insert(key, c.heads.clone());
                     }
                 }
+                send(frame).await?;
             }
-            cursor = last;
-            send(Frame::Cursor(cursor)).await?;
-            need_marker = false;
+            if let Some(last) = last {
+                cursor = last;
+                send(Frame::Cursor(cursor)).await?;
+                cursors_sent += 1;
+                need_marker = false;
+            }
         }
         if need_marker {
             send(Frame::Cursor(cursor)).await?;
+            cursors_sent += 1;
+        }
+        if consents_at.is_none() {
+            continue;
         }
         tokio::select! {
             r = changes.changed() => { if r.is_err() { return Ok(()); } }
-            r = acked.changed() => {
+            r = acks.changed() => {
                 if r.is_err() { return Ok(()); }
-                let upto = *acked.borrow_and_update();
-                let (done, rest): (Vec<_>, Vec<_>) = receipts_in_flight.into_iter().partition(|(_, at)| *at <= upto);
+                let acked = *acks.borrow_and_update();
+                let (done, rest): (Vec<_>, Vec<_>) =
+                    receipts_in_flight.into_iter().partition(|(_, marker)| *marker <= acked);
                 receipts_in_flight = rest;
                 if !done.is_empty() {
                     svc.receipts_delivered(done.into_iter().map(|(k, _)| k).collect()).await?;
@@ -438,7 +523,8 @@ async fn pump(
     }
 }
 
-/// Dials a peer and keeps a session up, reconnecting with backoff, until shutdown.
+/// Dials a peer and keeps a session up, reconnecting with backoff, until shutdown. Each
+/// attempt runs in its own task, so even a panic ends in a reconnect.
 pub async fn dial(
     svc: Arc<NodeService>,
     peer: PeerConfig,
@@ -451,7 +537,16 @@ pub async fn dial(
             return;
         }
         let started = std::time::Instant::now();
-        let result = dial_once(&svc, &peer, &tls, shutdown.clone()).await;
+        let attempt = tokio::spawn(dial_once(
+            svc.clone(),
+            peer.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        ));
+        let result = match attempt.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::internal(format!("replication session failed: {e}"))),
+        };
         if let Err(e) = &result {
             tracing::warn!(peer = %peer.agency, endpoint = %peer.endpoint, error = %e, "peer connection failed");
             svc.peer_update(&peer.agency, |i| i.last_error = e.to_string());
@@ -468,9 +563,9 @@ pub async fn dial(
 }
 
 async fn dial_once(
-    svc: &Arc<NodeService>,
-    peer: &PeerConfig,
-    tls: &TlsFiles,
+    svc: Arc<NodeService>,
+    peer: PeerConfig,
+    tls: TlsFiles,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let read = |p: &std::path::Path| {
@@ -485,15 +580,19 @@ async fn dial_once(
         .tls_config(config)
         .map_err(|e| Error::Internal(format!("tls: {e}")))?
         .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE / 2)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(KEEPALIVE * 3))
         .connect()
         .await
         .map_err(|e| Error::Internal(format!("connect: {e}")))?;
     let mut client = pb::federation_client::FederationClient::new(channel)
         .max_decoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8)
         .max_encoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8);
-    let (tx, rx) = mpsc::channel(256);
+    let (out, outbound) = outbound();
     let inbound = client
-        .sync(ReceiverStream::new(rx))
+        .sync(outbound)
         .await
         .map_err(|s| {
             Error::Internal(format!(
@@ -506,14 +605,16 @@ async fn dial_once(
         .map(|r| r.map_err(|s| Error::Internal(format!("stream: {}", s.message()))));
     let span = tracing::info_span!("peer", agency = %peer.agency, side = "dial");
     tracing::Instrument::instrument(
-        run_session(
-            svc.clone(),
-            peer.agency.clone(),
-            Box::pin(inbound),
-            tx,
-            shutdown,
-        ),
+        run_session(svc, peer.agency.clone(), Box::pin(inbound), out, shutdown),
         span,
     )
     .await
+}
+
+/// Server-side keepalives for the federation listener.
+pub fn server_keepalive(builder: tonic::transport::Server) -> tonic::transport::Server {
+    builder
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE / 2))
+        .tcp_keepalive(Some(KEEPALIVE * 3))
 }

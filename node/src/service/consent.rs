@@ -140,6 +140,12 @@ pub struct GrantInput {
 }
 
 impl NodeService {
+    /// Changes whenever the consents this node holds change.
+    pub fn consent_generation(&self) -> u64 {
+        self.consent_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// This node's consent verifying key.
     pub fn verifying_key(&self) -> VerifyingKey {
         self.signing_key.verifying_key()
@@ -235,6 +241,8 @@ impl NodeService {
     }
 
     pub(crate) async fn refresh_consents(&self, subject: SubjectId) -> Result<Arc<ConsentSet>> {
+        self.consent_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let entries = self.store.consent_entries(Some(subject)).await?;
         let set = Arc::new(self.verified_set(&entries));
         if let Ok(mut cache) = self.consents.write() {

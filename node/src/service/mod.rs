@@ -135,6 +135,9 @@ pub struct NodeService {
     options: ServiceOptions,
     signing_key: SigningKey,
     consents: RwLock<HashMap<SubjectId, Arc<ConsentSet>>>,
+    /// Bumped before every change to the consent cache, so replication can tell whether a
+    /// section the gate just allowed may rest on a consent the peer has not been sent yet.
+    consent_generation: std::sync::atomic::AtomicU64,
 }
 
 /// SHA-256 of a bearer token, hex: the only form in which tokens are stored.
@@ -223,6 +226,7 @@ impl NodeService {
             options,
             signing_key,
             consents: RwLock::new(HashMap::new()),
+            consent_generation: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 

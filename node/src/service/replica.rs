@@ -165,6 +165,17 @@ struct ReceiptEnvelope {
     signature: String,
 }
 
+/// The section a signed receipt is about, read without checking the signature (the caller
+/// has just had it verified by `handle_frame`).
+pub fn receipt_section(bytes: &[u8]) -> Option<SectionKey> {
+    let env: ReceiptEnvelope = serde_json::from_slice(bytes).ok()?;
+    let r: PurgeReceipt = serde_json::from_str(&env.body).ok()?;
+    Some(SectionKey {
+        plan: r.plan,
+        section: SectionName::parse(&r.section).ok()?,
+    })
+}
+
 impl PurgeReceipt {
     fn signed(&self, key: &weft_consent::ed25519_dalek::SigningKey) -> Vec<u8> {
         let body = serde_json::to_string(self).expect("receipts serialize");
@@ -537,7 +548,10 @@ impl NodeService {
             }),
             _ => None,
         };
-        Ok(vec![Frame::Rejected { key, reason: why }])
+        Ok(vec![Frame::Rejected {
+            key,
+            reason: format!("{code}: {why}"),
+        }])
     }
 
     async fn receive_changes(&self, peer: &AgencyId, c: SectionChanges) -> Result<Vec<Frame>> {
@@ -589,20 +603,6 @@ impl NodeService {
             }
         };
         let key = permit.key().clone();
-        if plan.home == self.agency {
-            let held = self.store.section_size(&key).await?;
-            if held + c.bytes.len() as u64 > crate::catalogue::MAX_SECTION_BYTES as u64 {
-                return self
-                    .reject(
-                        peer,
-                        Some(&plan),
-                        Some(&c.section),
-                        "too_large",
-                        "the section would exceed its size limit".into(),
-                    )
-                    .await;
-            }
-        }
         let stored = self.store.read_section(&gate::downgrade(&permit)).await?;
         let mut doc = match &stored {
             Some(s) => SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?,
@@ -651,6 +651,20 @@ impl NodeService {
         }
         let heads_now = doc.heads();
         let bytes = doc.save_after(&before);
+        if plan.home == self.agency {
+            let held = stored.as_ref().map_or(0, |s| s.meta.bytes);
+            if held + bytes.len() as u64 > crate::catalogue::MAX_SECTION_BYTES as u64 {
+                return self
+                    .reject(
+                        peer,
+                        Some(&plan),
+                        Some(&c.section),
+                        "too_large",
+                        "the section would exceed its size limit".into(),
+                    )
+                    .await;
+            }
+        }
         let mut batch = CommitBatch::audit_only(AuditDraft {
             time: self.now(),
             agency: peer.to_string(),
@@ -801,9 +815,12 @@ impl NodeService {
         let entries = self.store.consent_entries(None).await?;
         let Some(subject) = entries
             .iter()
-            .find(|e| e.kind == ConsentKind::Consent && e.id == revocation.consent.as_str())
             // Only the agency that recorded a consent may revoke it.
-            .filter(|e| SignedConsent::from_bytes(&e.bytes).is_ok_and(|c| c.signer == *peer))
+            .find(|e| {
+                e.kind == ConsentKind::Consent
+                    && e.id == revocation.consent.as_str()
+                    && SignedConsent::from_bytes(&e.bytes).is_ok_and(|c| c.signer == *peer)
+            })
             .map(|e| e.subject)
         else {
             return self
@@ -822,14 +839,17 @@ impl NodeService {
             id: revocation.id.to_string(),
             bytes,
         };
-        self.store_received_consent(
-            subject,
-            entry,
-            AuditAction::ConsentRevoke,
-            format!("{} revoked, received from {peer}", revocation.consent),
-        )
-        .await?;
-        self.purge_unconsented().await?;
+        let new = self
+            .store_received_consent(
+                subject,
+                entry,
+                AuditAction::ConsentRevoke,
+                format!("{} revoked, received from {peer}", revocation.consent),
+            )
+            .await?;
+        if new {
+            self.purge_unconsented().await?;
+        }
         Ok(vec![])
     }
 
@@ -839,7 +859,15 @@ impl NodeService {
         entry: ConsentEntry,
         action: AuditAction,
         detail: String,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        // Peers resend consents on every reconnect: a known one changes nothing.
+        let known = self.store.consent_entries(Some(subject)).await?;
+        if known
+            .iter()
+            .any(|e| e.kind == entry.kind && e.id == entry.id)
+        {
+            return Ok(false);
+        }
         let plan = self
             .store
             .plans(None, usize::MAX)
@@ -864,7 +892,7 @@ impl NodeService {
         }
         self.refresh_consents(subject).await?;
         self.wake();
-        Ok(())
+        Ok(true)
     }
 
     async fn receive_receipt(&self, peer: &AgencyId, bytes: Vec<u8>) -> Result<Vec<Frame>> {
@@ -951,8 +979,24 @@ impl NodeService {
             if plan.home == self.agency {
                 continue;
             }
-            let consents = self.consents_for(plan.subject).await?;
             let held = self.store.sections_of(plan.id).await?;
+            // Lock the plan's sections, then decide: a write or a re-grant cannot race it.
+            let mut stripes: Vec<usize> = held
+                .iter()
+                .map(|s| {
+                    self.stripe(&SectionKey {
+                        plan: plan.id,
+                        section: s.clone(),
+                    })
+                })
+                .collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let mut guards = Vec::with_capacity(stripes.len());
+            for s in stripes {
+                guards.push(self.locks[s].lock().await);
+            }
+            let consents = self.consents_for(plan.subject).await?;
             let mut gone = Vec::new();
             for section in &held {
                 if let Err(d) = gate::may_hold(&self.agency, &plan, section, &consents, now) {
@@ -999,13 +1043,6 @@ impl NodeService {
                     basis: String::new(),
                 })
             };
-            let mut stripes: Vec<usize> = keys.iter().map(|k| self.stripe(k)).collect();
-            stripes.sort_unstable();
-            stripes.dedup();
-            let mut guards = Vec::with_capacity(stripes.len());
-            for s in stripes {
-                guards.push(self.locks[s].lock().await);
-            }
             self.store.purge(keys.clone(), batch).await?;
             drop(guards);
             purged += keys.len();
