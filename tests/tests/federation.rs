@@ -251,6 +251,18 @@ async fn revocation_purges_the_holder_and_stops_the_flow() -> anyhow::Result<()>
         .await?
         .iter()
         .all(|f| f.key.plan != plan_id));
+    // No key in any tree of the clinic's store names the plan once the receipt is delivered.
+    eventually(
+        "no key at the clinic to name the plan",
+        DEADLINE,
+        || async {
+            let trees = store
+                .blocking()
+                .trees_with_key_containing(plan_id.0.as_bytes())?;
+            Ok(trees.is_empty().then_some(()))
+        },
+    )
+    .await?;
     let sync_state = store.replication_scan(b"heads/".to_vec()).await?;
     assert!(
         sync_state.is_empty(),

@@ -533,6 +533,23 @@ impl Store {
             .ok_or_else(|| Error::internal("purge produced no result"))
     }
 
+    /// The trees holding a key that contains `needle` (a diagnostic for privacy checks and
+    /// tests: it reads every key of every tree).
+    pub fn trees_with_key_containing(&self, needle: &[u8]) -> Result<Vec<&'static str>> {
+        let mut out = Vec::new();
+        for tree in Tree::ALL {
+            let found = self
+                .backend
+                .scan(tree, &[], None, usize::MAX)?
+                .iter()
+                .any(|(k, _)| k.windows(needle.len()).any(|w| w == needle));
+            if found {
+                out.push(tree.name());
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a replication key.
     pub fn replication_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.backend.get(Tree::Replication, key)
