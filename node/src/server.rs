@@ -278,6 +278,7 @@ pub async fn serve(
     };
     let identity = Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?);
     let agency = service.agency().clone();
+    let (routes, health) = crate::api::routes(service).await?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity))
@@ -285,9 +286,15 @@ pub async fn serve(
         .trace_fn(
             move |req| tracing::info_span!("request", agency = %agency, path = %req.uri().path()),
         )
-        .add_routes(crate::api::routes(service))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
+            // Readiness probes see the node leave before its listener closes.
+            for name in crate::api::SERVICE_NAMES {
+                health
+                    .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
         })
         .await
         .map_err(|e| Error::Internal(format!("server: {e}")))?;

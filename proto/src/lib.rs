@@ -8,4 +8,8 @@
 /// Version 1 of the Weft client API.
 pub mod v1 {
     tonic::include_proto!("weft.v1");
+
+    /// The encoded `FileDescriptorSet` of every Weft proto file, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/weft_descriptor.bin"));
 }

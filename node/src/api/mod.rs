@@ -36,10 +36,43 @@ pub(crate) async fn caller<T>(svc: &NodeService, req: &Request<T>) -> Result<Cal
     Ok(svc.authenticate(token.filter(|t| !t.is_empty())).await?)
 }
 
-/// Builds the client API router over a service.
-pub fn routes(svc: Arc<NodeService>) -> tonic::service::Routes {
+/// The names of the client API's gRPC services, as the health service reports them.
+pub const SERVICE_NAMES: &[&str] = &[
+    "weft.v1.PlanService",
+    "weft.v1.GoalService",
+    "weft.v1.ReferralService",
+    "weft.v1.UserService",
+    "weft.v1.ConsentService",
+    "weft.v1.AdminService",
+];
+
+/// Builds the client API router over a service, with the standard gRPC health service
+/// (`grpc.health.v1.Health`, every Weft service reported as serving) and server reflection
+/// (so `grpcurl` can list and call the API). Returns the health reporter, so the server can
+/// report not-serving when it starts to shut down.
+pub async fn routes(
+    svc: Arc<NodeService>,
+) -> Result<(tonic::service::Routes, tonic_health::server::HealthReporter), crate::error::Error> {
     use weft_proto::v1::*;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in SERVICE_NAMES {
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    // Reflection lists the services on this port only (not the peer-only Federation).
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    for name in SERVICE_NAMES {
+        reflection = reflection.with_service_name(*name);
+    }
+    let reflection = reflection
+        .build_v1()
+        .map_err(|e| crate::error::Error::Internal(format!("reflection: {e}")))?;
     let mut b = tonic::service::Routes::builder();
+    b.add_service(health).add_service(reflection);
     b.add_service(
         plan_service_server::PlanServiceServer::new(plans::PlanApi::new(svc.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -66,5 +99,5 @@ pub fn routes(svc: Arc<NodeService>) -> tonic::service::Routes {
         admin_service_server::AdminServiceServer::new(admin::AdminApi::new(svc))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
-    b.routes()
+    Ok((b.routes(), reporter))
 }
