@@ -74,6 +74,15 @@ pub fn load_signing_key(config: &Config) -> Result<SigningKey> {
     }
 }
 
+/// When the PEM certificate in `path` expires (`None` if it cannot be read).
+pub fn certificate_expiry(path: &std::path::Path) -> Option<crate::model::Timestamp> {
+    let pem = std::fs::read(path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    Some(crate::model::Timestamp::from_millis(secs * 1000))
+}
+
 fn fresh_signing_key() -> SigningKey {
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
@@ -132,6 +141,7 @@ impl Node {
             clock,
             ServiceOptions {
                 compact_after_chunks: config.compact_after_chunks,
+                certificate_expires: certificate_expiry(&config.tls.cert),
             },
             signing_key,
         )

@@ -61,3 +61,33 @@ async fn health_and_reflection_answer_on_the_api_port() -> anyhow::Result<()> {
     }
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn status_warns_of_an_expiring_certificate_and_unreachable_peers() -> anyhow::Result<()> {
+    // The sandbox's certificates are valid for 30 days; "clinic.test" is configured but never runs.
+    let cluster = Cluster::builder()
+        .agencies(["school.test"])
+        .played_by_test(["clinic.test"])
+        .start()
+        .await?;
+    let school = cluster.node("school.test");
+    let st = school.status().await?;
+    assert!(st.certificate_expires_ms > 0);
+    assert!(
+        st.warnings
+            .iter()
+            .any(|w| w.contains("certificate expires in 29 days")),
+        "{:?}",
+        st.warnings
+    );
+    assert!(
+        st.warnings
+            .iter()
+            .any(|w| w.starts_with("peer clinic.test unreachable")),
+        "{:?}",
+        st.warnings
+    );
+    assert_eq!(st.peers.len(), 1);
+    assert!(!st.peers[0].connected);
+    cluster.stop().await
+}

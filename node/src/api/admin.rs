@@ -21,6 +21,25 @@ impl AdminApi {
     }
 }
 
+fn peer_status(
+    agency: crate::model::AgencyId,
+    i: crate::service::replica::PeerInfo,
+    head: u64,
+) -> pb::PeerStatus {
+    pb::PeerStatus {
+        agency: agency.to_string(),
+        endpoint: i.endpoint,
+        connected: i.connected,
+        last_sync_ms: i.last_sync_ms,
+        behind: head.saturating_sub(i.acked_seq),
+        last_error: i.last_error,
+        sections_sent: i.sections_sent,
+        sections_received: i.sections_received,
+        rejected: i.rejected,
+        purges: i.purges,
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     /// `Status`.
@@ -30,15 +49,23 @@ impl AdminService for AdminApi {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let who = caller(&self.svc, &req).await?;
-        let (stats, uptime) = self.svc.status(&who).await?;
+        let st = self.svc.status(&who).await?;
+        let head = st.stats.feed_seq;
         Ok(Response::new(pb::StatusResponse {
             agency: self.svc.agency().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            plans: stats.plans,
-            feed_seq: stats.feed_seq,
-            audit_entries: stats.audit_entries,
-            store_bytes: stats.bytes,
-            uptime_seconds: uptime,
+            plans: st.stats.plans,
+            feed_seq: st.stats.feed_seq,
+            audit_entries: st.stats.audit_entries,
+            store_bytes: st.stats.bytes,
+            uptime_seconds: st.uptime_seconds,
+            certificate_expires_ms: st.certificate_expires.map_or(0, |t| t.as_millis()),
+            peers: st
+                .peers
+                .into_iter()
+                .map(|(a, i)| peer_status(a, i, head))
+                .collect(),
+            warnings: st.warnings,
         }))
     }
 
@@ -93,18 +120,7 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::PeersResponse {
             peers: peers
                 .into_iter()
-                .map(|(agency, i)| pb::PeerStatus {
-                    agency: agency.to_string(),
-                    endpoint: i.endpoint,
-                    connected: i.connected,
-                    last_sync_ms: i.last_sync_ms,
-                    behind: head.saturating_sub(i.acked_seq),
-                    last_error: i.last_error,
-                    sections_sent: i.sections_sent,
-                    sections_received: i.sections_received,
-                    rejected: i.rejected,
-                    purges: i.purges,
-                })
+                .map(|(agency, i)| peer_status(agency, i, head))
                 .collect(),
         }))
     }

@@ -686,19 +686,43 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     use pb::admin_service_client::AdminServiceClient as C;
     let mut c = C::new(connect(&args.conn.conn).await?);
     let r = call!(c.status(pb::StatusRequest {}));
+    let expires = if r.certificate_expires_ms > 0 {
+        time(r.certificate_expires_ms)
+    } else {
+        "unknown".into()
+    };
     if args.conn.json {
         print_json(
             &json!({"agency": r.agency, "version": r.version, "plans": r.plans, "feed_seq": r.feed_seq,
-            "audit_entries": r.audit_entries, "store_bytes": r.store_bytes, "uptime_seconds": r.uptime_seconds}),
+            "audit_entries": r.audit_entries, "store_bytes": r.store_bytes, "uptime_seconds": r.uptime_seconds,
+            "certificate_expires": expires,
+            "peers": r.peers.iter().map(|p| json!({"agency": p.agency, "connected": p.connected, "behind": p.behind,
+                "last_error": p.last_error})).collect::<Vec<_>>(),
+            "warnings": r.warnings}),
         );
     } else {
         println!("agency         {}", r.agency);
         println!("version        {}", r.version);
+        println!("certificate    expires {expires}");
         println!("plans          {}", r.plans);
         println!("feed sequence  {}", r.feed_seq);
         println!("audit entries  {}", r.audit_entries);
         println!("store bytes    {}", r.store_bytes);
         println!("uptime         {}s", r.uptime_seconds);
+        for p in &r.peers {
+            println!(
+                "peer           {} {} (behind {})",
+                p.agency,
+                if p.connected { "connected" } else { "down" },
+                p.behind
+            );
+        }
+        if r.warnings.is_empty() {
+            println!("warnings       none");
+        }
+        for w in &r.warnings {
+            println!("WARNING        {w}");
+        }
     }
     Ok(())
 }

@@ -101,17 +101,35 @@ pub struct GoalChange<'a> {
     pub note: Option<&'a str>,
 }
 
+/// What `weft status` shows.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    /// Store counters.
+    pub stats: StoreStats,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// When the node certificate expires.
+    pub certificate_expires: Option<Timestamp>,
+    /// Peers.
+    pub peers: std::collections::BTreeMap<AgencyId, replica::PeerInfo>,
+    /// Things an operator should act on.
+    pub warnings: Vec<String>,
+}
+
 /// Options of the service.
 #[derive(Clone, Debug)]
 pub struct ServiceOptions {
     /// Fold a section's change chunks into a snapshot once it has this many.
     pub compact_after_chunks: u64,
+    /// When this node's TLS certificate expires, for `weft status`.
+    pub certificate_expires: Option<Timestamp>,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
         Self {
             compact_after_chunks: 64,
+            certificate_expires: None,
         }
     }
 }
@@ -1107,14 +1125,44 @@ impl NodeService {
         Ok((self.peer_status(), self.feed_head().await?))
     }
 
-    /// Node counters.
-    pub async fn status(&self, caller: &Caller) -> Result<(StoreStats, u64)> {
+    /// One screen for an operator: counters, certificate expiry, peers, and warnings.
+    pub async fn status(&self, caller: &Caller) -> Result<NodeStatus> {
         self.require(caller, Right::ReadStatus, AuditAction::Status)
             .await?;
         self.store
             .audit(self.draft(caller, AuditAction::Status, None))
             .await?;
-        Ok((self.store.stats().await?, self.started.elapsed().as_secs()))
+        let stats = self.store.stats().await?;
+        let peers = self.peer_status();
+        let now = self.now();
+        let mut warnings = Vec::new();
+        if let Some(expires) = self.options.certificate_expires {
+            let days = (expires.as_millis() - now.as_millis()) / (24 * 3600 * 1000);
+            if expires <= now {
+                warnings.push(format!("the node certificate expired at {expires}"));
+            } else if days < 30 {
+                warnings.push(format!(
+                    "the node certificate expires in {days} days ({expires})"
+                ));
+            }
+        }
+        for (agency, p) in &peers {
+            if !p.connected {
+                let why = if p.last_error.is_empty() {
+                    "not connected".to_string()
+                } else {
+                    p.last_error.clone()
+                };
+                warnings.push(format!("peer {agency} unreachable: {why}"));
+            }
+        }
+        Ok(NodeStatus {
+            stats,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            certificate_expires: self.options.certificate_expires,
+            peers,
+            warnings,
+        })
     }
 
     /// Audit entries after `after`, optionally for one plan.
