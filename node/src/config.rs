@@ -48,6 +48,16 @@ pub struct FileConfig {
     pub consent: ConsentSection,
     /// Replication with peer agencies (optional: a node may stand alone).
     pub federation: Option<FederationSection>,
+    /// Prometheus metrics (optional).
+    pub metrics: Option<MetricsSection>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address for `GET /metrics` (plain HTTP), `ip:port`. Keep it on a private interface.
+    pub listen: String,
 }
 
 /// `[federation]`
@@ -177,6 +187,8 @@ pub struct Config {
     pub signing_key: Option<PathBuf>,
     /// Replication with peers, if configured.
     pub federation: Option<FederationConfig>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Every problem found in a config file.
@@ -296,6 +308,17 @@ impl FileConfig {
             }
             listen.map(|listen| FederationConfig { listen, peers })
         });
+        let metrics_listen = self.metrics.and_then(|m| {
+            m.listen
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    problems.push(format!(
+                        "metrics.listen: `{}` is not an IP address and port",
+                        m.listen
+                    ))
+                })
+                .ok()
+        });
         if !(2..=100_000).contains(&self.storage.compact_after_chunks) {
             problems.push("storage.compact_after_chunks: must be between 2 and 100000".into());
         }
@@ -308,6 +331,7 @@ impl FileConfig {
                 compact_after_chunks: self.storage.compact_after_chunks,
                 signing_key: self.consent.signing_key.as_deref().map(resolve),
                 federation: federation.flatten(),
+                metrics_listen,
             }),
             _ => Err(problems),
         }
@@ -321,6 +345,18 @@ pub fn render(
     listen: SocketAddr,
     tls: &TlsFiles,
     federation: Option<&FederationConfig>,
+) -> String {
+    render_with_metrics(agency, data_dir, listen, tls, federation, None)
+}
+
+/// Like [`render`], with a `[metrics]` section when `metrics` is given.
+pub fn render_with_metrics(
+    agency: &AgencyId,
+    data_dir: &Path,
+    listen: SocketAddr,
+    tls: &TlsFiles,
+    federation: Option<&FederationConfig>,
+    metrics: Option<SocketAddr>,
 ) -> String {
     let mut text = format!(
         "# Weft node config (written by `weft dev`)\n\
@@ -339,6 +375,9 @@ pub fn render(
         tls.key.display(),
         tls.ca.display()
     );
+    if let Some(m) = metrics {
+        text.push_str(&format!("\n[metrics]\nlisten = \"{m}\"\n"));
+    }
     if let Some(f) = federation {
         text.push_str(&format!("\n[federation]\nlisten = \"{}\"\n", f.listen));
         for p in &f.peers {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod gate;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod section;

@@ -93,6 +93,7 @@ fn fresh_signing_key() -> SigningKey {
 pub struct Node {
     api_addr: SocketAddr,
     federation_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     service: Arc<NodeService>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
@@ -173,11 +174,26 @@ impl Node {
             ));
         }
         tokio::spawn(sweep_expiries(service.clone(), rx.clone()));
-        let task = tokio::spawn(serve(config, service.clone(), listener, rx));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))?;
+            metrics_addr = Some(l.local_addr().map_err(Error::internal)?);
+            tokio::spawn(crate::metrics::serve(
+                l,
+                metrics.clone(),
+                service.clone(),
+                rx.clone(),
+            ));
+        }
+        let task = tokio::spawn(serve(config, service.clone(), listener, metrics, rx));
         tracing::info!(agency = %service.agency(), addr = %api_addr, "node started");
         Ok(Node {
             api_addr,
             federation_addr,
+            metrics_addr,
             service,
             shutdown: tx,
             task,
@@ -192,6 +208,11 @@ impl Node {
     /// The federation listener's bound address, if federation is configured.
     pub fn federation_addr(&self) -> Option<SocketAddr> {
         self.federation_addr
+    }
+
+    /// The metrics listener's bound address, if metrics are configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The node's service (for in-process tools and tests).
@@ -280,6 +301,7 @@ pub async fn serve(
     config: Config,
     service: Arc<NodeService>,
     listener: TcpListener,
+    metrics: Arc<crate::metrics::Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     install_crypto_provider();
@@ -291,6 +313,7 @@ pub async fn serve(
     let (routes, health) = crate::api::routes(service).await?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
+        .layer(crate::metrics::MetricsLayer(metrics))
         .tls_config(ServerTlsConfig::new().identity(identity))
         .map_err(|e| Error::Internal(format!("tls config: {e}")))?
         .trace_fn(

@@ -190,6 +190,7 @@ impl TestNode {
             compact_after_chunks: 8,
             signing_key: None,
             federation: self.federation.clone(),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 

@@ -91,3 +91,52 @@ async fn status_warns_of_an_expiring_certificate_and_unreachable_peers() -> anyh
     assert!(!st.peers[0].connected);
     cluster.stop().await
 }
+
+/// `GET /metrics` from a node's metrics port.
+async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    anyhow::ensure!(out.starts_with("HTTP/1.1 200"), "{out}");
+    Ok(out)
+}
+
+#[tokio::test]
+async fn metrics_count_requests_denials_and_store_without_student_data() -> anyhow::Result<()> {
+    let cluster = Cluster::builder().start().await?;
+    let school = cluster.node("school.test");
+    let plan = school.create_plan("Maya", "Example").await?;
+    school
+        .section(&school.coordinator_token, &plan, "goals")
+        .await?;
+    assert!(school
+        .section(&school.admin_token, &plan, "goals")
+        .await
+        .is_err());
+    let text = scrape(
+        school
+            .node()
+            .metrics_addr()
+            .expect("metrics are on in the sandbox"),
+    )
+    .await?;
+    for line in [
+        "weft_rpc_requests_total{rpc=\"CreatePlan\",code=\"OK\"} 1",
+        "weft_rpc_requests_total{rpc=\"GetPlan\",code=\"OK\"} 1",
+        "weft_rpc_requests_total{rpc=\"GetPlan\",code=\"PERMISSION_DENIED\"} 1",
+        "weft_denials_total{rule=\"role\"} 1",
+        "weft_plans 1",
+        "weft_rpc_duration_seconds_count{rpc=\"GetPlan\"} 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "`{line}` missing from:\n{text}"
+        );
+    }
+    assert!(!text.contains(&plan), "a plan id leaked into metrics");
+    assert!(!text.contains("Maya"));
+    cluster.stop().await
+}

@@ -85,9 +85,17 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
         let data_dir = dir.join(short);
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
         let config_path = dir.join(format!("{short}.toml"));
+        let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, port + 20 + i as u16));
         std::fs::write(
             &config_path,
-            crate::config::render(&agency, &data_dir, listen, &tls, Some(&federation)),
+            crate::config::render_with_metrics(
+                &agency,
+                &data_dir,
+                listen,
+                &tls,
+                Some(&federation),
+                Some(metrics),
+            ),
         )?;
         let config = Config::load(&config_path)?;
 
@@ -192,11 +200,15 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     println!("Weft dev federation is running (Ctrl-C to stop)");
     for (agency, data_dir, _, node) in &nodes {
         println!(
-            "  {agency:<15} client API https://{}  peers on {}  data {}",
+            "  {agency:<15} client API https://{}  peers {}  metrics http://{}/metrics\n  {:<15} data {}",
             node.api_addr(),
             node.federation_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
+            node.metrics_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            "",
             data_dir.display()
         );
     }

@@ -42,7 +42,8 @@ enum Command {
         /// Where to keep certificates, configs, data and env files.
         #[arg(long, default_value = "weft-dev")]
         dir: PathBuf,
-        /// First port: client APIs on PORT, PORT+1, PORT+2; peer streams on PORT+10..12.
+        /// First port: client APIs on PORT, PORT+1, PORT+2; peer streams on PORT+10..12;
+        /// metrics on PORT+20..22.
         #[arg(long, default_value_t = 7400)]
         port: u16,
     },

@@ -156,6 +156,8 @@ pub struct NodeService {
     /// Bumped before every change to the consent cache, so replication can tell whether a
     /// section the gate just allowed may rest on a consent the peer has not been sent yet.
     consent_generation: std::sync::atomic::AtomicU64,
+    /// Refusals by rule, for metrics.
+    denials: std::sync::Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// SHA-256 of a bearer token, hex: the only form in which tokens are stored.
@@ -245,7 +247,13 @@ impl NodeService {
             signing_key,
             consents: RwLock::new(HashMap::new()),
             consent_generation: std::sync::atomic::AtomicU64::new(0),
+            denials: Default::default(),
         }))
+    }
+
+    /// Refusals so far, by rule.
+    pub fn denial_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.denials.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     /// Wakes replication pumps: something was stored.
@@ -300,6 +308,9 @@ impl NodeService {
         sections: Vec<String>,
         denial: Denial,
     ) -> Error {
+        if let Ok(mut d) = self.denials.lock() {
+            *d.entry(denial.code).or_default() += 1;
+        }
         let mut draft = self.draft(caller, action, plan);
         draft.outcome = Outcome::Denied;
         draft.sections = sections;
