@@ -62,6 +62,8 @@ pub enum AuditAction {
     Purge,
     /// Another agency's signed purge receipt was recorded.
     PurgeReceipt,
+    /// A backup of the store was taken.
+    Backup,
     /// Node status was read.
     Status,
 }
@@ -91,6 +93,7 @@ impl AuditAction {
             AuditAction::ReplicaReject => "replica_reject",
             AuditAction::Purge => "purge",
             AuditAction::PurgeReceipt => "purge_receipt",
+            AuditAction::Backup => "backup",
             AuditAction::Status => "status",
         }
     }

@@ -189,6 +189,8 @@ pub struct Config {
     pub federation: Option<FederationConfig>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// SHA-256 of the config file this came from (empty when built in code), for backups.
+    pub source_sha256: String,
 }
 
 /// Every problem found in a config file.
@@ -218,7 +220,12 @@ impl Config {
         let file: FileConfig =
             toml::from_str(&text).map_err(|e| err(e.to_string().trim().to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
         file.validate_with(base, check_files)
+            .map(|mut c| {
+                c.source_sha256 = digest;
+                c
+            })
             .map_err(|problems| ConfigError {
                 path: path.display().to_string(),
                 problems,
@@ -332,6 +339,7 @@ impl FileConfig {
                 signing_key: self.consent.signing_key.as_deref().map(resolve),
                 federation: federation.flatten(),
                 metrics_listen,
+                source_sha256: String::new(),
             }),
             _ => Err(problems),
         }

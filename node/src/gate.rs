@@ -89,6 +89,7 @@ fn describe(right: Right) -> String {
         Right::ListUsers => "list users".into(),
         Right::ReadAudit => "read the audit log".into(),
         Right::ReadStatus => "read node status".into(),
+        Right::Backup => "take backups".into(),
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod catalogue;
 #[allow(missing_docs)] // clap turns doc comments into help texts; flattened fields need none
 pub mod cli;

@@ -178,6 +178,8 @@ pub enum Right {
     ReadAudit,
     /// Read node status.
     ReadStatus,
+    /// Take a backup of the whole store.
+    Backup,
 }
 
 impl Role {
@@ -196,12 +198,13 @@ impl Role {
         use Role::*;
         matches!(
             (self, right),
-            (Admin, AddUser(_) | ListUsers | ReadAudit | ReadStatus)
-                | (
-                    Coordinator,
-                    CreatePlan | ReadPlan | WritePlan | WriteGoals | EditGoals
-                )
-                | (Coordinator, ListUsers | ReadAudit | ReadStatus)
+            (
+                Admin,
+                AddUser(_) | ListUsers | ReadAudit | ReadStatus | Backup
+            ) | (
+                Coordinator,
+                CreatePlan | ReadPlan | WritePlan | WriteGoals | EditGoals
+            ) | (Coordinator, ListUsers | ReadAudit | ReadStatus)
                 | (Coordinator, AddUser(Caseworker | Guardian))
                 | (
                     Caseworker,

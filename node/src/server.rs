@@ -143,6 +143,7 @@ impl Node {
             ServiceOptions {
                 compact_after_chunks: config.compact_after_chunks,
                 certificate_expires: certificate_expiry(&config.tls.cert),
+                config_sha256: config.source_sha256.clone(),
             },
             signing_key,
         )

@@ -191,6 +191,7 @@ impl TestNode {
             signing_key: None,
             federation: self.federation.clone(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            source_sha256: String::new(),
         }
     }
 

@@ -498,3 +498,142 @@ async fn a_node_killed_mid_sync_converges_after_restart() -> anyhow::Result<()> 
     assert_eq!(peers[0]["connected"], true);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_backup_under_write_load_restores_and_verifies() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let (config, addr, ca) = WeftProcess::configure(&pki, "school.test", dir.path())?;
+    let admin = bootstrap(&config, "admin", "admin")?;
+    let token = bootstrap(&config, "coordinator", "coordinator")?;
+    let node = WeftProcess::start(&config, addr, &ca).await?;
+    let plan = node.cli(
+        &token,
+        &[
+            "plan",
+            "create",
+            "--given-name",
+            "Bea",
+            "--family-name",
+            "Backup",
+        ],
+    )?;
+    let plan = plan.trim().to_string();
+
+    // A writer adds goals the whole time; the ids acknowledged before the backup starts must
+    // all be in it.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (chan, plan, acked, stop) = (
+            channel(addr, &ca, Some(&token)).await?,
+            plan.clone(),
+            acked.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut goals = pb::goal_service_client::GoalServiceClient::new(chan);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = goals
+                    .add_goal(pb::AddGoalRequest {
+                        plan_id: plan.clone(),
+                        domain: "academic".into(),
+                        text: format!("goal {i}"),
+                        horizon: "short".into(),
+                        target_date: String::new(),
+                    })
+                    .await?;
+                acked.lock().unwrap().push(r.into_inner().goal_id);
+                i += 1;
+            }
+            anyhow::Ok(())
+        })
+    };
+    weft_tests::eventually("some goals written", Duration::from_secs(30), || {
+        let n = acked.lock().unwrap().len();
+        async move { Ok((n >= 10).then_some(())) }
+    })
+    .await?;
+    let before: Vec<String> = acked.lock().unwrap().clone();
+    let file = dir.path().join("school.weftbackup");
+    let out = node.cli(&admin, &["backup", "--out", file.to_str().unwrap()])?;
+    assert!(out.contains("backup written"), "{out}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await??;
+    let status: Json = serde_json::from_str(&node.cli(&admin, &["status", "--json"])?)?;
+    assert!(
+        !status["last_backup"].as_str().unwrap_or("").is_empty(),
+        "{status}"
+    );
+    // Only admins take backups.
+    assert!(node
+        .cli(
+            &token,
+            &["backup", "--out", dir.path().join("x").to_str().unwrap()]
+        )
+        .is_err());
+    drop(node);
+
+    // Restore into a new directory and run a node on it.
+    let restored = dir.path().join("restored");
+    let (ok, out, err) = weft(&[
+        "restore",
+        "--from",
+        file.to_str().unwrap(),
+        "--data",
+        restored.to_str().unwrap(),
+    ])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("audit chain ok"), "{out}");
+    let (ok, _, err) = weft(&[
+        "restore",
+        "--from",
+        file.to_str().unwrap(),
+        "--data",
+        restored.to_str().unwrap(),
+    ])?;
+    assert!(!ok && err.contains("not empty"), "{err}");
+    let text = std::fs::read_to_string(&config)?.replace(
+        dir.path().join("data").to_str().unwrap(),
+        restored.to_str().unwrap(),
+    );
+    let config2 = dir.path().join("restored.toml");
+    std::fs::write(&config2, text)?;
+    let node = WeftProcess::start(&config2, addr, &ca).await?;
+    let show: Json = serde_json::from_str(&node.cli(
+        &token,
+        &["plan", "show", &plan, "--section", "goals", "--json"],
+    )?)?;
+    let goals = show["sections"]["goals"]["content"]["goals"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for id in &before {
+        assert!(
+            goals.contains_key(id),
+            "goal {id}, acknowledged before the backup, is missing"
+        );
+    }
+    assert!(node
+        .cli(&admin, &["audit", "verify"])?
+        .starts_with("audit chain ok"));
+    // A truncated backup is refused with a clear error and writes nothing.
+    let bytes = std::fs::read(&file)?;
+    let cut = dir.path().join("cut.weftbackup");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2])?;
+    let (ok, _, err) = weft(&[
+        "restore",
+        "--from",
+        cut.to_str().unwrap(),
+        "--data",
+        dir.path().join("r2").to_str().unwrap(),
+    ])?;
+    assert!(!ok && err.contains("checksum does not match"), "{err}");
+    assert!(
+        !dir.path().join("r2").exists(),
+        "a refused restore created its directory"
+    );
+    drop(node);
+    Ok(())
+}

@@ -66,6 +66,7 @@ impl AdminService for AdminApi {
                 .map(|(a, i)| peer_status(a, i, head))
                 .collect(),
             warnings: st.warnings,
+            last_backup_ms: self.svc.last_backup().await?.map_or(0, |t| t.as_millis()),
         }))
     }
 
@@ -123,5 +124,57 @@ impl AdminService for AdminApi {
                 .map(|(agency, i)| peer_status(agency, i, head))
                 .collect(),
         }))
+    }
+
+    type BackupStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    /// `Backup`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "Backup"))]
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        let (file, summary) = self.svc.backup(&who).await?;
+        tracing::info!(
+            records = summary.records,
+            bytes = summary.bytes,
+            "backup taken"
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut f = match file.reopen() {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(format!("backup file: {e}"))));
+                    return;
+                }
+            };
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let chunk = pb::BackupChunk {
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.blocking_send(Ok(chunk)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ =
+                            tx.blocking_send(Err(Status::internal(format!("backup file: {e}"))));
+                        break;
+                    }
+                }
+            }
+            drop(file);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

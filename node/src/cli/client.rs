@@ -696,6 +696,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             &json!({"agency": r.agency, "version": r.version, "plans": r.plans, "feed_seq": r.feed_seq,
             "audit_entries": r.audit_entries, "store_bytes": r.store_bytes, "uptime_seconds": r.uptime_seconds,
             "certificate_expires": expires,
+            "last_backup": if r.last_backup_ms > 0 { time(r.last_backup_ms) } else { String::new() },
             "peers": r.peers.iter().map(|p| json!({"agency": p.agency, "connected": p.connected, "behind": p.behind,
                 "last_error": p.last_error})).collect::<Vec<_>>(),
             "warnings": r.warnings}),
@@ -709,6 +710,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!("audit entries  {}", r.audit_entries);
         println!("store bytes    {}", r.store_bytes);
         println!("uptime         {}s", r.uptime_seconds);
+        println!(
+            "last backup    {}",
+            if r.last_backup_ms > 0 {
+                time(r.last_backup_ms)
+            } else {
+                "never".into()
+            }
+        );
         for p in &r.peers {
             println!(
                 "peer           {} {} (behind {})",
@@ -838,6 +847,37 @@ pub async fn peers(conn: JsonConn) -> anyhow::Result<()> {
                 }
             );
         }
+    }
+    Ok(())
+}
+
+/// Runs `weft backup`: streams the node's backup into `out` (via a `.partial` file).
+pub async fn backup(out: &std::path::Path, conn: JsonConn) -> anyhow::Result<()> {
+    use pb::admin_service_client::AdminServiceClient as C;
+    use tokio::io::AsyncWriteExt;
+    let mut c = C::new(connect(&conn.conn).await?);
+    let mut stream = call!(c.backup(pb::BackupRequest {}));
+    let partial = out.with_extension("partial");
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut file = opts
+        .open(&partial)
+        .await
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        bytes += chunk.data.len() as u64;
+        file.write_all(&chunk.data).await?;
+    }
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&partial, out).await?;
+    if conn.json {
+        print_json(&json!({"file": out.display().to_string(), "bytes": bytes}));
+    } else {
+        println!("backup written to {} ({bytes} bytes)", out.display());
     }
     Ok(())
 }

@@ -75,6 +75,25 @@ enum Command {
     Status(client::StatusArgs),
     /// Each peer agency: connected or not, last sync, how far behind, last error.
     Peers(client::JsonConn),
+    /// Take a consistent online backup of a running node (admins): the whole store and the
+    /// consent signing key, in one self-checking file written with mode 0600.
+    Backup {
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        conn: client::JsonConn,
+    },
+    /// Restore a backup into a new, empty data directory (offline; the node is stopped),
+    /// verify it and its audit chain.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create (must not exist or be empty).
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +260,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Audit(cmd) => client::audit(cmd).await,
         Command::Status(args) => client::status(args).await,
         Command::Peers(conn) => client::peers(conn).await,
+        Command::Backup { out, conn } => client::backup(&out, conn).await,
+        Command::Restore { from, data } => {
+            let (header, summary, entries) = crate::backup::restore_into(&from, &data)?;
+            println!(
+                "restored {} records of {} (taken {}) into {}; audit chain ok: {entries} entries",
+                summary.records,
+                header.agency,
+                weft_consent::Timestamp::from_millis(header.created_at_ms),
+                data.display()
+            );
+            println!(
+                "the consent signing key is in {}",
+                data.join("signing.key").display()
+            );
+            Ok(())
+        }
         Command::User(UserCmd::Add(args)) => match &args.config {
             Some(config) => offline_user_add(config, &args),
             None => client::user_add(args).await,

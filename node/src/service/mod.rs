@@ -123,6 +123,8 @@ pub struct ServiceOptions {
     pub compact_after_chunks: u64,
     /// When this node's TLS certificate expires, for `weft status`.
     pub certificate_expires: Option<Timestamp>,
+    /// SHA-256 of the config file, recorded in backups.
+    pub config_sha256: String,
 }
 
 impl Default for ServiceOptions {
@@ -130,6 +132,7 @@ impl Default for ServiceOptions {
         Self {
             compact_after_chunks: 64,
             certificate_expires: None,
+            config_sha256: String::new(),
         }
     }
 }
@@ -1121,6 +1124,53 @@ impl NodeService {
             .audit(self.draft(caller, AuditAction::ListUsers, None))
             .await?;
         Ok(users)
+    }
+
+    /// Takes a consistent backup of the whole store into a temporary file (0600), records it
+    /// in the audit log, and returns the file (deleted when dropped) with a summary.
+    pub async fn backup(
+        &self,
+        caller: &Caller,
+    ) -> Result<(tempfile::NamedTempFile, crate::backup::BackupSummary)> {
+        self.require(caller, Right::Backup, AuditAction::Backup)
+            .await?;
+        let header = crate::backup::BackupHeader {
+            agency: self.agency.to_string(),
+            format_version: crate::storage::FORMAT_VERSION,
+            created_at_ms: self.now().as_millis(),
+            config_sha256: self.options.config_sha256.clone(),
+        };
+        let key = hex::encode(self.signing_key.to_bytes()).into_bytes();
+        let store = self.store.clone();
+        let (file, summary) = tokio::task::spawn_blocking(move || {
+            let file = tempfile::NamedTempFile::new().map_err(Error::internal)?;
+            let out = file.reopen().map_err(Error::internal)?;
+            let summary = crate::backup::write(store.blocking(), &header, &key, out)?;
+            Ok::<_, Error>((file, summary))
+        })
+        .await
+        .map_err(Error::internal)??;
+        let mut batch = crate::storage::CommitBatch::audit_only({
+            let mut d = self.draft(caller, AuditAction::Backup, None);
+            d.detail = format!("{} records, {} bytes", summary.records, summary.bytes);
+            d
+        });
+        batch.replication = vec![(
+            b"last_backup".to_vec(),
+            Some(self.now().as_millis().to_be_bytes().to_vec()),
+        )];
+        self.store.commit(batch).await?;
+        Ok((file, summary))
+    }
+
+    /// When the last backup was taken.
+    pub async fn last_backup(&self) -> Result<Option<Timestamp>> {
+        Ok(self
+            .store
+            .replication_get(b"last_backup".to_vec())
+            .await?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(|b| Timestamp::from_millis(i64::from_be_bytes(b))))
     }
 
     /// Replication status of every peer, with this node's feed head.

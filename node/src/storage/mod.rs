@@ -424,6 +424,15 @@ impl Store {
             .ok_or_else(|| Error::internal("commit produced no result"))
     }
 
+    /// Runs `f` over the backend while no commit can land (backups).
+    pub fn with_writes_paused<R>(&self, f: impl FnOnce(&dyn Backend) -> R) -> Result<R> {
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("store writer poisoned"))?;
+        Ok(f(self.backend.as_ref()))
+    }
+
     /// Replaces a section's snapshot and the chunks up to `through` (exclusive) by `snapshot`.
     pub fn compact(&self, key: &SectionKey, snapshot: &[u8], through: u64) -> Result<()> {
         let _guard = self
