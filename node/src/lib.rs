@@ -31,3 +31,4 @@ pub mod section;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod tls;

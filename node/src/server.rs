@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use weft_consent::ed25519_dalek::SigningKey;
 
@@ -94,6 +94,7 @@ pub struct Node {
     api_addr: SocketAddr,
     federation_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    cert: Arc<crate::tls::ReloadingCert>,
     service: Arc<NodeService>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
@@ -135,7 +136,9 @@ impl Node {
         listener: TcpListener,
         federation: Option<TcpListener>,
     ) -> Result<Node> {
+        install_crypto_provider();
         let signing_key = load_signing_key(&config)?;
+        let cert = crate::tls::ReloadingCert::new(&config.tls)?;
         let service = NodeService::new(
             config.agency.clone(),
             store,
@@ -168,6 +171,7 @@ impl Node {
             }
             tokio::spawn(serve_federation(
                 config.tls.clone(),
+                cert.clone(),
                 service.clone(),
                 peers,
                 peer_listener,
@@ -189,12 +193,14 @@ impl Node {
                 rx.clone(),
             ));
         }
-        let task = tokio::spawn(serve(config, service.clone(), listener, metrics, rx));
+        tokio::spawn(watch_certificate(cert.clone(), rx.clone()));
+        let task = tokio::spawn(serve(service.clone(), listener, metrics, cert.clone(), rx));
         tracing::info!(agency = %service.agency(), addr = %api_addr, "node started");
         Ok(Node {
             api_addr,
             federation_addr,
             metrics_addr,
+            cert,
             service,
             shutdown: tx,
             task,
@@ -214,6 +220,12 @@ impl Node {
     /// The metrics listener's bound address, if metrics are configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Reads the node certificate and key again (SIGHUP, or a test); new connections use
+    /// them, open ones keep theirs. On error the old certificate stays in use.
+    pub fn reload_tls(&self) -> Result<()> {
+        self.cert.reload()
     }
 
     /// The node's service (for in-process tools and tests).
@@ -245,21 +257,15 @@ impl Node {
 /// CA is required, and the agency it names must be a configured peer.
 async fn serve_federation(
     tls: crate::config::TlsFiles,
+    cert: Arc<crate::tls::ReloadingCert>,
     service: Arc<NodeService>,
     peers: Arc<Vec<crate::config::PeerConfig>>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| Error::Internal(format!("cannot read {}: {e}", p.display())))
-    };
-    let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-    let ca = tonic::transport::Certificate::from_pem(read(&tls.ca)?);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = crate::tls::incoming(listener, crate::tls::server_config(cert, Some(&tls.ca))?);
     let api = crate::api::federation::FederationApi::new(service.clone(), peers, shutdown.clone());
     let result = crate::api::federation::server_keepalive(Server::builder())
-        .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))
-        .map_err(|e| Error::Internal(format!("tls config: {e}")))?
         .add_service(
             weft_proto::v1::federation_server::FederationServer::new(api)
                 .max_decoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8)
@@ -273,6 +279,31 @@ async fn serve_federation(
         tracing::error!(error = %e, "federation listener failed");
     }
     result.map_err(|e| Error::Internal(format!("federation server: {e}")))
+}
+
+/// How often the node looks for a replaced certificate or key file.
+pub const CERTIFICATE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reloads the node certificate when its files change, until shutdown.
+async fn watch_certificate(
+    cert: Arc<crate::tls::ReloadingCert>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = cert.reload_if_changed() {
+                    tracing::warn!(error = %e, "the certificate files changed but do not load; keeping the old ones");
+                }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// How often a node looks for consents that reached their expiry.
@@ -299,24 +330,18 @@ async fn sweep_expiries(service: Arc<NodeService>, mut shutdown: watch::Receiver
 
 /// Serves the client API over TLS on a bound listener until `shutdown` turns true.
 pub async fn serve(
-    config: Config,
     service: Arc<NodeService>,
     listener: TcpListener,
     metrics: Arc<crate::metrics::Metrics>,
+    cert: Arc<crate::tls::ReloadingCert>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     install_crypto_provider();
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| Error::Internal(format!("cannot read {}: {e}", p.display())))
-    };
-    let identity = Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?);
     let agency = service.agency().clone();
     let (routes, health) = crate::api::routes(service).await?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = crate::tls::incoming(listener, crate::tls::server_config(cert, None)?);
     Server::builder()
         .layer(crate::metrics::MetricsLayer(metrics))
-        .tls_config(ServerTlsConfig::new().identity(identity))
-        .map_err(|e| Error::Internal(format!("tls config: {e}")))?
         .trace_fn(
             move |req| tracing::info_span!("request", agency = %agency, path = %req.uri().path()),
         )

@@ -140,3 +140,75 @@ async fn metrics_count_requests_denials_and_store_without_student_data() -> anyh
     assert!(!text.contains("Maya"));
     cluster.stop().await
 }
+
+/// The end-entity certificate a TLS server at `addr` presents now.
+async fn presented_certificate(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(c?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = connector
+        .connect(rustls::pki_types::ServerName::try_from("school.test")?, tcp)
+        .await?;
+    let (_, conn) = tls.get_ref();
+    Ok(conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_used_without_a_restart() -> anyhow::Result<()> {
+    let cluster = Cluster::builder().start().await?;
+    let school = cluster.node("school.test");
+    let plan = school.create_plan("Maya", "Example").await?;
+    let old_channel = school.plans(&school.coordinator_token).await?;
+    let before = presented_certificate(school.addr(), &school.tls.ca).await?;
+
+    // Issue a new certificate into the same files (as an operator would), then reload.
+    cluster.pki.issue(&school.agency)?;
+    let on_disk = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(&school.tls.cert)?.to_vec()
+    };
+    assert_ne!(
+        before, on_disk,
+        "the test must actually change the certificate"
+    );
+    school.node().reload_tls()?;
+    let after = presented_certificate(school.addr(), &school.tls.ca).await?;
+    assert_eq!(after, on_disk, "new connections get the new certificate");
+
+    // Connections opened before the reload keep working, and new clients work too.
+    let mut old_channel = old_channel;
+    old_channel
+        .get_plan(weft_proto::v1::GetPlanRequest {
+            plan_id: plan.clone(),
+            sections: vec![],
+        })
+        .await?;
+    school
+        .section(&school.coordinator_token, &plan, "profile")
+        .await?;
+
+    // A broken file is refused and the node keeps its certificate.
+    std::fs::write(&school.tls.cert, "not a certificate")?;
+    assert!(school.node().reload_tls().is_err());
+    assert_eq!(
+        presented_certificate(school.addr(), &school.tls.ca).await?,
+        on_disk
+    );
+    cluster.stop().await
+}

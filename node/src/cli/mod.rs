@@ -293,6 +293,24 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         node.service().agency(),
         node.api_addr()
     );
+    // SIGHUP reloads the certificate and key (they are also picked up when the files change).
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        let stop = wait_for_stop_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = hup.recv() => match node.reload_tls() {
+                    Ok(()) => tracing::info!("SIGHUP: certificate reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: the certificate does not load; keeping the old one"),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
     wait_for_stop_signal().await;
     tracing::info!("stopping");
     node.stop().await?;
