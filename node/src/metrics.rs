@@ -131,7 +131,7 @@ impl Metrics {
             let head = stats.feed_seq;
             let peers = svc.peer_status();
             type PeerField = fn(&crate::service::replica::PeerInfo, u64) -> u64;
-            let series: [(&str, &str, &str, PeerField); 6] = [
+            let series: [(&str, &str, &str, PeerField); 8] = [
                 (
                     "weft_peer_connected",
                     "gauge",
@@ -155,6 +155,18 @@ impl Metrics {
                     "counter",
                     "Section documents received from the peer and stored.",
                     |p, _| p.sections_received,
+                ),
+                (
+                    "weft_replication_bytes_sent_total",
+                    "counter",
+                    "Bytes of section changes sent to the peer.",
+                    |p, _| p.bytes_sent,
+                ),
+                (
+                    "weft_replication_bytes_received_total",
+                    "counter",
+                    "Bytes of section changes received from the peer and stored.",
+                    |p, _| p.bytes_received,
                 ),
                 (
                     "weft_replication_rejected_total",

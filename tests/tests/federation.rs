@@ -450,6 +450,15 @@ async fn catch_up_sends_only_what_changed_while_offline() -> anyhow::Result<()> 
     .await?;
     let sent = school.peers()[&AgencyIdExt::clinic()].sections_sent - before;
     assert_eq!(sent, 3, "catch-up sent {sent} sections for 3 changed of 20");
+    let info = &school.peers()[&AgencyIdExt::clinic()];
+    assert!(
+        info.bytes_sent > 0 && info.bytes_sent < 1_000_000,
+        "{info:?}"
+    );
+    println!(
+        "catch-up: {sent} sections, {} bytes sent in total to the clinic",
+        info.bytes_sent
+    );
     cluster.stop().await
 }
 

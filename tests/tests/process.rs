@@ -637,3 +637,41 @@ async fn an_online_backup_under_write_load_restores_and_verifies() -> anyhow::Re
     drop(node);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_node_cleanly_and_keeps_its_data() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let (config, addr, ca) = WeftProcess::configure(&pki, "school.test", dir.path())?;
+    let token = bootstrap(&config, "coordinator", "coordinator")?;
+    let mut node = WeftProcess::start(&config, addr, &ca).await?;
+    let plan = node.cli(
+        &token,
+        &[
+            "plan",
+            "create",
+            "--given-name",
+            "Tom",
+            "--family-name",
+            "Term",
+        ],
+    )?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = weft_tests::eventually("the node to exit", Duration::from_secs(20), || {
+        let r = node.child.try_wait();
+        async move { Ok(r?) }
+    })
+    .await?;
+    assert!(exit.success(), "weft serve exited with {exit} on SIGTERM");
+    drop(node);
+    let node = WeftProcess::start(&config, addr, &ca).await?;
+    let shown = node.cli(
+        &token,
+        &["plan", "show", plan.trim(), "--section", "profile"],
+    )?;
+    assert!(shown.contains("given_name: Tom"), "{shown}");
+    Ok(())
+}

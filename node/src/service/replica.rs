@@ -102,6 +102,10 @@ pub struct PeerInfo {
     pub sections_sent: u64,
     /// Section documents received and stored.
     pub sections_received: u64,
+    /// Bytes of Automerge changes sent.
+    pub bytes_sent: u64,
+    /// Bytes of Automerge changes received and stored.
+    pub bytes_received: u64,
     /// Frames from the peer refused.
     pub rejected: u64,
     /// Purge receipts received (home) or sent (holder).
@@ -454,7 +458,11 @@ impl NodeService {
             };
             self.store.audit(draft).await?;
         }
-        self.peers.update(peer, |i| i.sections_sent += 1);
+        let n = bytes.len() as u64;
+        self.peers.update(peer, |i| {
+            i.sections_sent += 1;
+            i.bytes_sent += n;
+        });
         Ok(Some(Frame::Changes(SectionChanges {
             plan,
             section: key.section.clone(),
@@ -688,7 +696,11 @@ impl NodeService {
             batch.changes = vec![(key.clone(), bytes)];
         }
         let committed = self.store.commit(batch).await?;
-        self.peers.update(peer, |i| i.sections_received += 1);
+        let n = c.bytes.len() as u64;
+        self.peers.update(peer, |i| {
+            i.sections_received += 1;
+            i.bytes_received += n;
+        });
         if let Some(entry) = committed.feed.first() {
             self.wake();
             let _ = self.events.send(super::PlanEvent {
