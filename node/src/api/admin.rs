@@ -37,6 +37,8 @@ fn peer_status(
         sections_received: i.sections_received,
         rejected: i.rejected,
         purges: i.purges,
+        bytes_sent: i.bytes_sent,
+        bytes_received: i.bytes_received,
     }
 }
 

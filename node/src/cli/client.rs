@@ -820,7 +820,8 @@ pub async fn peers(conn: JsonConn) -> anyhow::Result<()> {
                 json!({"agency": p.agency, "endpoint": p.endpoint, "connected": p.connected,
                     "last_sync": last(p.last_sync_ms), "behind": p.behind, "last_error": p.last_error,
                     "sections_sent": p.sections_sent, "sections_received": p.sections_received,
-                    "rejected": p.rejected, "purges": p.purges})
+                    "rejected": p.rejected, "purges": p.purges,
+                    "bytes_sent": p.bytes_sent, "bytes_received": p.bytes_received})
             })
             .collect();
         print_json(&Json::from(rows));
