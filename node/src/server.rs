@@ -147,11 +147,16 @@ impl Node {
                 compact_after_chunks: config.compact_after_chunks,
                 certificate_expires: certificate_expiry(&config.tls.cert),
                 config_sha256: config.source_sha256.clone(),
+                scratch_dir: match &config.data {
+                    DataLocation::Dir(d) => Some(d.clone()),
+                    DataLocation::Memory => None,
+                },
             },
             signing_key,
         )
         .await?;
         service.load_peer_keys().await?;
+        service.set_certificate(cert.clone());
         let (tx, rx) = watch::channel(false);
         let api_addr = listener.local_addr().map_err(Error::internal)?;
         let mut federation_addr = None;

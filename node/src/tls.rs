@@ -41,7 +41,11 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> {
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| bad(key, e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signer)))
+    let certified = CertifiedKey::new(certs, signer);
+    certified
+        .keys_match()
+        .map_err(|_| bad(key, "this key does not belong to the certificate".into()))?;
+    Ok(Arc::new(certified))
 }
 
 fn modified(files: &[&Path]) -> Option<SystemTime> {
@@ -82,6 +86,15 @@ impl ReloadingCert {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// When the certificate in use expires.
+    pub fn expires(&self) -> Option<crate::model::Timestamp> {
+        let der = self.current_der()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+        Some(crate::model::Timestamp::from_millis(
+            cert.validity().not_after.timestamp() * 1000,
+        ))
     }
 
     /// The certificate in use (its end-entity DER).

@@ -203,7 +203,21 @@ async fn a_new_certificate_is_used_without_a_restart() -> anyhow::Result<()> {
         .section(&school.coordinator_token, &plan, "profile")
         .await?;
 
-    // A broken file is refused and the node keeps its certificate.
+    // A key that does not belong to the certificate is refused (it would break every
+    // handshake), and so is a broken file; the node keeps its certificate.
+    let other = cluster
+        .pki
+        .issue(&weft_node::model::AgencyId::parse("other.test")?)?;
+    let good_key = std::fs::read(&school.tls.key)?;
+    std::fs::copy(&other.key, &school.tls.key)?;
+    let err = school.node().reload_tls().unwrap_err().to_string();
+    assert!(err.contains("does not belong to the certificate"), "{err}");
+    std::fs::write(&school.tls.key, good_key)?;
+    assert_eq!(
+        presented_certificate(school.addr(), &school.tls.ca).await?,
+        on_disk
+    );
+
     std::fs::write(&school.tls.cert, "not a certificate")?;
     assert!(school.node().reload_tls().is_err());
     assert_eq!(

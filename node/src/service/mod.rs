@@ -125,6 +125,9 @@ pub struct ServiceOptions {
     pub certificate_expires: Option<Timestamp>,
     /// SHA-256 of the config file, recorded in backups.
     pub config_sha256: String,
+    /// Where backups are written while they stream (the data directory, which is writable
+    /// wherever the node runs); `None`: the system's temporary directory.
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServiceOptions {
@@ -133,6 +136,7 @@ impl Default for ServiceOptions {
             compact_after_chunks: 64,
             certificate_expires: None,
             config_sha256: String::new(),
+            scratch_dir: None,
         }
     }
 }
@@ -159,6 +163,8 @@ pub struct NodeService {
     /// Bumped before every change to the consent cache, so replication can tell whether a
     /// section the gate just allowed may rest on a consent the peer has not been sent yet.
     consent_generation: std::sync::atomic::AtomicU64,
+    /// The node certificate in use, once the server has loaded it (status reads its expiry).
+    certificate: std::sync::OnceLock<Arc<crate::tls::ReloadingCert>>,
     /// Refusals by rule, for metrics.
     denials: std::sync::Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -251,7 +257,13 @@ impl NodeService {
             consents: RwLock::new(HashMap::new()),
             consent_generation: std::sync::atomic::AtomicU64::new(0),
             denials: Default::default(),
+            certificate: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Lets `weft status` follow certificate reloads.
+    pub fn set_certificate(&self, cert: Arc<crate::tls::ReloadingCert>) {
+        let _ = self.certificate.set(cert);
     }
 
     /// Refusals so far, by rule.
@@ -1142,8 +1154,15 @@ impl NodeService {
         };
         let key = hex::encode(self.signing_key.to_bytes()).into_bytes();
         let store = self.store.clone();
+        let scratch = self.options.scratch_dir.clone();
         let (file, summary) = tokio::task::spawn_blocking(move || {
-            let file = tempfile::NamedTempFile::new().map_err(Error::internal)?;
+            let file = match &scratch {
+                Some(dir) => tempfile::Builder::new()
+                    .prefix(".weft-backup-")
+                    .tempfile_in(dir),
+                None => tempfile::NamedTempFile::new(),
+            }
+            .map_err(|e| Error::Storage(format!("cannot create a backup file: {e}")))?;
             let out = file.reopen().map_err(Error::internal)?;
             let summary = crate::backup::write(store.blocking(), &header, &key, out)?;
             Ok::<_, Error>((file, summary))
@@ -1197,7 +1216,12 @@ impl NodeService {
         let peers = self.peer_status();
         let now = self.now();
         let mut warnings = Vec::new();
-        if let Some(expires) = self.options.certificate_expires {
+        let certificate_expires = self
+            .certificate
+            .get()
+            .and_then(|c| c.expires())
+            .or(self.options.certificate_expires);
+        if let Some(expires) = certificate_expires {
             let days = (expires.as_millis() - now.as_millis()) / (24 * 3600 * 1000);
             if expires <= now {
                 warnings.push(format!("the node certificate expired at {expires}"));
@@ -1220,7 +1244,7 @@ impl NodeService {
         Ok(NodeStatus {
             stats,
             uptime_seconds: self.started.elapsed().as_secs(),
-            certificate_expires: self.options.certificate_expires,
+            certificate_expires,
             peers,
             warnings,
         })
