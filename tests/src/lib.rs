@@ -376,6 +376,24 @@ impl TestNode {
         Ok(r.token)
     }
 
+    /// Records, as this node's coordinator, a parent's consent for `to` (see
+    /// [`grant_request`]) and returns it.
+    pub async fn grant_as_coordinator(
+        &self,
+        plan: &str,
+        to: &str,
+        sections: &[&str],
+        access: &str,
+        until: &str,
+    ) -> anyhow::Result<pb::ConsentView> {
+        Ok(self
+            .consents(&self.coordinator_token)
+            .await?
+            .grant(grant_request(plan, to, sections, access, until))
+            .await?
+            .into_inner())
+    }
+
     /// A consent client.
     pub async fn consents(
         &self,

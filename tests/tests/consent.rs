@@ -609,15 +609,7 @@ async fn partner_staff_hold_no_rights_beyond_consented_sections() -> anyhow::Res
         .add_partner("nurse.kim", "caseworker", "clinic.test")
         .await?;
     school
-        .consents(&school.coordinator_token)
-        .await?
-        .grant(grant(
-            &plan,
-            "clinic.test",
-            &["goals"],
-            "read",
-            "2027-06-30",
-        ))
+        .grant_as_coordinator(&plan, "clinic.test", &["goals"], "read", "2027-06-30")
         .await?;
 
     let err = school

@@ -89,15 +89,7 @@ async fn consented_sections_replicate_converge_and_nothing_else_leaves() -> anyh
     set(school, &plan, "health", "conditions", &health_marker).await?;
 
     school
-        .consents(&school.coordinator_token)
-        .await?
-        .grant(grant(
-            &plan,
-            "clinic.test",
-            &["goals"],
-            "read_write",
-            "2027-06-30",
-        ))
+        .grant_as_coordinator(&plan, "clinic.test", &["goals"], "read_write", "2027-06-30")
         .await?;
     wait_for_goal(clinic, &plan, &goals_marker).await?;
 
@@ -334,15 +326,7 @@ async fn an_expired_consent_is_purged_by_a_disconnected_holder() -> anyhow::Resu
         let school = cluster.node("school.test");
         add_goal(school, &plan, "goal before expiry").await?;
         school
-            .consents(&school.coordinator_token)
-            .await?
-            .grant(grant(
-                &plan,
-                "clinic.test",
-                &["goals"],
-                "read",
-                "2027-01-31",
-            ))
+            .grant_as_coordinator(&plan, "clinic.test", &["goals"], "read", "2027-01-31")
             .await?;
         wait_for_goal(cluster.node("clinic.test"), &plan, "goal before expiry").await?;
     }
@@ -480,15 +464,7 @@ async fn a_peer_from_another_ca_is_refused() -> anyhow::Result<()> {
     let plan = school.create_plan("Maya", "Example").await?;
     add_goal(school, &plan, "never leaves").await?;
     school
-        .consents(&school.coordinator_token)
-        .await?
-        .grant(grant(
-            &plan,
-            "clinic.test",
-            &["goals"],
-            "read",
-            "2027-06-30",
-        ))
+        .grant_as_coordinator(&plan, "clinic.test", &["goals"], "read", "2027-06-30")
         .await?;
     // The clinic (the dialer) keeps failing to connect, and says so.
     let err = eventually("the clinic to report the refusal", DEADLINE, || async {
