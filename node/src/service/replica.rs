@@ -169,11 +169,16 @@ struct ReceiptEnvelope {
     signature: String,
 }
 
+/// A signed receipt's content, unverified (for receipts already checked when stored).
+fn receipt_body(bytes: &[u8]) -> Option<PurgeReceipt> {
+    let env: ReceiptEnvelope = serde_json::from_slice(bytes).ok()?;
+    serde_json::from_str(&env.body).ok()
+}
+
 /// The section a signed receipt is about, read without checking the signature (the caller
 /// has just had it verified by `handle_frame`).
 pub fn receipt_section(bytes: &[u8]) -> Option<SectionKey> {
-    let env: ReceiptEnvelope = serde_json::from_slice(bytes).ok()?;
-    let r: PurgeReceipt = serde_json::from_str(&env.body).ok()?;
+    let r = receipt_body(bytes)?;
     Some(SectionKey {
         plan: r.plan,
         section: SectionName::parse(&r.section).ok()?,
@@ -972,14 +977,13 @@ impl NodeService {
     pub async fn purge_receipts(&self, plan: PlanId) -> Result<Vec<PurgeReceipt>> {
         let mut prefix = b"receipt/".to_vec();
         prefix.extend_from_slice(plan.0.as_bytes());
-        let mut out = Vec::new();
-        for (_, v) in self.store.replication_scan(prefix).await? {
-            let env: Option<ReceiptEnvelope> = serde_json::from_slice(&v).ok();
-            if let Some(r) = env.and_then(|e| serde_json::from_str::<PurgeReceipt>(&e.body).ok()) {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .store
+            .replication_scan(prefix)
+            .await?
+            .iter()
+            .filter_map(|(_, v)| receipt_body(v))
+            .collect())
     }
 
     /// Deletes every section of a plan homed elsewhere that this node may no longer hold,

@@ -303,6 +303,17 @@ fn parse_section_key(bytes: &[u8]) -> Result<SectionKey> {
     })
 }
 
+/// Puts (or, for `None`, removes) replication keys inside a transaction.
+fn write_replication(txn: &dyn Txn, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+    for (key, value) in writes {
+        match value {
+            Some(v) => txn.put(Tree::Replication, key, v)?,
+            None => txn.remove(Tree::Replication, key)?,
+        }
+    }
+    Ok(())
+}
+
 fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
     Ok(txn
         .get(Tree::Meta, key)?
@@ -374,12 +385,7 @@ impl Store {
                     }
                 }
             }
-            for (key, value) in &batch.replication {
-                match value {
-                    Some(v) => txn.put(Tree::Replication, key, v)?,
-                    None => txn.remove(Tree::Replication, key)?,
-                }
-            }
+            write_replication(txn, &batch.replication)?;
             for e in &batch.consent_entries {
                 let key = consent_key(e.subject, e.kind, &e.id);
                 if txn.get(Tree::Consents, &key)?.is_some() {
@@ -519,12 +525,7 @@ impl Store {
             for seq in &feed_seqs {
                 txn.remove(Tree::Feed, seq)?;
             }
-            for (key, value) in &batch.replication {
-                match value {
-                    Some(v) => txn.put(Tree::Replication, key, v)?,
-                    None => txn.remove(Tree::Replication, key)?,
-                }
-            }
+            write_replication(txn, &batch.replication)?;
             let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
                 Some(b) => from_json(&b, "audit head")?,
                 None => AuditHead::default(),
@@ -576,15 +577,7 @@ impl Store {
             .writer
             .lock()
             .map_err(|_| Error::internal("store writer poisoned"))?;
-        self.backend.transact(&|txn| {
-            for (key, value) in writes {
-                match value {
-                    Some(v) => txn.put(Tree::Replication, key, v)?,
-                    None => txn.remove(Tree::Replication, key)?,
-                }
-            }
-            Ok(())
-        })
+        self.backend.transact(&|txn| write_replication(txn, writes))
     }
 
     /// A plan's record.
