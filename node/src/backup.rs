@@ -207,7 +207,7 @@ pub fn load(parsed: &Parsed, backend: &dyn Backend) -> Result<()> {
             Ok(())
         })?;
     }
-    Ok(())
+    backend.sync()
 }
 
 /// Restores a backup file into `data_dir`, which must be empty or absent; writes the signing

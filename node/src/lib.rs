@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod section;
+pub mod seed;
 pub mod server;
 pub mod service;
 pub mod storage;

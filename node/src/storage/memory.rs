@@ -96,6 +96,10 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn size_on_disk(&self) -> u64 {
         0
     }

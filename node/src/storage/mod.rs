@@ -105,9 +105,12 @@ pub trait Backend: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Runs `f` atomically; when it returns `Ok`, its writes are durable on return. `f` may
-    /// be run more than once and must only act through the `Txn`.
+    /// Runs `f` atomically; when it returns `Ok`, its writes are visible to later reads and
+    /// become durable at the next [`Backend::sync`]. `f` may be run more than once and must
+    /// only act through the `Txn`.
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()>;
+    /// Makes every transaction that returned before this call durable.
+    fn sync(&self) -> Result<()>;
     /// Approximate bytes used on disk (0 in memory).
     fn size_on_disk(&self) -> u64;
     /// Number of entries in a tree.
@@ -326,6 +329,74 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     /// Serialises commits, so the feed sequence and audit head never contend.
     writer: Mutex<()>,
+    /// Group commit: one `sync` makes every transaction before it durable.
+    durability: GroupCommit,
+}
+
+/// Group commit. Writers apply their transaction under the writer lock, release it, then wait
+/// until a `sync` that started after their transaction has finished. The first waiter runs
+/// the `sync` for everyone; writers that arrive meanwhile queue for the next one. So under
+/// load many transactions share one sync, and a lone writer pays exactly one.
+#[derive(Default)]
+struct GroupCommit {
+    state: Mutex<SyncState>,
+    synced_cv: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Transactions applied (numbered in commit order).
+    written: u64,
+    /// Every transaction up to this number is durable.
+    synced: u64,
+    /// A sync is running.
+    syncing: bool,
+    /// Syncs run (for the benchmark and tests).
+    syncs: u64,
+}
+
+impl GroupCommit {
+    /// Records one applied transaction (called under the writer lock); returns its number.
+    fn applied(&self) -> Result<u64> {
+        let mut s = self.lock()?;
+        s.written += 1;
+        Ok(s.written)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, SyncState>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::internal("group commit state poisoned"))
+    }
+
+    /// Returns once transaction `n` is durable, running a sync if nobody else is.
+    fn wait_durable(&self, n: u64, backend: &dyn Backend) -> Result<()> {
+        let mut s = self.lock()?;
+        loop {
+            if s.synced >= n {
+                return Ok(());
+            }
+            if s.syncing {
+                s = self
+                    .synced_cv
+                    .wait(s)
+                    .map_err(|_| Error::internal("group commit state poisoned"))?;
+                continue;
+            }
+            s.syncing = true;
+            let target = s.written;
+            drop(s);
+            let result = backend.sync();
+            s = self.lock()?;
+            s.syncing = false;
+            if result.is_ok() {
+                s.synced = s.synced.max(target);
+                s.syncs += 1;
+            }
+            self.synced_cv.notify_all();
+            result?;
+        }
+    }
 }
 
 impl Store {
@@ -334,11 +405,11 @@ impl Store {
         let store = Self {
             backend,
             writer: Mutex::new(()),
+            durability: GroupCommit::default(),
         };
         match store.backend.get(Tree::Meta, KEY_FORMAT)? {
             None => store
-                .backend
-                .transact(&|txn| txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes()))?,
+                .write(&|txn| txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes()))?,
             Some(v) => {
                 let found = u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4]));
                 if found != FORMAT_VERSION {
@@ -351,14 +422,29 @@ impl Store {
         Ok(store)
     }
 
+    /// Runs `f` as one transaction under the writer lock and returns once it is durable
+    /// (sharing the sync with concurrent writers).
+    fn write(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        let n = {
+            let _guard = self
+                .writer
+                .lock()
+                .map_err(|_| Error::internal("store writer poisoned"))?;
+            self.backend.transact(f)?;
+            self.durability.applied()?
+        };
+        self.durability.wait_durable(n, self.backend.as_ref())
+    }
+
+    /// How many syncs the store has run since it opened.
+    pub fn syncs(&self) -> u64 {
+        self.durability.lock().map_or(0, |s| s.syncs)
+    }
+
     /// Writes a batch atomically and durably, sealing its audit entry into the chain.
     pub fn commit(&self, batch: &CommitBatch) -> Result<Committed> {
-        let _guard = self
-            .writer
-            .lock()
-            .map_err(|_| Error::internal("store writer poisoned"))?;
         let out = std::cell::RefCell::new(None);
-        self.backend.transact(&|txn| {
+        self.write(&|txn| {
             if let Some(plan) = &batch.new_plan {
                 if txn.get(Tree::Plans, plan.id.0.as_bytes())?.is_some() {
                     return Err(Error::AlreadyExists(format!("plan {}", plan.id)));
@@ -441,12 +527,8 @@ impl Store {
 
     /// Replaces a section's snapshot and the chunks up to `through` (exclusive) by `snapshot`.
     pub fn compact(&self, key: &SectionKey, snapshot: &[u8], through: u64) -> Result<()> {
-        let _guard = self
-            .writer
-            .lock()
-            .map_err(|_| Error::internal("store writer poisoned"))?;
         let skey = section_key_bytes(key);
-        self.backend.transact(&|txn| {
+        self.write(&|txn| {
             let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
                 Some(b) => from_json(&b, "section")?,
                 None => return Ok(()),
@@ -474,7 +556,7 @@ impl Store {
     /// and `replication` keys given by the caller), with one audit entry, atomically. Plans
     /// left with no section are deleted too (callers pass only foreign sections).
     pub fn purge(&self, keys: &[SectionKey], batch: &CommitBatch) -> Result<Committed> {
-        let _guard = self
+        let guard = self
             .writer
             .lock()
             .map_err(|_| Error::internal("store writer poisoned"))?;
@@ -539,6 +621,9 @@ impl Store {
             });
             Ok(())
         })?;
+        let n = self.durability.applied()?;
+        drop(guard);
+        self.durability.wait_durable(n, self.backend.as_ref())?;
         out.into_inner()
             .ok_or_else(|| Error::internal("purge produced no result"))
     }
@@ -573,11 +658,7 @@ impl Store {
 
     /// Writes replication keys on their own (cursors, heads), durably.
     pub fn replication_put(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
-        let _guard = self
-            .writer
-            .lock()
-            .map_err(|_| Error::internal("store writer poisoned"))?;
-        self.backend.transact(&|txn| write_replication(txn, writes))
+        self.write(&|txn| write_replication(txn, writes))
     }
 
     /// A plan's record.

@@ -2,8 +2,8 @@
 //!
 //! *Architecture invariant:* this is the only file that imports sled.
 //!
-//! Every transaction is followed by `flush()` before it returns, so an acknowledged write
-//! survives the process being killed. (sled's flush uses `sync_file_range`, not a full
+//! `sync` is sled's `flush()`; the store calls it (group commit) before acknowledging a
+//! write, so an acknowledged write survives the process being killed. (sled's flush uses `sync_file_range`, not a full
 //! `fsync`; see ARCHITECTURE.md for what that means on power loss.)
 
 use std::path::Path;
@@ -127,10 +127,13 @@ impl Backend for SledBackend {
             .as_slice()
             .transaction(|views| f(&SledTxn(views)).map_err(ConflictableTransactionError::Abort));
         match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(Error::storage(e)),
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(Error::storage(e)),
         }
+    }
+
+    fn sync(&self) -> Result<()> {
         self.db.flush().map_err(Error::storage)?;
         Ok(())
     }

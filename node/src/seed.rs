@@ -1,0 +1,266 @@
+//! Sample plans for demos, benchmarks and load tests: realistic sections (a profile, goals
+//! with progress notes, referrals with their status history, family needs), about 1 KB
+//! each once saved, edited by the home agency and by a partner agency.
+//!
+//! Everything goes through the same validated section edits as the client API
+//! ([`SectionDoc::apply`]), so a seeded section is indistinguishable from a typed one.
+//! Names and notes are invented and deterministic in the sample number.
+
+use crate::catalogue::{spec_for, FieldSpec, FieldValue, GOALS, REFERRALS};
+use crate::error::Result;
+use crate::model::{AgencyId, Caller, Role, SectionName, Timestamp};
+use crate::section::{Edit, SectionDoc};
+
+const GIVEN: &[&str] = &[
+    "Maya", "Liam", "Sofia", "Noah", "Aaliyah", "Mateo", "Chloe", "Elijah", "Amara", "Diego",
+];
+const FAMILY: &[&str] = &[
+    "Example", "Sample", "Rivera", "Okafor", "Nguyen", "Kowalski", "Haddad", "Silva",
+];
+const GOAL_TEXTS: &[&str] = &[
+    "Read for twenty minutes every evening with a family member and log the book titles",
+    "Attend school at least 95% of days this term; the family will call the office before any absence",
+    "Use the calm-down plan when frustrated in class and tell a trusted adult afterwards",
+    "Eat breakfast at school every day and try one new vegetable each week",
+    "Complete and hand in math homework four days out of five",
+];
+const NOTES: &[&str] = &[
+    "Met with the family after school. Good week overall; mornings remain the hard part.",
+    "Teacher reports steady progress in reading groups; keep the same book level for now.",
+    "Clinic visit done, follow-up booked. Family asked for help with transport on Tuesdays.",
+    "Counsellor check-in: uses the breathing card without prompting about half the time.",
+];
+
+fn pick<'a>(list: &[&'a str], i: u64, salt: u64) -> &'a str {
+    list[((i.wrapping_mul(2654435761).wrapping_add(salt)) % list.len() as u64) as usize]
+}
+
+fn field(
+    spec: &'static FieldSpec,
+    section: &str,
+    value: &str,
+) -> Result<(&'static FieldSpec, FieldValue)> {
+    Ok((spec, spec.parse(section, value)?))
+}
+
+fn set(section: &str, values: &[(&str, String)]) -> Result<Edit> {
+    let spec = spec_for(section)?;
+    let mut out = Vec::new();
+    for (name, value) in values {
+        out.push(field(spec.field(name)?, section, value)?);
+    }
+    Ok(Edit::Set(out))
+}
+
+/// The sections of sample plan `i`, each as a saved Automerge document: `profile`, `goals`,
+/// `services` and `family`, written by a coordinator of `home` and (goals progress, a
+/// referral step) a caseworker of `partner`, starting at `at`.
+pub fn sample_plan(
+    i: u64,
+    home: &AgencyId,
+    partner: &AgencyId,
+    at: Timestamp,
+) -> Result<Vec<(SectionName, Vec<u8>)>> {
+    let coordinator = Caller {
+        agency: home.clone(),
+        user: "coordinator".into(),
+        role: Role::Coordinator,
+        subjects: vec![],
+    };
+    let caseworker = Caller {
+        agency: partner.clone(),
+        user: "caseworker".into(),
+        role: Role::Caseworker,
+        subjects: vec![],
+    };
+    let tick = |n: u64| Timestamp::from_millis(at.as_millis() + n as i64 * 60_000);
+    let mut out = Vec::new();
+
+    let mut profile = SectionDoc::new();
+    let spec = spec_for("profile")?;
+    profile.apply(
+        spec,
+        &coordinator,
+        &set(
+            "profile",
+            &[
+                ("given_name", pick(GIVEN, i, 1).to_string()),
+                ("family_name", pick(FAMILY, i, 2).to_string()),
+                (
+                    "date_of_birth",
+                    format!("2016-{:02}-{:02}", 1 + i % 12, 1 + i % 28),
+                ),
+                (
+                    "grade",
+                    ["k", "1", "2", "3", "4", "5"][(i % 6) as usize].to_string(),
+                ),
+                ("school", "Lincoln Elementary".to_string()),
+                (
+                    "home_language",
+                    ["English", "Spanish", "Vietnamese"][(i % 3) as usize].to_string(),
+                ),
+                (
+                    "guardians",
+                    format!("{} {} (mother)", pick(GIVEN, i, 3), pick(FAMILY, i, 2)),
+                ),
+                ("tier", (1 + i % 4).to_string()),
+            ],
+        )?,
+        tick(0),
+    )?;
+    profile.apply(
+        spec,
+        &coordinator,
+        &set(
+            "profile",
+            &[(
+                "notes",
+                format!("{} {}", pick(NOTES, i, 4), pick(NOTES, i, 5)),
+            )],
+        )?,
+        tick(1),
+    )?;
+    out.push((SectionName::parse("profile")?, profile.save()));
+
+    let mut goals = SectionDoc::new();
+    let spec = spec_for("goals")?;
+    for g in 0..2u64 {
+        let id = format!("g-{i:x}-{g}");
+        goals.apply(
+            spec,
+            &coordinator,
+            &Edit::AddGoal {
+                id: id.clone(),
+                fields: vec![
+                    field(
+                        &GOALS.fields[0],
+                        "goals",
+                        ["academic", "social_emotional", "health"][(g % 3) as usize],
+                    )?,
+                    field(&GOALS.fields[1], "goals", pick(GOAL_TEXTS, i, 5 + g))?,
+                    field(&GOALS.fields[2], "goals", "short")?,
+                    field(&GOALS.fields[3], "goals", "open")?,
+                ],
+            },
+            tick(2 + g),
+        )?;
+        goals.apply(
+            spec,
+            &caseworker,
+            &Edit::UpdateGoal {
+                id,
+                fields: vec![],
+                note: Some(pick(NOTES, i, 7 + g).to_string()),
+            },
+            tick(4 + g),
+        )?;
+    }
+    out.push((SectionName::parse("goals")?, goals.save()));
+
+    let mut services = SectionDoc::new();
+    let spec = spec_for("services")?;
+    let id = format!("r-{i:x}");
+    services.apply(
+        spec,
+        &coordinator,
+        &Edit::AddReferral {
+            id: id.clone(),
+            fields: vec![
+                field(
+                    &REFERRALS.fields[0],
+                    "services",
+                    "after-school tutoring, twice a week",
+                )?,
+                field(&REFERRALS.fields[1], "services", partner.as_str())?,
+                field(&REFERRALS.fields[2], "services", "proposed")?,
+            ],
+            note: Some("Family agreed at the plan meeting; the school will share the reading goals with the tutor.".into()),
+        },
+        tick(6),
+    )?;
+    services.apply(
+        spec,
+        &coordinator,
+        &Edit::UpdateReferral {
+            id: id.clone(),
+            status: "sent".into(),
+            note: None,
+        },
+        tick(7),
+    )?;
+    services.apply(
+        spec,
+        &caseworker,
+        &Edit::UpdateReferral {
+            id,
+            status: "accepted".into(),
+            note: Some("First session booked for Monday.".into()),
+        },
+        tick(8),
+    )?;
+    out.push((SectionName::parse("services")?, services.save()));
+
+    let mut family = SectionDoc::new();
+    family.apply(
+        spec_for("family")?,
+        &coordinator,
+        &set(
+            "family",
+            &[
+                ("household_size", (2 + i % 5).to_string()),
+                (
+                    "housing",
+                    ["stable", "doubled_up", "stable", "shelter"][(i % 4) as usize].to_string(),
+                ),
+                (
+                    "primary_contact",
+                    format!("{} {}", pick(GIVEN, i, 3), pick(FAMILY, i, 2)),
+                ),
+                ("contact_phone", format!("555-01{:02}", i % 100)),
+                ("needs", "transport;food".to_string()),
+                (
+                    "notes",
+                    format!("{} {}", pick(NOTES, i, 9), pick(NOTES, i, 10)),
+                ),
+            ],
+        )?,
+        tick(9),
+    )?;
+    out.push((SectionName::parse("family")?, family.save()));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_sections_are_about_a_kilobyte_and_load() {
+        let home = AgencyId::parse("school.test").unwrap();
+        let partner = AgencyId::parse("clinic.test").unwrap();
+        let plan = sample_plan(
+            7,
+            &home,
+            &partner,
+            Timestamp::from_millis(1_700_000_000_000),
+        )
+        .unwrap();
+        assert_eq!(plan.len(), 4);
+        let sizes: Vec<usize> = plan.iter().map(|(_, b)| b.len()).collect();
+        eprintln!("sample section sizes: {sizes:?}");
+        let total: usize = sizes.iter().sum();
+        assert!(
+            (2_000..8_000).contains(&total),
+            "{total} bytes for four sections"
+        );
+        for (name, bytes) in &plan {
+            let doc = SectionDoc::load(Some(bytes), &[]).unwrap();
+            assert!(!doc.render().to_string().is_empty(), "{name}");
+        }
+        let goals = SectionDoc::load(Some(&plan[1].1), &[])
+            .unwrap()
+            .render()
+            .to_string();
+        assert!(goals.contains("progress"), "{goals}");
+    }
+}
