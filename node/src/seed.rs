@@ -6,10 +6,17 @@
 //! ([`SectionDoc::apply`]), so a seeded section is indistinguishable from a typed one.
 //! Names and notes are invented and deterministic in the sample number.
 
+use std::sync::Arc;
+
+use crate::audit::{AuditAction, AuditDraft, Outcome};
 use crate::catalogue::{spec_for, FieldSpec, FieldValue, GOALS, REFERRALS};
-use crate::error::Result;
-use crate::model::{AgencyId, Caller, Role, SectionName, Timestamp};
+use crate::error::{Error, Result};
+use crate::model::{
+    AgencyId, Caller, PlanId, PlanRecord, Role, SectionKey, SectionName, SubjectId, Timestamp,
+};
 use crate::section::{Edit, SectionDoc};
+use crate::service::{GrantInput, NodeService};
+use crate::storage::CommitBatch;
 
 const GIVEN: &[&str] = &[
     "Maya", "Liam", "Sofia", "Noah", "Aaliyah", "Mateo", "Chloe", "Elijah", "Amara", "Diego",
@@ -227,6 +234,132 @@ pub fn sample_plan(
         tick(9),
     )?;
     out.push((SectionName::parse("family")?, family.save()));
+    Ok(out)
+}
+
+/// What [`seed`] wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Seeded {
+    /// Plans created.
+    pub plans: u64,
+    /// Sections written.
+    pub sections: u64,
+    /// Bytes of the saved sections.
+    pub bytes: u64,
+    /// Consents recorded.
+    pub consents: u64,
+}
+
+/// Plans written per transaction.
+const BATCH: u64 = 250;
+
+/// Adds `plans` sample plans to the node behind `svc` (its store must not be served by
+/// another process), each consented to every agency of `grantees` for all four sections
+/// with `access`. Plans are written `BATCH` to a transaction with one audit entry each
+/// batch (`seed`); consents go through [`NodeService::grant`] as a coordinator named
+/// `seed`, so they are validated, signed and audited like any other.
+pub async fn seed(
+    svc: &Arc<NodeService>,
+    plans: u64,
+    grantees: &[AgencyId],
+    access: &str,
+    until: &str,
+) -> Result<Seeded> {
+    let home = svc.agency().clone();
+    let partner = grantees
+        .first()
+        .cloned()
+        .unwrap_or_else(|| AgencyId::parse("partner.test").expect("a valid agency id"));
+    let caller = Caller {
+        agency: home.clone(),
+        user: "seed".into(),
+        role: Role::Coordinator,
+        subjects: vec![],
+    };
+    let now = crate::model::now();
+    let mut out = Seeded::default();
+    let mut start = 0u64;
+    while start < plans {
+        let end = (start + BATCH).min(plans);
+        // Build the documents on the blocking pool (two halves, one per core).
+        let mid = start + (end - start) / 2;
+        let build = |from: u64, to: u64| {
+            let (home, partner) = (home.clone(), partner.clone());
+            tokio::task::spawn_blocking(move || {
+                (from..to)
+                    .map(|i| sample_plan(i, &home, &partner, now))
+                    .collect::<Result<Vec<_>>>()
+            })
+        };
+        let (a, b) = tokio::join!(build(start, mid), build(mid, end));
+        let docs = [a, b]
+            .into_iter()
+            .map(|r| r.map_err(|e| Error::internal(format!("seed task failed: {e}")))?)
+            .collect::<Result<Vec<_>>>()?;
+        let mut batch = CommitBatch::audit_only(AuditDraft {
+            time: now,
+            agency: home.to_string(),
+            user: caller.user.clone(),
+            action: AuditAction::CreatePlan,
+            outcome: Outcome::Ok,
+            plan: None,
+            sections: vec![],
+            detail: format!("seed: {} sample plans", end - start),
+            basis: "home agency".into(),
+        });
+        for sections in docs.into_iter().flatten() {
+            let plan = PlanRecord {
+                id: PlanId::random(),
+                subject: SubjectId::random(),
+                home: home.clone(),
+                created_at: now,
+            };
+            for (section, bytes) in sections {
+                out.sections += 1;
+                out.bytes += bytes.len() as u64;
+                batch.changes.push((
+                    SectionKey {
+                        plan: plan.id,
+                        section,
+                    },
+                    bytes,
+                ));
+            }
+            batch.new_plans.push(plan);
+        }
+        let ids: Vec<PlanId> = batch.new_plans.iter().map(|p| p.id).collect();
+        svc.store().commit(batch).await?;
+        out.plans += ids.len() as u64;
+        for grantee in grantees {
+            let grants = ids.iter().map(|id| {
+                svc.grant(
+                    &caller,
+                    GrantInput {
+                        plan: Some(*id),
+                        grantee: grantee.to_string(),
+                        sections: vec![
+                            "profile".into(),
+                            "goals".into(),
+                            "services".into(),
+                            "family".into(),
+                        ],
+                        access: access.into(),
+                        purpose: "care_coordination".into(),
+                        valid_from: None,
+                        valid_until: until.into(),
+                        grantor_name: "Sample Guardian".into(),
+                        relationship: "parent".into(),
+                        method: "paper".into(),
+                    },
+                )
+            });
+            for r in futures::future::join_all(grants).await {
+                r?;
+                out.consents += 1;
+            }
+        }
+        start = end;
+    }
     Ok(out)
 }
 

@@ -137,25 +137,8 @@ impl Node {
         federation: Option<TcpListener>,
     ) -> Result<Node> {
         install_crypto_provider();
-        let signing_key = load_signing_key(&config)?;
         let cert = crate::tls::ReloadingCert::new(&config.tls)?;
-        let service = NodeService::new(
-            config.agency.clone(),
-            store,
-            clock,
-            ServiceOptions {
-                compact_after_chunks: config.compact_after_chunks,
-                certificate_expires: certificate_expiry(&config.tls.cert),
-                config_sha256: config.source_sha256.clone(),
-                scratch_dir: match &config.data {
-                    DataLocation::Dir(d) => Some(d.clone()),
-                    DataLocation::Memory => None,
-                },
-            },
-            signing_key,
-        )
-        .await?;
-        service.load_peer_keys().await?;
+        let service = service_for(&config, store, clock).await?;
         service.set_certificate(cert.clone());
         let (tx, rx) = watch::channel(false);
         let api_addr = listener.local_addr().map_err(Error::internal)?;
@@ -364,4 +347,31 @@ pub async fn serve(
         .map_err(|e| Error::Internal(format!("server: {e}")))?;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// The node service for `config` over `store`, without listeners (the node uses it, and so
+/// do offline commands such as `weft seed`).
+pub async fn service_for(
+    config: &Config,
+    store: StoreHandle,
+    clock: Clock,
+) -> Result<Arc<NodeService>> {
+    let service = NodeService::new(
+        config.agency.clone(),
+        store,
+        clock,
+        ServiceOptions {
+            compact_after_chunks: config.compact_after_chunks,
+            certificate_expires: certificate_expiry(&config.tls.cert),
+            config_sha256: config.source_sha256.clone(),
+            scratch_dir: match &config.data {
+                DataLocation::Dir(d) => Some(d.clone()),
+                DataLocation::Memory => None,
+            },
+        },
+        load_signing_key(config)?,
+    )
+    .await?;
+    service.load_peer_keys().await?;
+    Ok(service)
 }

@@ -689,12 +689,16 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf
 pub fn weft_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
+        // Test binaries live in target/<profile>/deps/, other binaries (weft-bench) in
+        // target/<profile>/.
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let profile_dir = exe
+        let mut profile_dir = exe
             .parent()
-            .and_then(Path::parent)
             .ok_or("cannot find the target directory")?
             .to_path_buf();
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir.pop();
+        }
         let target_dir = profile_dir
             .parent()
             .ok_or("cannot find the target directory")?;

@@ -47,6 +47,26 @@ enum Command {
         #[arg(long, default_value_t = 7400)]
         port: u16,
     },
+    /// Fill a stopped node's store with sample plans (benchmarks, demos, load tests): four
+    /// ~1 KB sections each (profile, goals, services, family), written in batches, each plan
+    /// consented to the given agencies. Refuses a store in use by a running node.
+    Seed {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// How many plans to add.
+        #[arg(long)]
+        plans: u64,
+        /// An agency each plan is consented to (repeat for several).
+        #[arg(long = "consent-to")]
+        consent_to: Vec<String>,
+        /// `read` or `read_write`.
+        #[arg(long, default_value = "read")]
+        access: String,
+        /// The consents' last day (YYYY-MM-DD).
+        #[arg(long, default_value = "2099-12-31")]
+        until: String,
+    },
     /// Config files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -213,6 +233,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => serve(config).await,
         Command::Dev { dir, port } => dev::run(&dir, port).await,
+        Command::Seed {
+            config,
+            plans,
+            consent_to,
+            access,
+            until,
+        } => seed(&config, plans, &consent_to, &access, &until).await,
         Command::Config(ConfigCmd::Check { file, skip_files }) => {
             match crate::config::Config::load_with(&file, !skip_files) {
                 Ok(c) => {
@@ -336,6 +363,38 @@ pub async fn wait_for_stop_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn seed(
+    config: &std::path::Path,
+    plans: u64,
+    consent_to: &[String],
+    access: &str,
+    until: &str,
+) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(config)?;
+    let grantees = consent_to
+        .iter()
+        .map(|a| crate::model::AgencyId::parse(a.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--consent-to: {e}"))?;
+    if grantees.contains(&config.agency) {
+        anyhow::bail!("--consent-to: a plan's home agency needs no consent");
+    }
+    let store = crate::server::open_store(&config.data)?;
+    let svc =
+        crate::server::service_for(&config, store, std::sync::Arc::new(crate::model::now)).await?;
+    let started = std::time::Instant::now();
+    let done = crate::seed::seed(&svc, plans, &grantees, access, until).await?;
+    println!(
+        "seeded {} plans ({} sections, {} bytes saved, {} consents) in {:.1} s",
+        done.plans,
+        done.sections,
+        done.bytes,
+        done.consents,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn offline_user_add(config: &std::path::Path, args: &UserAddArgs) -> anyhow::Result<()> {

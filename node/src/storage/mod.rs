@@ -15,6 +15,7 @@
 pub mod memory;
 pub mod sled;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -162,8 +163,8 @@ pub struct FeedEntry {
 /// Everything one commit writes.
 #[derive(Clone, Debug)]
 pub struct CommitBatch {
-    /// A plan to create (it must not exist).
-    pub new_plan: Option<PlanRecord>,
+    /// Plans to create (none may exist).
+    pub new_plans: Vec<PlanRecord>,
     /// Section changes to append.
     pub changes: Vec<(SectionKey, Vec<u8>)>,
     /// A user to add (the name must be free).
@@ -182,7 +183,7 @@ impl CommitBatch {
     /// A batch that only appends an audit entry.
     pub fn audit_only(audit: AuditDraft) -> Self {
         Self {
-            new_plan: None,
+            new_plans: vec![],
             changes: vec![],
             new_user: None,
             consent_entries: vec![],
@@ -331,6 +332,8 @@ pub struct Store {
     writer: Mutex<()>,
     /// Group commit: one `sync` makes every transaction before it durable.
     durability: GroupCommit,
+    /// Plans stored (counted at open, kept by commits and purges: engines count by scanning).
+    plans: std::sync::atomic::AtomicU64,
 }
 
 /// Group commit. Writers apply their transaction under the writer lock, release it, then wait
@@ -406,6 +409,7 @@ impl Store {
             backend,
             writer: Mutex::new(()),
             durability: GroupCommit::default(),
+            plans: Default::default(),
         };
         match store.backend.get(Tree::Meta, KEY_FORMAT)? {
             None => store
@@ -419,6 +423,9 @@ impl Store {
                 }
             }
         }
+        store
+            .plans
+            .store(store.backend.len(Tree::Plans)?, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -444,8 +451,10 @@ impl Store {
     /// Writes a batch atomically and durably, sealing its audit entry into the chain.
     pub fn commit(&self, batch: &CommitBatch) -> Result<Committed> {
         let out = std::cell::RefCell::new(None);
+        let added = std::cell::Cell::new(0u64);
         self.write(&|txn| {
-            if let Some(plan) = &batch.new_plan {
+            added.set(batch.new_plans.len() as u64);
+            for plan in &batch.new_plans {
                 if txn.get(Tree::Plans, plan.id.0.as_bytes())?.is_some() {
                     return Err(Error::AlreadyExists(format!("plan {}", plan.id)));
                 }
@@ -459,7 +468,10 @@ impl Store {
             }
             if let Some(plan) = &batch.ensure_plan {
                 match txn.get(Tree::Plans, plan.id.0.as_bytes())? {
-                    None => txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?,
+                    None => {
+                        txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
+                        added.set(added.get() + 1);
+                    }
                     Some(b) => {
                         let known: PlanRecord = from_json(&b, "plan")?;
                         if known.home != plan.home || known.subject != plan.subject {
@@ -512,6 +524,7 @@ impl Store {
             *out.borrow_mut() = Some(Committed { feed, audit: entry });
             Ok(())
         })?;
+        self.plans.fetch_add(added.get(), Ordering::Relaxed);
         out.into_inner()
             .ok_or_else(|| Error::internal("commit produced no result"))
     }
@@ -622,6 +635,8 @@ impl Store {
             Ok(())
         })?;
         let n = self.durability.applied()?;
+        self.plans
+            .fetch_sub(empty_plans.len() as u64, Ordering::Relaxed);
         drop(guard);
         self.durability.wait_durable(n, self.backend.as_ref())?;
         out.into_inner()
@@ -820,7 +835,7 @@ impl Store {
     /// Counters.
     pub fn stats(&self) -> Result<StoreStats> {
         Ok(StoreStats {
-            plans: self.backend.len(Tree::Plans)?,
+            plans: self.plans.load(Ordering::Relaxed),
             feed_seq: self
                 .backend
                 .get(Tree::Meta, KEY_FEED_SEQ)?
@@ -876,7 +891,7 @@ impl StoreHandle {
             .map(|(p, bytes)| (p.key().clone(), bytes))
             .collect();
         let batch = CommitBatch {
-            new_plan,
+            new_plans: new_plan.into_iter().collect(),
             changes,
             new_user: None,
             consent_entries: vec![],
@@ -901,7 +916,7 @@ impl StoreHandle {
     /// Adds a user, with its audit entry.
     pub async fn add_user(&self, user: UserRecord, audit: AuditDraft) -> Result<Committed> {
         let batch = CommitBatch {
-            new_plan: None,
+            new_plans: vec![],
             changes: vec![],
             new_user: Some(user),
             consent_entries: vec![],

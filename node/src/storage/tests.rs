@@ -53,7 +53,7 @@ fn commits_write_chunks_feed_and_audit_together() {
         let goals = key(&p, "goals");
         let notes = key(&p, "notes/clinic.test");
         let batch = CommitBatch {
-            new_plan: Some(p.clone()),
+            new_plans: vec![p.clone()],
             changes: vec![
                 (goals.clone(), b"one".to_vec()),
                 (notes.clone(), b"two".to_vec()),
@@ -73,7 +73,7 @@ fn commits_write_chunks_feed_and_audit_together() {
         assert_eq!(c.audit.index, 1, "{name}");
         store
             .commit(&CommitBatch {
-                new_plan: None,
+                new_plans: vec![],
                 changes: vec![(goals.clone(), b"three".to_vec())],
                 new_user: None,
                 consent_entries: vec![],
@@ -119,7 +119,7 @@ fn a_failed_commit_writes_nothing() {
         let p = plan();
         let k = key(&p, "goals");
         let batch = CommitBatch {
-            new_plan: Some(p.clone()),
+            new_plans: vec![p.clone()],
             changes: vec![(k.clone(), b"a".to_vec())],
             new_user: None,
             consent_entries: vec![],
@@ -131,7 +131,7 @@ fn a_failed_commit_writes_nothing() {
         let before = store.stats().unwrap();
         // The same plan again: rejected, and its chunk, feed entry and audit entry with it.
         let err = store.commit(&CommitBatch {
-            new_plan: Some(p.clone()),
+            new_plans: vec![p.clone()],
             changes: vec![(k.clone(), b"b".to_vec())],
             new_user: None,
             consent_entries: vec![],
@@ -162,7 +162,7 @@ fn users_are_unique_by_name() {
             agency: None,
         };
         let batch = CommitBatch {
-            new_plan: None,
+            new_plans: vec![],
             changes: vec![],
             new_user: Some(user.clone()),
             consent_entries: vec![],
@@ -226,7 +226,7 @@ fn compaction_replaces_chunks_with_a_snapshot() {
         for i in 0..5u8 {
             store
                 .commit(&CommitBatch {
-                    new_plan: None,
+                    new_plans: vec![],
                     changes: vec![(k.clone(), vec![i])],
                     new_user: None,
                     consent_entries: vec![],
@@ -254,7 +254,7 @@ fn sled_keeps_everything_across_reopen() {
         let store = Store::open(Arc::new(sled::SledBackend::open(dir.path()).unwrap())).unwrap();
         store
             .commit(&CommitBatch {
-                new_plan: Some(p.clone()),
+                new_plans: vec![p.clone()],
                 changes: vec![(k.clone(), b"x".to_vec())],
                 new_user: None,
                 consent_entries: vec![],

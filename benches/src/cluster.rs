@@ -1,0 +1,333 @@
+//! Real Weft nodes as separate `weft serve` processes on 127.0.0.1, with a byte-counting
+//! TCP relay on every peer link (wire bytes, TLS included) and metrics scraped over HTTP.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_tests::{channel, weft_bin, Chan, TestPki, WeftProcess};
+
+/// One agency of the benchmark federation.
+pub struct Agency {
+    /// Its id.
+    pub id: String,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// Client API.
+    pub api: SocketAddr,
+    /// Metrics endpoint.
+    pub metrics: SocketAddr,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// A coordinator's token.
+    pub token: String,
+    /// The running process, if started.
+    pub process: Option<WeftProcess>,
+}
+
+/// Bytes through the relays, both directions.
+#[derive(Clone, Default)]
+pub struct Wire(Arc<AtomicU64>);
+
+impl Wire {
+    /// Bytes so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A federation of benchmark agencies in a work directory.
+pub struct Federation {
+    /// The agencies, in the order given.
+    pub agencies: Vec<Agency>,
+    /// Bytes on every peer link.
+    pub wire: Wire,
+    _pki: TestPki,
+}
+
+fn free() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn pipe(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    wire: Wire,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        wire.0.fetch_add(n as u64, Ordering::Relaxed);
+        if w.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Forwards every connection to `to`, counting bytes both ways.
+async fn relay(listener: TcpListener, to: SocketAddr, wire: Wire) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let wire = wire.clone();
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(to).await else {
+                return;
+            };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let (mut ri, mut wi) = inbound.split();
+            let (mut ro, mut wo) = outbound.split();
+            tokio::join!(
+                pipe(&mut ri, &mut wo, wire.clone()),
+                pipe(&mut ro, &mut wi, wire)
+            );
+        });
+    }
+}
+
+impl Federation {
+    /// Writes configs for `ids` (every pair peered through a counting relay) under `dir`,
+    /// and a coordinator per agency. Extra peers that never run can be listed in
+    /// `offline_peers` (each agency lists them; they cost a failing dial now and then).
+    pub async fn new(dir: &Path, ids: &[&str], offline_peers: &[String]) -> anyhow::Result<Self> {
+        let pki = TestPki::new()?;
+        let wire = Wire::default();
+        let peer_ports: Vec<SocketAddr> =
+            ids.iter().map(|_| free()).collect::<anyhow::Result<_>>()?;
+        // A relay in front of each agency's peer listener.
+        let mut relays = Vec::new();
+        for port in &peer_ports {
+            let l = TcpListener::bind("127.0.0.1:0").await?;
+            relays.push(l.local_addr()?);
+            tokio::spawn(relay(l, *port, wire.clone()));
+        }
+        let mut agencies = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let agency = weft_node::model::AgencyId::parse(id)?;
+            let tls = pki.issue(&agency)?;
+            let home = dir.join(id);
+            std::fs::create_dir_all(&home)?;
+            let (api, metrics) = (free()?, free()?);
+            let mut peers: Vec<weft_node::config::PeerConfig> = ids
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, p)| weft_node::config::PeerConfig {
+                    agency: weft_node::model::AgencyId::parse(p).expect("valid ids"),
+                    endpoint: format!("https://{}", relays[j]),
+                })
+                .collect();
+            for p in offline_peers {
+                peers.push(weft_node::config::PeerConfig {
+                    agency: weft_node::model::AgencyId::parse(p)?,
+                    endpoint: format!("https://{}", free()?),
+                });
+            }
+            let federation = weft_node::config::FederationConfig {
+                listen: peer_ports[i],
+                peers,
+            };
+            let config = home.join("weft.toml");
+            let data = home.join("data");
+            std::fs::write(
+                &config,
+                weft_node::config::render_with_metrics(
+                    &agency,
+                    &data,
+                    api,
+                    &tls,
+                    Some(&federation),
+                    Some(metrics),
+                ),
+            )?;
+            let out = weft(&[
+                "user",
+                "add",
+                "bench",
+                "--role",
+                "coordinator",
+                "--config",
+                config.to_str().context("utf-8 path")?,
+                "--json",
+            ])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            agencies.push(Agency {
+                id: id.to_string(),
+                config,
+                data,
+                api,
+                metrics,
+                ca: tls.ca.clone(),
+                token: v["token"].as_str().context("token")?.to_string(),
+                process: None,
+            });
+        }
+        Ok(Self {
+            agencies,
+            wire,
+            _pki: pki,
+        })
+    }
+
+    /// The agency called `id`.
+    pub fn agency(&mut self, id: &str) -> &mut Agency {
+        self.agencies
+            .iter_mut()
+            .find(|a| a.id == id)
+            .expect("a configured agency")
+    }
+}
+
+/// Runs `weft ARGS`, returning stdout or an error with stderr.
+pub fn weft(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(weft_bin()?).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "weft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+impl Agency {
+    /// `weft seed` into the stopped node; returns (sections, saved bytes).
+    pub fn seed(
+        &self,
+        plans: u64,
+        consent_to: &[&str],
+        access: &str,
+    ) -> anyhow::Result<(u64, u64)> {
+        let plans_s = plans.to_string();
+        let mut args = vec![
+            "seed",
+            "--config",
+            self.config.to_str().context("utf-8 path")?,
+            "--plans",
+            &plans_s,
+            "--access",
+            access,
+        ];
+        for c in consent_to {
+            args.push("--consent-to");
+            args.push(c);
+        }
+        let out = weft(&args)?;
+        // "seeded P plans (S sections, B bytes saved, C consents) in T s"
+        let nums: Vec<u64> = out
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        match nums.as_slice() {
+            [_, sections, bytes, ..] => Ok((*sections, *bytes)),
+            _ => bail!("unexpected seed output: {out}"),
+        }
+    }
+
+    /// Starts `weft serve` and waits until the API answers; returns the start time.
+    pub async fn start(&mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        self.process = Some(WeftProcess::start(&self.config, self.api, &self.ca).await?);
+        Ok(t.elapsed())
+    }
+
+    /// SIGTERM and wait (a clean stop).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.process.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.child.id().to_string()])
+                .status();
+            p.child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.child.id())
+    }
+
+    /// A client channel as the coordinator.
+    pub async fn channel(&self) -> anyhow::Result<Chan> {
+        channel(self.api, &self.ca, Some(&self.token)).await
+    }
+
+    /// The metrics page.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(self.metrics).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok(body)
+    }
+
+    /// A metric's value: the first line starting with `name` (with its labels, if any).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let page = self.metrics().await?;
+        Ok(page
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// A metric with exact labels, e.g. `weft_peer_connected{peer="clinic.test"}`.
+    pub async fn labelled(&self, series: &str) -> anyhow::Result<f64> {
+        let page = self.metrics().await?;
+        Ok(page
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Waits until `f(metrics page)` holds, polling every 5 ms; returns when it did.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        deadline: Duration,
+        f: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Instant> {
+        let start = Instant::now();
+        loop {
+            if let Ok(page) = self.metrics().await {
+                if f(&page) {
+                    return Ok(Instant::now());
+                }
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "{}: timed out after {:?} waiting for {what}",
+                    self.id,
+                    deadline
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A value from a metrics page (first series starting with `series`, labels included).
+pub fn value(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
