@@ -274,29 +274,6 @@ impl Agency {
         Ok(body)
     }
 
-    /// A metric's value: the first line starting with `name` (with its labels, if any).
-    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let page = self.metrics().await?;
-        Ok(page
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0))
-    }
-
-    /// A metric with exact labels, e.g. `weft_peer_connected{peer="clinic.test"}`.
-    pub async fn labelled(&self, series: &str) -> anyhow::Result<f64> {
-        let page = self.metrics().await?;
-        Ok(page
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0))
-    }
-
     /// Waits until `f(metrics page)` holds, polling every 5 ms; returns when it did.
     pub async fn wait_until(
         &self,

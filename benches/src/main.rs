@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("work directory: {}", work.path().display());
     let mut figures: Vec<Figure> = Vec::new();
 
-    if args.wants(1) || args.wants(2) {
+    if [1, 2, 4, 5].iter().any(|n| args.wants(*n)) {
         let sizes = weft::Sizes {
             plans: docs.div_ceil(4),
         };
@@ -70,7 +70,12 @@ async fn main() -> anyhow::Result<()> {
                 None,
                 ">= 1500",
             )
-            .note(format!("N={} in {:.2} s", cold.docs, cold.seconds)),
+            .note(format!(
+                "N={} in {:.2} s; B resident {} MiB after",
+                cold.docs,
+                cold.seconds,
+                cold.rss_kib_b / 1024
+            )),
         );
         figures.push(
             Figure::new(
@@ -90,8 +95,12 @@ async fn main() -> anyhow::Result<()> {
             for l in weft::one_edit(&fed, args.quick).await? {
                 eprintln!("scenario 2: {l:?}");
                 let note = format!(
-                    "{} edits at {}/s, {} lost, N={}",
-                    l.count, l.rate, l.lost, cold.docs
+                    "{} edits at {}/s, {} lost, N={}; the edit RPC alone p50 {:.2} ms",
+                    l.count,
+                    l.rate,
+                    l.lost,
+                    cold.docs,
+                    l.commit_p50.unwrap_or(f64::NAN)
                 );
                 let (t50, t99) = if l.rate <= 10.0 {
                     ("<= 1", "<= 5")
@@ -112,9 +121,173 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        if args.wants(4) {
+            let s = "4 catch-up";
+            let plans = weft::plan_ids(&fed.agencies[0], sizes.plans as usize).await?;
+            let ms: &[usize] = if args.quick {
+                &[0, 100]
+            } else {
+                &[0, 1_000, 10_000]
+            };
+            for &m in ms {
+                let m = m.min(plans.len());
+                let c = weft::catch_up(&mut fed, &plans, m).await?;
+                eprintln!("scenario 4: {c:?}");
+                let target = match m {
+                    0 => "<= 0.1",
+                    1_000 => "<= 1",
+                    10_000 => "<= 5",
+                    _ => "",
+                };
+                let note = format!(
+                    "N={} M={}: {} B on the wire; documents loaded: {} at the school, {} at the clinic",
+                    cold.docs, c.changed, c.wire_bytes, c.loaded_sender, c.loaded_receiver
+                );
+                figures.push(
+                    Figure::new(s, &format!("seconds, M={m}"), opt(c.seconds), None, target)
+                        .note(note),
+                );
+                if m == 0 {
+                    figures.push(
+                        Figure::new(
+                            s,
+                            "wire KB, M=0",
+                            opt(c.wire_bytes as f64 / 1024.0),
+                            None,
+                            "<= 64",
+                        )
+                        .note("TLS handshake and session set-up included"),
+                    );
+                }
+            }
+        }
+        if args.wants(5) {
+            let s = "5 memory and start";
+            let school = fed.agency("school.test");
+            let m = weft::memory(school, cold.docs, if args.quick { 100 } else { 1_000 }).await?;
+            eprintln!("scenario 5: {m:?}");
+            let note = format!(
+                "N={} on disk ({} B); RSS {} KiB idle, {} KiB after reading {} sections",
+                m.docs, m.disk_bytes, m.rss_cold_kib, m.rss_loaded_kib, m.loaded
+            );
+            figures.push(
+                Figure::new(
+                    s,
+                    "start to API answering, s",
+                    opt(m.start_seconds),
+                    None,
+                    "<= 2",
+                )
+                .note(note.clone()),
+            );
+            figures.push(
+                Figure::new(
+                    s,
+                    "resident KiB per stored document",
+                    opt(m.rss_cold_kib as f64 / m.docs as f64),
+                    None,
+                    "<= 1",
+                )
+                .note(note.clone()),
+            );
+            figures.push(
+                Figure::new(
+                    s,
+                    "resident KiB per loaded document",
+                    opt(m.rss_loaded_kib.saturating_sub(m.rss_cold_kib) as f64
+                        / m.loaded.max(1) as f64),
+                    None,
+                    "<= 25",
+                )
+                .note("Weft loads a document per request and keeps none"),
+            );
+        }
         for a in &mut fed.agencies {
             a.stop()?;
         }
+    }
+
+    if args.wants(3) {
+        let s = "3 sustained, three nodes";
+        let (plans, rates): (u64, &[f64]) = if args.quick {
+            (250, &[100.0, 250.0, 500.0])
+        } else {
+            (5_000, &[250.0, 500.0, 1_000.0, 2_000.0, 4_000.0])
+        };
+        let steps = weft::sustained(&work.path().join("s3"), plans, rates).await?;
+        let best = steps
+            .iter()
+            .filter(|l| l.p99.is_some_and(|p| p <= 100.0) && l.lost == 0)
+            .map(|l| l.rate)
+            .fold(None, |a: Option<f64>, r| Some(a.map_or(r, |a| a.max(r))));
+        let detail = steps
+            .iter()
+            .map(|l| format!("{}/s: p99 {:.1} ms", l.rate, l.p99.unwrap_or(f64::NAN)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        figures.push(
+            Figure::new(s, "edits/s with p99 <= 100 ms", best, None, ">= 2000")
+                .note(format!("{} docs at the school; {detail}", plans * 4)),
+        );
+    }
+
+    if args.wants(7) {
+        let s = "7 consent filtering";
+        let (plans, running) = if args.quick { (250, 4) } else { (5_000, 4) };
+        let filtered = weft::filtering(
+            &work.path().join("s7a"),
+            plans,
+            40,
+            running,
+            Some((1, 5)),
+            20,
+        )
+        .await?;
+        eprintln!("scenario 7 (40 agencies, 1-5 each): {filtered:?}");
+        let unfiltered =
+            weft::filtering(&work.path().join("s7b"), plans, running, running, None, 0).await?;
+        eprintln!("scenario 7 (every plan to every running peer): {unfiltered:?}");
+        figures.push(
+            Figure::new(
+                s,
+                "sections at an agency without consent",
+                opt(filtered.excess as f64),
+                None,
+                "<= 0",
+            )
+            .note(format!(
+                "{} peers running of 40 listed; {} sections delivered, {} missing",
+                running, filtered.delivered, filtered.missing
+            )),
+        );
+        figures.push(
+            Figure::new(
+                s,
+                "filtering cost, % of throughput",
+                opt((1.0 - filtered.docs_per_s / unfiltered.docs_per_s) * 100.0),
+                None,
+                "<= 5",
+            )
+            .note(format!(
+                "{} sections in {:.1} s filtered ({} docs, 1-5 of 40 agencies per plan) vs {} in {:.1} s unfiltered (every plan to all {running})",
+                filtered.delivered, filtered.seconds, filtered.docs, unfiltered.delivered, unfiltered.seconds
+            )),
+        );
+        let r = &filtered.revocations;
+        figures.push(
+            Figure::new(
+                s,
+                "revocation to purge at the peer, p99 ms",
+                report::percentile(r, 99.0),
+                None,
+                "<= 1000",
+            )
+            .note(format!(
+                "{} revocations; p50 {:.0} ms",
+                r.len(),
+                report::percentile(r, 50.0).unwrap_or(f64::NAN)
+            )),
+        );
     }
 
     println!("{}", report::table(&figures));

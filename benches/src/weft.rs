@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio_stream::StreamExt;
+use futures::StreamExt;
 use weft_proto::v1 as pb;
 
 use crate::cluster::{value, Agency, Federation};
@@ -42,6 +42,8 @@ pub struct Latency {
     pub p999: Option<f64>,
     /// Edits that never arrived within the deadline.
     pub lost: usize,
+    /// The edit RPC at the sender alone (commit, durable), p50 in ms.
+    pub commit_p50: Option<f64>,
 }
 
 /// A two-agency federation with `plans` seeded at the school, all consented to the clinic;
@@ -89,7 +91,11 @@ pub async fn plan_ids(agency: &Agency, n: usize) -> anyhow::Result<Vec<String>> 
             })
             .await?
             .into_inner();
-        out.extend(r.plans.into_iter().filter_map(|p| p.plan.map(|p| p.plan_id)));
+        out.extend(
+            r.plans
+                .into_iter()
+                .filter_map(|p| p.plan.map(|p| p.plan_id)),
+        );
         if r.next_page_token.is_empty() {
             break;
         }
@@ -154,11 +160,12 @@ pub async fn propagation(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let mut sends = Vec::new();
+    let commits: Arc<Mutex<Vec<f64>>> = Default::default();
     for i in 0..count {
         tokio::time::sleep_until((start + interval.mul_f64(i as f64)).into()).await;
         let plan = plans[i % plans.len()].clone();
         let mut client = pb::plan_service_client::PlanServiceClient::new(channel.clone());
-        let pending = pending.clone();
+        let (pending, commits) = (pending.clone(), commits.clone());
         let n = to.len();
         sends.push(tokio::spawn(async move {
             let sent = Instant::now();
@@ -178,7 +185,12 @@ pub async fn propagation(
                     }],
                 })
                 .await
-                .map(|_| ())
+                .map(|_| {
+                    commits
+                        .lock()
+                        .unwrap()
+                        .push(sent.elapsed().as_secs_f64() * 1e3)
+                })
         }));
     }
     for s in sends {
@@ -195,7 +207,10 @@ pub async fn propagation(
     let lost = left();
     let mut l = latencies.lock().unwrap().clone();
     l.sort_by(|a, b| a.total_cmp(b));
+    let mut c = commits.lock().unwrap().clone();
+    c.sort_by(|a, b| a.total_cmp(b));
     Ok(Latency {
+        commit_p50: percentile(&c, 50.0),
         rate,
         count: l.len(),
         p50: percentile(&l, 50.0),
@@ -228,5 +243,325 @@ pub async fn one_edit(fed: &Federation, quick: bool) -> anyhow::Result<Vec<Laten
     Ok(vec![slow, fast])
 }
 
-/// Unused in a run so far; kept for scenario 3.
-pub const THREE: [&str; 3] = [SCHOOL, CLINIC, NUTRITION];
+/// Changes `count` plans' profiles at `agency`, 32 at a time.
+pub async fn edit_plans(agency: &Agency, plans: &[String], tag: &str) -> anyhow::Result<()> {
+    let channel = agency.channel().await?;
+    let edits = plans.iter().map(|plan| {
+        let mut client = pb::plan_service_client::PlanServiceClient::new(channel.clone());
+        let (plan, tag) = (plan.clone(), tag.to_string());
+        async move {
+            client
+                .set_fields(pb::SetFieldsRequest {
+                    plan_id: plan,
+                    fields: vec![pb::FieldValue {
+                        section: "profile".into(),
+                        field: "preferred_name".into(),
+                        value: tag,
+                    }],
+                })
+                .await
+                .map(|_| ())
+        }
+    });
+    let results: Vec<_> = futures::stream::iter(edits)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// Scenario 4's figures for one M.
+#[derive(Debug, Default, Clone)]
+pub struct CatchUp {
+    pub changed: usize,
+    pub seconds: f64,
+    pub wire_bytes: u64,
+    pub loaded_sender: u64,
+    pub loaded_receiver: u64,
+}
+
+/// Scenario 4: the clinic stops, `m` plans change at the school, the clinic starts again;
+/// time from the clinic's API answering until it has every change and the school's feed
+/// is acknowledged.
+pub async fn catch_up(fed: &mut Federation, plans: &[String], m: usize) -> anyhow::Result<CatchUp> {
+    let clinic_series = |name: &str| format!("{name}{{peer=\"{CLINIC}\"}}");
+    let school_series = |name: &str| format!("{name}{{peer=\"{SCHOOL}\"}}");
+    fed.agency(CLINIC).stop()?;
+    // Wait for the school to notice.
+    let school = &fed.agencies[0];
+    school
+        .wait_until("the clinic to disconnect", Duration::from_secs(30), |p| {
+            value(p, &clinic_series("weft_peer_connected")) == 0.0
+        })
+        .await?;
+    edit_plans(school, &plans[..m], &format!("catch-up {m}")).await?;
+    let head = value(&school.metrics().await?, "weft_feed_sequence");
+    let loaded0 = value(&school.metrics().await?, "weft_documents_loaded_total");
+    fed.agency(CLINIC).start().await?;
+    let wire0 = fed.wire.bytes();
+    let t0 = Instant::now();
+    let (school, clinic) = (&fed.agencies[0], &fed.agencies[1]);
+    let received = school_series("weft_replication_sections_received_total");
+    clinic
+        .wait_until("every change", Duration::from_secs(600), |p| {
+            value(p, &received) >= m as f64
+                && value(p, &school_series("weft_peer_connected")) == 1.0
+        })
+        .await?;
+    let lag = clinic_series("weft_replication_lag");
+    let connected = clinic_series("weft_peer_connected");
+    let done = school
+        .wait_until(
+            "the clinic's acknowledgement",
+            Duration::from_secs(600),
+            |p| {
+                value(p, &connected) == 1.0
+                    && value(p, &lag) == 0.0
+                    && value(p, "weft_feed_sequence") >= head
+            },
+        )
+        .await?;
+    let seconds = done.duration_since(t0).as_secs_f64();
+    Ok(CatchUp {
+        changed: m,
+        seconds,
+        wire_bytes: fed.wire.bytes() - wire0,
+        loaded_sender: (value(&school.metrics().await?, "weft_documents_loaded_total") - loaded0)
+            as u64,
+        loaded_receiver: value(&clinic.metrics().await?, "weft_documents_loaded_total") as u64,
+    })
+}
+
+/// Scenario 5's figures.
+#[derive(Debug, Default, Clone)]
+pub struct Memory {
+    pub docs: u64,
+    pub start_seconds: f64,
+    pub rss_cold_kib: u64,
+    pub rss_loaded_kib: u64,
+    pub loaded: u64,
+    pub disk_bytes: u64,
+}
+
+/// Scenario 5 on an agency holding `docs` sections: restart, resident memory when idle,
+/// then after reading `read` plans (every section) through the client API.
+pub async fn memory(agency: &mut Agency, docs: u64, read: usize) -> anyhow::Result<Memory> {
+    agency.stop()?;
+    let start_seconds = agency.start().await?.as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = agency.pid().context("running")?;
+    let rss_cold_kib = crate::report::rss_kib(pid);
+    let plans = plan_ids(agency, read).await?;
+    let mut client = pb::plan_service_client::PlanServiceClient::new(agency.channel().await?);
+    for p in &plans {
+        client
+            .get_plan(pb::GetPlanRequest {
+                plan_id: p.clone(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(Memory {
+        docs,
+        start_seconds,
+        rss_cold_kib,
+        rss_loaded_kib: crate::report::rss_kib(pid),
+        loaded: plans.len() as u64 * 4,
+        disk_bytes: crate::report::dir_bytes(&agency.data),
+    })
+}
+
+/// Scenario 3: three agencies; edits at the school at rising rates until p99 passes 100 ms
+/// at the clinic or the nutrition centre.
+pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result<Vec<Latency>> {
+    let mut fed = Federation::new(work, &[SCHOOL, CLINIC, NUTRITION], &[]).await?;
+    let (docs, _) = fed
+        .agency(SCHOOL)
+        .seed(plans, &[CLINIC, NUTRITION], "read")
+        .context("seeding the school")?;
+    for a in [SCHOOL, CLINIC, NUTRITION] {
+        fed.agency(a).start().await?;
+    }
+    for a in &fed.agencies[1..] {
+        a.wait_until("the initial copy", Duration::from_secs(3600), |p| {
+            value(p, "weft_feed_sequence") as u64 >= docs
+        })
+        .await?;
+    }
+    let ids = plan_ids(&fed.agencies[0], plans as usize).await?;
+    let mut out = Vec::new();
+    for &rate in rates {
+        let n = ((rate as usize).max(50)).min(ids.len());
+        let l = propagation(
+            &fed.agencies[0],
+            &[&fed.agencies[1], &fed.agencies[2]],
+            &ids[..n],
+            rate,
+            (rate * 3.0) as usize,
+        )
+        .await?;
+        eprintln!("scenario 3: {l:?}");
+        let over = l.p99.is_none_or(|p| p > 100.0) || l.lost > 0;
+        out.push(l);
+        if over {
+            break;
+        }
+    }
+    for a in &mut fed.agencies {
+        a.stop()?;
+    }
+    Ok(out)
+}
+
+/// Scenario 7's figures.
+#[derive(Debug, Default, Clone)]
+pub struct Filtering {
+    pub docs: u64,
+    pub delivered: u64,
+    pub seconds: f64,
+    pub docs_per_s: f64,
+    /// Sections held by a peer beyond what its consents allow (must be 0).
+    pub excess: i64,
+    /// Sections missing at a peer that its consents allow.
+    pub missing: i64,
+    pub revocations: Vec<f64>,
+}
+
+/// Scenario 7: the school lists `listed` peer agencies (the first `running` of them run as
+/// real nodes); each plan is consented to `pick` of them (or to every running one when
+/// `pick` is `None`). Measures delivery to the running peers, checks each holds exactly
+/// what its consents allow, then times `revocations` revocations until the clinic purged.
+pub async fn filtering(
+    work: &Path,
+    plans: u64,
+    listed: usize,
+    running: usize,
+    pick: Option<(usize, usize)>,
+    revocations: usize,
+) -> anyhow::Result<Filtering> {
+    let agencies: Vec<String> = (0..listed).map(|i| format!("agency{i:02}.test")).collect();
+    let mut ids: Vec<&str> = vec![SCHOOL];
+    ids.extend(agencies[..running].iter().map(String::as_str));
+    let mut fed = Federation::new(work, &ids, &agencies[running..]).await?;
+    let plans_s = plans.to_string();
+    let config = fed.agencies[0].config.clone();
+    let mut args = vec![
+        "seed",
+        "--config",
+        config.to_str().context("utf-8")?,
+        "--plans",
+        &plans_s,
+    ];
+    let grantees: Vec<&str> = match pick {
+        Some(_) => agencies.iter().map(String::as_str).collect(),
+        None => agencies[..running].iter().map(String::as_str).collect(),
+    };
+    for g in &grantees {
+        args.push("--consent-to");
+        args.push(g);
+    }
+    let pick_s = pick.map(|(a, b)| format!("{a}-{b}"));
+    if let Some(p) = &pick_s {
+        args.push("--consent-pick");
+        args.push(p);
+    }
+    crate::cluster::weft(&args)?;
+    // What each running peer may hold: four sections per plan consented to it.
+    let mut expected = vec![0u64; running];
+    for i in 0..plans {
+        let chosen: Vec<usize> = match pick {
+            Some((min, max)) => weft_node::seed::consent_pick(i, grantees.len(), min, max),
+            None => (0..running).collect(),
+        };
+        for a in chosen {
+            if a < running {
+                expected[a] += 4;
+            }
+        }
+    }
+    fed.agencies[0].start().await?;
+    let t0 = Instant::now();
+    for a in 1..=running {
+        fed.agencies[a].start().await?;
+    }
+    let mut last = t0;
+    for (a, want) in expected.iter().enumerate() {
+        let want = *want;
+        last = last.max(
+            fed.agencies[a + 1]
+                .wait_until("its consented sections", Duration::from_secs(3600), |p| {
+                    value(p, "weft_feed_sequence") as u64 >= want
+                })
+                .await?,
+        );
+    }
+    let seconds = last.duration_since(t0).as_secs_f64();
+    // Settle, then compare what each holds with what it may hold.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut excess, mut missing) = (0i64, 0i64);
+    for (a, want) in expected.iter().enumerate() {
+        let held = value(&fed.agencies[a + 1].metrics().await?, "weft_feed_sequence") as i64;
+        excess += (held - *want as i64).max(0);
+        missing += (*want as i64 - held).max(0);
+    }
+    let delivered: u64 = expected.iter().sum();
+    // Revocations: consents to the first running peer, one at a time.
+    let mut times = Vec::new();
+    if revocations > 0 {
+        let school = &fed.agencies[0];
+        let peer = &fed.agencies[1];
+        let mut consents =
+            pb::consent_service_client::ConsentServiceClient::new(school.channel().await?);
+        let plan_list = plan_ids(school, plans as usize).await?;
+        let mut done = 0;
+        for plan in plan_list {
+            if done >= revocations {
+                break;
+            }
+            let list = consents
+                .list(pb::ListConsentsRequest {
+                    plan_id: plan.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let Some(c) = list.consents.into_iter().find(|c| {
+                c.state == "active" && c.provisions.iter().any(|p| p.grantee_agency == peer.id)
+            }) else {
+                continue;
+            };
+            let series = format!("weft_purges_total{{peer=\"{SCHOOL}\"}}");
+            let purges = value(&peer.metrics().await?, &series);
+            let t = Instant::now();
+            consents
+                .revoke(pb::RevokeRequest {
+                    consent_id: c.consent_id,
+                    reason: "benchmark".into(),
+                })
+                .await?;
+            let at = peer
+                .wait_until("the purge", Duration::from_secs(30), |p| {
+                    value(p, &series) > purges
+                })
+                .await?;
+            times.push(at.duration_since(t).as_secs_f64() * 1e3);
+            done += 1;
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    for a in &mut fed.agencies {
+        a.stop()?;
+    }
+    Ok(Filtering {
+        docs: plans * 4,
+        delivered,
+        seconds,
+        docs_per_s: delivered as f64 / seconds,
+        excess,
+        missing,
+        revocations: times,
+    })
+}

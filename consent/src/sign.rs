@@ -160,6 +160,14 @@ fn open<T: Serialize + DeserializeOwned>(
     let signature = Signature::from_bytes(signature);
     key.verify_strict(record_bytes, &signature)
         .map_err(|_| SignatureError::BadSignature { kind })?;
+    decode(kind, record_bytes)
+}
+
+/// Decodes signed record bytes (domain tag, JSON, canonical form) without the signature.
+fn decode<T: Serialize + DeserializeOwned>(
+    kind: RecordKind,
+    record_bytes: &[u8],
+) -> Result<T, SignatureError> {
     let json = record_bytes
         .strip_prefix(kind.tag())
         .ok_or(SignatureError::WrongDomain { kind })?;
@@ -330,6 +338,12 @@ impl SignedConsent {
         Ok(record)
     }
 
+    /// The record WITHOUT checking the signature: only for routing records a node signed and
+    /// stored itself (every receiver verifies them). Never base a decision on it.
+    pub fn unverified_record(&self) -> Result<ConsentRecord, SignatureError> {
+        decode(RecordKind::Consent, &self.record_bytes)
+    }
+
     /// SHA-256 of the signed bytes: a stable reference to this exact record (for audit).
     pub fn digest(&self) -> [u8; 32] {
         digest(&self.record_bytes)
@@ -366,6 +380,12 @@ impl SignedRevocation {
         revocation.validate()?;
         check_signer(kind, &self.signer, &revocation.revoked_by.agency)?;
         Ok(revocation)
+    }
+
+    /// The revocation WITHOUT checking the signature: see
+    /// [`SignedConsent::unverified_record`].
+    pub fn unverified_record(&self) -> Result<Revocation, SignatureError> {
+        decode(RecordKind::Revocation, &self.record_bytes)
     }
 
     /// SHA-256 of the signed bytes: a stable reference to this exact revocation.

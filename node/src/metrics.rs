@@ -125,6 +125,11 @@ impl Metrics {
                     "Bytes the store uses on disk.",
                     stats.bytes,
                 ),
+                (
+                    "weft_documents_loaded_total",
+                    "Section documents loaded (decoded) since the node started.",
+                    crate::section::documents_loaded(),
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
             }

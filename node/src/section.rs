@@ -17,6 +17,13 @@ use crate::catalogue::{
 use crate::error::{Error, Result};
 use crate::model::{parse_actor, Caller, Timestamp};
 
+static LOADED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Documents loaded by this process (a metric: catch-up should load only what changed).
+pub fn documents_loaded() -> u64 {
+    LOADED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A validated change to one section.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Edit {
@@ -115,6 +122,7 @@ impl SectionDoc {
 
     /// Loads a document from its snapshot and the change chunks stored after it.
     pub fn load(snapshot: Option<&[u8]>, chunks: &[Vec<u8>]) -> Result<Self> {
+        LOADED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut doc = match snapshot {
             Some(bytes) => AutoCommit::load(bytes)?,
             None => AutoCommit::new(),

@@ -253,9 +253,30 @@ pub struct Seeded {
 /// Plans written per transaction.
 const BATCH: u64 = 250;
 
+/// Which of `n` agencies sample plan `i` is consented to when each plan picks between
+/// `min` and `max` of them (deterministic, spread evenly).
+pub fn consent_pick(i: u64, n: usize, min: usize, max: usize) -> Vec<usize> {
+    if n == 0 {
+        return vec![];
+    }
+    let (min, max) = (min.clamp(1, n), max.clamp(1, n));
+    let span = max.saturating_sub(min) + 1;
+    let k = min + (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) as usize % span;
+    let first = (i.wrapping_mul(2654435761) >> 7) as usize % n;
+    (0..k.min(n))
+        .map(|j| (first + j * 7919) % n)
+        .fold(Vec::new(), |mut v, a| {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+            v
+        })
+}
+
 /// Adds `plans` sample plans to the node behind `svc` (its store must not be served by
-/// another process), each consented to every agency of `grantees` for all four sections
-/// with `access`. Plans are written `BATCH` to a transaction with one audit entry each
+/// another process), each consented for all four sections with `access` to every agency of
+/// `grantees`, or with `pick = Some((min, max))` to between min and max of them
+/// ([`consent_pick`]). Plans are written `BATCH` to a transaction with one audit entry each
 /// batch (`seed`); consents go through [`NodeService::grant`] as a coordinator named
 /// `seed`, so they are validated, signed and audited like any other.
 pub async fn seed(
@@ -264,6 +285,7 @@ pub async fn seed(
     grantees: &[AgencyId],
     access: &str,
     until: &str,
+    pick: Option<(usize, usize)>,
 ) -> Result<Seeded> {
     let home = svc.agency().clone();
     let partner = grantees
@@ -330,8 +352,20 @@ pub async fn seed(
         let ids: Vec<PlanId> = batch.new_plans.iter().map(|p| p.id).collect();
         svc.store().commit(batch).await?;
         out.plans += ids.len() as u64;
-        for grantee in grantees {
-            let grants = ids.iter().map(|id| {
+        let mut wanted: Vec<(PlanId, &AgencyId)> = Vec::new();
+        for (n, id) in ids.iter().enumerate() {
+            let i = start + n as u64;
+            match pick {
+                None => wanted.extend(grantees.iter().map(|g| (*id, g))),
+                Some((min, max)) => wanted.extend(
+                    consent_pick(i, grantees.len(), min, max)
+                        .into_iter()
+                        .map(|a| (*id, &grantees[a])),
+                ),
+            }
+        }
+        for chunk in wanted.chunks(64) {
+            let grants = chunk.iter().map(|(id, grantee)| {
                 svc.grant(
                     &caller,
                     GrantInput {

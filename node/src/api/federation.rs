@@ -300,9 +300,34 @@ async fn run_session(
             acks_rx,
             sent.clone(),
         ));
+        // Changes for different sections are handled concurrently (their commits share
+        // syncs); any other frame waits for them, so a cursor is acknowledged only after
+        // everything before it is stored, and consents land before the sections they allow.
+        let mut in_flight: tokio::task::JoinSet<(SectionKey, Result<Vec<Frame>>)> =
+            tokio::task::JoinSet::new();
+        let mut keys_in_flight: HashSet<SectionKey> = HashSet::new();
+        let finish =
+            |done: Option<Handled>, keys_in_flight: &mut HashSet<SectionKey>| -> Result<()> {
+                let Some(done) = done else { return Ok(()) };
+                let (key, replies) =
+                    done.map_err(|e| Error::internal(format!("handling a frame failed: {e}")))?;
+                keys_in_flight.remove(&key);
+                for r in replies? {
+                    if out.replies.send(to_pb(r)).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            };
         let outcome = loop {
             let next = tokio::select! {
                 f = inbound.next() => f,
+                done = in_flight.join_next(), if !in_flight.is_empty() => {
+                    match finish(done, &mut keys_in_flight) {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
                 r = &mut pump => break match r {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e),
@@ -357,6 +382,39 @@ async fn run_session(
                 }
                 _ => None,
             };
+            if let Frame::Changes(c) = frame {
+                let key = SectionKey {
+                    plan: c.plan.id,
+                    section: c.section.clone(),
+                };
+                let mut failed = None;
+                while keys_in_flight.contains(&key) || in_flight.len() >= RECEIVE_AHEAD {
+                    if let Err(e) = finish(in_flight.join_next().await, &mut keys_in_flight) {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    break Err(e);
+                }
+                keys_in_flight.insert(key.clone());
+                let (svc, peer) = (svc.clone(), peer.clone());
+                in_flight.spawn(async move {
+                    let replies = svc.handle_frame(&peer, Frame::Changes(c)).await;
+                    (key, replies)
+                });
+                continue;
+            }
+            let mut failed = None;
+            while !in_flight.is_empty() {
+                if let Err(e) = finish(in_flight.join_next().await, &mut keys_in_flight) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
             match svc.handle_frame(&peer, frame).await {
                 Ok(replies) => {
                     for r in replies {
@@ -376,6 +434,7 @@ async fn run_session(
             }
         };
         pump.abort();
+        in_flight.abort_all();
         outcome
     }
     .await;
@@ -391,6 +450,15 @@ async fn run_session(
     }
     result
 }
+
+/// A finished frame handler: the section and its replies, or a panic.
+type Handled = std::result::Result<(SectionKey, Result<Vec<Frame>>), tokio::task::JoinError>;
+
+/// Changes frames from one peer handled concurrently.
+const RECEIVE_AHEAD: usize = 32;
+
+/// Section frames a pump prepares concurrently.
+const PREPARE_AHEAD: usize = 32;
 
 /// Sends the peer what it should have: consents first, then purge receipts, new grants, and
 /// every change in the feed after its cursor; then waits for more.
@@ -411,33 +479,47 @@ async fn pump(
     let mut cursors_sent = 0u64;
     let mut receipts_in_flight: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut sent_receipts: HashSet<Vec<u8>> = HashSet::new();
+    // Consent-log positions sent, with the cursor marker whose acknowledgement proves them.
+    let mut positions_in_flight: Vec<(u64, u64)> = Vec::new();
     let mut cursor = svc.cursor(&peer).await?;
-    // Sends consent records and revocations the peer has not had in this session. Called
-    // before any section the gate allowed under consents newer than the last call, so the
-    // peer never sees a section before the consent that lets it hold it.
-    let flush_consents = |sent_consents: HashSet<String>| {
+    // The feed sequence of what this session sent per section.
+    let mut sent_seq: std::collections::HashMap<SectionKey, u64> = Default::default();
+    let mut consent_pos = svc.consent_position(&peer).await?;
+    // Sends the consent records and revocations changed since `consent_pos` that the peer
+    // has not had in this session. Called before any section the gate allowed under
+    // consents newer than the last call, so the peer never sees a section before the
+    // consent that lets it hold it.
+    let flush_consents = |sent_consents: HashSet<String>, from: u64| {
         let (svc, peer) = (svc.clone(), peer.clone());
         async move {
+            let up = svc.consent_catch_up(&peer, from).await?;
             let mut fresh = Vec::new();
-            for (id, frame) in svc.consent_frames_for(&peer).await? {
+            for (id, frame) in up.frames {
                 if !sent_consents.contains(&id) {
                     send(frame).await?;
                     fresh.push(id);
                 }
             }
-            Ok::<_, Error>(fresh)
+            Ok::<_, Error>((fresh, up.backlog, up.position))
         }
     };
     loop {
         changes.borrow_and_update();
         let mut backlog = Vec::new();
+        let mut need_marker = false;
         let generation = svc.consent_generation();
         if consents_at != Some(generation) {
-            backlog = svc.grant_backlog(&peer).await?;
-            sent_consents.extend(flush_consents(sent_consents.clone()).await?);
+            let (fresh, keys, position) =
+                flush_consents(sent_consents.clone(), consent_pos).await?;
+            sent_consents.extend(fresh);
+            backlog = keys;
+            if position != consent_pos {
+                positions_in_flight.push((position, cursors_sent + 1));
+                need_marker = true;
+                consent_pos = position;
+            }
             consents_at = Some(generation);
         }
-        let mut need_marker = false;
         for (key, frame) in svc.pending_receipts(&peer).await? {
             if sent_receipts.insert(key.clone()) {
                 send(frame).await?;
@@ -462,17 +544,31 @@ async fn pump(
             };
             let last = page.last().map(|e| e.seq);
             let mut seen = HashSet::new();
-            keys.extend(
-                page.into_iter()
-                    .map(|e| e.key)
-                    .filter(|k| seen.insert(k.clone())),
-            );
+            // Skip sections this session already sent at or after this change (a whole
+            // document sent from the grant backlog covers the feed entries behind it).
+            let newest: std::collections::HashMap<SectionKey, u64> =
+                page.iter().map(|e| (e.key.clone(), e.seq)).collect();
+            keys.extend(page.into_iter().map(|e| e.key).filter(|k| {
+                seen.insert(k.clone()) && sent_seq.get(k).is_none_or(|sent| *sent < newest[k])
+            }));
             if keys.is_empty() {
                 break;
             }
-            for key in keys.drain(..) {
-                let known = sent_heads.lock().ok().and_then(|m| m.get(&key).cloned());
-                let frame = match svc.section_frame(&peer, &key, known.as_deref()).await {
+            // Frames are prepared PREPARE_AHEAD at a time (their reads, document work and
+            // disclosure records overlap and share syncs) and sent in feed order.
+            let prepared = futures::stream::iter(keys.drain(..))
+                .map(|key| {
+                    let known = sent_heads.lock().ok().and_then(|m| m.get(&key).cloned());
+                    let (svc, peer) = (svc.clone(), peer.clone());
+                    async move {
+                        let frame = svc.section_frame(&peer, &key, known.as_deref()).await;
+                        (key, frame)
+                    }
+                })
+                .buffered(PREPARE_AHEAD);
+            tokio::pin!(prepared);
+            while let Some((key, frame)) = prepared.next().await {
+                let frame = match frame {
                     Ok(Some(f)) => f,
                     Ok(None) => continue,
                     Err(e) => {
@@ -483,12 +579,20 @@ async fn pump(
                 };
                 let generation = svc.consent_generation();
                 if consents_at != Some(generation) {
-                    sent_consents.extend(flush_consents(sent_consents.clone()).await?);
-                    consents_at = None; // recompute the grant backlog next round
+                    // Only the records here; the next round takes the backlog and moves the
+                    // position.
+                    let (fresh, _, _) = flush_consents(sent_consents.clone(), consent_pos).await?;
+                    sent_consents.extend(fresh);
+                    consents_at = None;
                 }
                 if let Frame::Changes(c) = &frame {
-                    if let Ok(mut m) = sent_heads.lock() {
-                        m.insert(key, c.heads.clone());
+                    sent_seq.insert(key.clone(), c.feed_seq);
+                    // A whole document (empty heads): the peer's acknowledgement will say
+                    // what it has.
+                    if !c.heads.is_empty() {
+                        if let Ok(mut m) = sent_heads.lock() {
+                            m.insert(key, c.heads.clone());
+                        }
                     }
                 }
                 send(frame).await?;
@@ -517,6 +621,12 @@ async fn pump(
                 receipts_in_flight = rest;
                 if !done.is_empty() {
                     svc.receipts_delivered(done.into_iter().map(|(k, _)| k).collect()).await?;
+                }
+                let (done, rest): (Vec<_>, Vec<_>) =
+                    positions_in_flight.into_iter().partition(|(_, marker)| *marker <= acked);
+                positions_in_flight = rest;
+                if let Some(pos) = done.into_iter().map(|(p, _)| p).max() {
+                    svc.consent_delivered(&peer, pos).await?;
                 }
             }
         }

@@ -66,6 +66,10 @@ enum Command {
         /// The consents' last day (YYYY-MM-DD).
         #[arg(long, default_value = "2099-12-31")]
         until: String,
+        /// Consent each plan to only MIN-MAX of the `--consent-to` agencies (spread evenly),
+        /// e.g. `1-5`, instead of to all of them.
+        #[arg(long, value_name = "MIN-MAX")]
+        consent_pick: Option<String>,
     },
     /// Config files.
     #[command(subcommand)]
@@ -239,7 +243,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             consent_to,
             access,
             until,
-        } => seed(&config, plans, &consent_to, &access, &until).await,
+            consent_pick,
+        } => {
+            let pick = match consent_pick.as_deref() {
+                None => None,
+                Some(r) => {
+                    let parsed = r
+                        .split_once('-')
+                        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                        .filter(|(a, b): &(usize, usize)| *a >= 1 && a <= b);
+                    Some(parsed.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--consent-pick: expected MIN-MAX with 1 <= MIN <= MAX, e.g. 1-5"
+                        )
+                    })?)
+                }
+            };
+            seed(&config, plans, &consent_to, &access, &until, pick).await
+        }
         Command::Config(ConfigCmd::Check { file, skip_files }) => {
             match crate::config::Config::load_with(&file, !skip_files) {
                 Ok(c) => {
@@ -371,6 +392,7 @@ async fn seed(
     consent_to: &[String],
     access: &str,
     until: &str,
+    pick: Option<(usize, usize)>,
 ) -> anyhow::Result<()> {
     let config = crate::config::Config::load(config)?;
     let grantees = consent_to
@@ -385,7 +407,7 @@ async fn seed(
     let svc =
         crate::server::service_for(&config, store, std::sync::Arc::new(crate::model::now)).await?;
     let started = std::time::Instant::now();
-    let done = crate::seed::seed(&svc, plans, &grantees, access, until).await?;
+    let done = crate::seed::seed(&svc, plans, &grantees, access, until, pick).await?;
     println!(
         "seeded {} plans ({} sections, {} bytes saved, {} consents) in {:.1} s",
         done.plans,

@@ -449,21 +449,12 @@ impl NodeService {
         subject: SubjectId,
         home: &AgencyId,
     ) -> Result<Option<PlanRecord>> {
-        // Plans are few per subject; a scan is fine at this scale (see ARCHITECTURE.md).
-        let mut after = None;
-        loop {
-            let page = self.store.plans(after, 1000).await?;
-            let Some(last) = page.last() else {
-                return Ok(None);
-            };
-            after = Some(last.id);
-            if let Some(p) = page
-                .into_iter()
-                .find(|p| p.subject == subject && p.home == *home)
-            {
-                return Ok(Some(p));
-            }
-        }
+        Ok(self
+            .store
+            .plans_of_subject(subject)
+            .await?
+            .into_iter()
+            .find(|p| p.home == *home))
     }
 
     /// Revokes a consent (final). Returns the consent with its revocation.

@@ -47,6 +47,17 @@ pub struct SectionChanges {
     pub feed_seq: u64,
 }
 
+/// See [`NodeService::consent_catch_up`].
+#[derive(Debug, Default)]
+pub struct ConsentCatchUp {
+    /// The consent-log position this covers.
+    pub position: u64,
+    /// Consent records and revocations to send, with their ids.
+    pub frames: Vec<(String, Frame)>,
+    /// Sections the peer may now hold and was never sent.
+    pub backlog: Vec<SectionKey>,
+}
+
 /// One replication frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
@@ -225,6 +236,10 @@ fn pin_key(peer: &AgencyId) -> Vec<u8> {
     format!("key/{peer}").into_bytes()
 }
 
+fn consent_pos_key(peer: &AgencyId) -> Vec<u8> {
+    format!("consent_pos/{peer}").into_bytes()
+}
+
 fn pending_key(home: &AgencyId, key: &SectionKey) -> Vec<u8> {
     let mut k = format!("pending/{home}/").into_bytes();
     k.extend_from_slice(&section_key_bytes(key));
@@ -331,50 +346,79 @@ impl NodeService {
         self.store.feed_since(after, limit).await
     }
 
-    /// Consent records and revocations this node recorded that name `peer` as a grantee.
-    pub async fn consent_frames_for(&self, peer: &AgencyId) -> Result<Vec<(String, Frame)>> {
-        let entries = self.store.consent_entries(None).await?;
-        let mut named: BTreeSet<String> = BTreeSet::new();
-        let mut out = Vec::new();
-        for e in entries.iter().filter(|e| e.kind == ConsentKind::Consent) {
-            let Ok(signed) = SignedConsent::from_bytes(&e.bytes) else {
-                continue;
-            };
-            if signed.signer != self.agency {
-                continue;
-            }
-            let Ok(record) = signed.verify(&self.verifying_key()) else {
-                continue;
-            };
-            if record.provisions.iter().any(|p| p.grantee == *peer) {
-                named.insert(record.id.to_string());
-                out.push((e.id.clone(), Frame::Consent(e.bytes.clone())));
-            }
-        }
-        for e in entries.iter().filter(|e| e.kind == ConsentKind::Revocation) {
-            let Ok(signed) = SignedRevocation::from_bytes(&e.bytes) else {
-                continue;
-            };
-            if signed.signer != self.agency {
-                continue;
-            }
-            if let Ok(r) = signed.verify(&self.verifying_key()) {
-                if named.contains(r.consent.as_str()) {
-                    out.push((e.id.clone(), Frame::Revocation(e.bytes.clone())));
-                }
-            }
-        }
-        Ok(out)
+    /// Where `peer` is in this node's consent log: everything before it has been delivered.
+    pub async fn consent_position(&self, peer: &AgencyId) -> Result<u64> {
+        Ok(self
+            .store
+            .replication_get(consent_pos_key(peer))
+            .await?
+            .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
     }
 
-    /// Sections `peer` may hold now that it has never been sent (new grants, restarts).
-    pub async fn grant_backlog(&self, peer: &AgencyId) -> Result<Vec<SectionKey>> {
+    /// Notes that `peer` has everything up to consent-log position `pos` (a hint: losing it
+    /// only resends).
+    pub async fn consent_delivered(&self, peer: &AgencyId, pos: u64) -> Result<()> {
+        self.store
+            .replication_hint(vec![(
+                consent_pos_key(peer),
+                Some(pos.to_be_bytes().to_vec()),
+            )])
+            .await
+    }
+
+    /// What `peer` should get for the consents that changed after log position `after`: the
+    /// consent records and revocations this node recorded that name it, and the sections it
+    /// may now hold but was never sent. Costs O(subjects changed), not O(all consents).
+    pub async fn consent_catch_up(&self, peer: &AgencyId, after: u64) -> Result<ConsentCatchUp> {
         let now = self.now();
-        let entries = self.store.consent_entries(None).await?;
-        let subjects: BTreeSet<_> = entries.iter().map(|e| e.subject).collect();
-        let mut out = Vec::new();
+        let (subjects, position) = self.store.consent_changes_since(after).await?;
+        let mut out = ConsentCatchUp {
+            position,
+            frames: Vec::new(),
+            backlog: Vec::new(),
+        };
         for subject in subjects {
-            let set = self.consents_for(subject).await?;
+            let entries = self.store.consent_entries(Some(subject)).await?;
+            let mut named: BTreeSet<String> = BTreeSet::new();
+            // Our own records from our own store: the peer verifies each signature, and the
+            // gate decides on the verified, cached set below.
+            for e in entries.iter().filter(|e| e.kind == ConsentKind::Consent) {
+                let Ok(signed) = SignedConsent::from_bytes(&e.bytes) else {
+                    continue;
+                };
+                if signed.signer != self.agency {
+                    continue;
+                }
+                let Ok(record) = signed.unverified_record() else {
+                    continue;
+                };
+                if record.provisions.iter().any(|p| p.grantee == *peer) {
+                    named.insert(record.id.to_string());
+                    out.frames
+                        .push((e.id.clone(), Frame::Consent(e.bytes.clone())));
+                }
+            }
+            for e in entries.iter().filter(|e| e.kind == ConsentKind::Revocation) {
+                let Ok(signed) = SignedRevocation::from_bytes(&e.bytes) else {
+                    continue;
+                };
+                if signed.signer != self.agency {
+                    continue;
+                }
+                if let Ok(r) = signed.unverified_record() {
+                    if named.contains(r.consent.as_str()) {
+                        out.frames
+                            .push((e.id.clone(), Frame::Revocation(e.bytes.clone())));
+                    }
+                }
+            }
+            if named.is_empty() {
+                continue;
+            }
+            // From the entries just read, not the cache: a grant's commit lands before its
+            // cache refresh, and this position must not move past a grant unseen.
+            let set = self.verified_set(&entries);
             let Some(plan) = self.plan_of_subject(subject, &self.agency).await? else {
                 continue;
             };
@@ -395,7 +439,7 @@ impl NodeService {
                     .await?
                     .is_none()
                 {
-                    out.push(key);
+                    out.backlog.push(key);
                 }
             }
         }
@@ -429,7 +473,6 @@ impl NodeService {
         let Some(stored) = self.store.read_section(&permit).await? else {
             return Ok(None);
         };
-        let mut doc = SectionDoc::load(stored.snapshot.as_deref(), &stored.chunks)?;
         let known = match sent {
             Some(h) => Some(h.to_vec()),
             None => self
@@ -438,9 +481,15 @@ impl NodeService {
                 .await?
                 .map(|b| decode_heads(&b)),
         };
-        let bytes = match &known {
-            Some(h) => doc.save_after(h),
-            None => doc.save(),
+        let (bytes, heads) = match &known {
+            Some(h) => {
+                let mut doc = SectionDoc::load(stored.snapshot.as_deref(), &stored.chunks)?;
+                (doc.save_after(h), doc.heads())
+            }
+            // The peer has nothing: send the stored bytes as they are (a saved document
+            // followed by change chunks loads as one), without loading the document. The
+            // empty heads tell the receiver to take them from what it loads.
+            None => (stored.concatenated(), Vec::new()),
         };
         if bytes.is_empty() {
             return Ok(None);
@@ -472,7 +521,7 @@ impl NodeService {
             plan,
             section: key.section.clone(),
             bytes,
-            heads: doc.heads(),
+            heads,
             feed_seq: stored.meta.last_seq,
         })))
     }
@@ -504,7 +553,7 @@ impl NodeService {
             Frame::Changes(c) => self.receive_changes(peer, c).await,
             Frame::Ack { key, heads } => {
                 self.store
-                    .replication_put(vec![(heads_key(peer, &key), Some(encode_heads(&heads)))])
+                    .replication_hint(vec![(heads_key(peer, &key), Some(encode_heads(&heads)))])
                     .await?;
                 Ok(vec![])
             }
@@ -514,17 +563,24 @@ impl NodeService {
             Frame::Cursor(seq) => Ok(vec![Frame::CursorAck(seq)]),
             Frame::CursorAck(seq) => {
                 self.store
-                    .replication_put(vec![(cursor_key(peer), Some(seq.to_be_bytes().to_vec()))])
+                    .replication_hint(vec![(cursor_key(peer), Some(seq.to_be_bytes().to_vec()))])
                     .await?;
                 self.peers.update(peer, |i| i.acked_seq = seq);
                 Ok(vec![])
             }
             Frame::Rejected { key, reason } => {
                 tracing::warn!(peer = %peer, %reason, "peer refused a frame");
+                if reason.starts_with("consent") {
+                    // The peer lacks a consent we thought it had (its store was replaced?):
+                    // send every consent again next session.
+                    self.store
+                        .replication_hint(vec![(consent_pos_key(peer), None)])
+                        .await?;
+                }
                 if let Some(key) = key {
                     // The peer could not use what we sent: send it the whole section next time.
                     self.store
-                        .replication_put(vec![(heads_key(peer, &key), None)])
+                        .replication_hint(vec![(heads_key(peer, &key), None)])
                         .await?;
                 }
                 Ok(vec![])
@@ -622,7 +678,16 @@ impl NodeService {
             None => SectionDoc::new(),
         };
         let before = doc.heads();
-        if doc.merge_changes(&c.bytes).is_err() {
+        // Empty heads: a whole document; the sender's heads are its own.
+        let sender_heads = if c.heads.is_empty() && stored.is_some() {
+            match SectionDoc::load(Some(&c.bytes), &[]) {
+                Ok(mut whole) => Some(whole.heads()),
+                Err(_) => None,
+            }
+        } else {
+            Some(c.heads.clone())
+        };
+        if sender_heads.is_none() || doc.merge_changes(&c.bytes).is_err() {
             return self
                 .reject(
                     peer,
@@ -663,7 +728,18 @@ impl NodeService {
             }
         }
         let heads_now = doc.heads();
-        let bytes = doc.save_after(&before);
+        let sender_heads = match sender_heads {
+            Some(h) if h.is_empty() => heads_now.clone(),
+            Some(h) => h,
+            None => heads_now.clone(),
+        };
+        // Nothing was stored: keep the bytes as received (they loaded cleanly), rather than
+        // encoding the document again.
+        let bytes = if stored.is_none() {
+            c.bytes.clone()
+        } else {
+            doc.save_after(&before)
+        };
         if plan.home == self.agency {
             let held = stored.as_ref().map_or(0, |s| s.meta.bytes);
             if held + bytes.len() as u64 > crate::catalogue::MAX_SECTION_BYTES as u64 {
@@ -696,7 +772,7 @@ impl NodeService {
             basis: super::consent::basis(permit.reason()),
         });
         batch.ensure_plan = Some(plan.clone());
-        batch.replication = vec![(heads_key(peer, &key), Some(encode_heads(&c.heads)))];
+        batch.replication = vec![(heads_key(peer, &key), Some(encode_heads(&sender_heads)))];
         if !bytes.is_empty() {
             batch.changes = vec![(key.clone(), bytes)];
         }

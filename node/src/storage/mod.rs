@@ -49,11 +49,13 @@ pub enum Tree {
     /// Replication state: per-peer cursors, pinned keys, per-(peer, section) heads, pending
     /// purge receipts, and purge receipts received.
     Replication,
+    /// Subject + plan id → nothing: the index from a child to their plans.
+    Subjects,
 }
 
 impl Tree {
     /// Every tree, in discriminant order.
-    pub const ALL: [Tree; 10] = [
+    pub const ALL: [Tree; 11] = [
         Tree::Meta,
         Tree::Plans,
         Tree::Sections,
@@ -64,6 +66,7 @@ impl Tree {
         Tree::Users,
         Tree::Consents,
         Tree::Replication,
+        Tree::Subjects,
     ];
 
     /// The tree's name on disk.
@@ -79,6 +82,7 @@ impl Tree {
             Tree::Users => "users",
             Tree::Consents => "consents",
             Tree::Replication => "replication",
+            Tree::Subjects => "subjects",
         }
     }
 }
@@ -124,6 +128,17 @@ pub const FORMAT_VERSION: u32 = 1;
 const KEY_FEED_SEQ: &[u8] = b"feed_seq";
 const KEY_AUDIT_HEAD: &[u8] = b"audit_head";
 const KEY_FORMAT: &[u8] = b"format_version";
+const KEY_SUBJECTS_INDEXED: &[u8] = b"subjects_indexed";
+const KEY_CONSENT_SEQ: &[u8] = b"consent_seq";
+/// Meta keys `consent_log/<seq>` → subject: which children's consents changed, in order, so
+/// a peer's pump can look at only what changed since it last looked.
+const CONSENT_LOG: &[u8] = b"consent_log/";
+
+fn consent_log_key(seq: u64) -> Vec<u8> {
+    let mut k = CONSENT_LOG.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// Per-section bookkeeping.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +162,20 @@ pub struct StoredSection {
     pub chunks: Vec<Vec<u8>>,
     /// Bookkeeping.
     pub meta: SectionMeta,
+}
+
+impl StoredSection {
+    /// The snapshot followed by the chunks: bytes that load as the whole document.
+    pub fn concatenated(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.meta.bytes as usize);
+        if let Some(s) = &self.snapshot {
+            out.extend_from_slice(s);
+        }
+        for c in &self.chunks {
+            out.extend_from_slice(c);
+        }
+        out
+    }
 }
 
 /// One change-feed entry: which section changed, never what.
@@ -216,6 +245,13 @@ pub struct ConsentEntry {
     pub id: String,
     /// The signed envelope's bytes (empty for marks).
     pub bytes: Vec<u8>,
+}
+
+fn subject_key(plan: &PlanRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(plan.subject.0.as_bytes());
+    out.extend_from_slice(plan.id.0.as_bytes());
+    out
 }
 
 fn consent_key(subject: SubjectId, kind: ConsentKind, id: &str) -> Vec<u8> {
@@ -316,6 +352,20 @@ fn write_replication(txn: &dyn Txn, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Re
         }
     }
     Ok(())
+}
+
+/// Appends each distinct subject to the consent log.
+fn log_consent_changes(txn: &dyn Txn, subjects: impl Iterator<Item = SubjectId>) -> Result<()> {
+    let subjects: std::collections::BTreeSet<SubjectId> = subjects.collect();
+    if subjects.is_empty() {
+        return Ok(());
+    }
+    let mut seq = read_u64(txn, KEY_CONSENT_SEQ)?;
+    for subject in subjects {
+        seq += 1;
+        txn.put(Tree::Meta, &consent_log_key(seq), subject.0.as_bytes())?;
+    }
+    txn.put(Tree::Meta, KEY_CONSENT_SEQ, &seq.to_be_bytes())
 }
 
 fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
@@ -426,7 +476,93 @@ impl Store {
         store
             .plans
             .store(store.backend.len(Tree::Plans)?, Ordering::Relaxed);
+        store.index_subjects()?;
+        store.log_existing_consents()?;
         Ok(store)
+    }
+
+    /// Starts the consent log of a store written before it existed: every subject with a
+    /// consent entry, once.
+    fn log_existing_consents(&self) -> Result<()> {
+        if self.backend.get(Tree::Meta, KEY_CONSENT_SEQ)?.is_some() {
+            return Ok(());
+        }
+        let mut subjects = std::collections::BTreeSet::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .backend
+                .scan(Tree::Consents, &[], after.as_deref(), 10_000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, _) in &page {
+                if let Some(id) = k.get(..16).and_then(|b| uuid::Uuid::from_slice(b).ok()) {
+                    subjects.insert(SubjectId(id));
+                }
+            }
+        }
+        self.write(&|txn| {
+            txn.put(Tree::Meta, KEY_CONSENT_SEQ, &0u64.to_be_bytes())?;
+            log_consent_changes(txn, subjects.iter().copied())
+        })
+    }
+
+    /// Subjects whose consents changed after consent-log position `after`, with the
+    /// position of the last (or `after` when nothing changed).
+    pub fn consent_changes_since(&self, after: u64) -> Result<(Vec<SubjectId>, u64)> {
+        let mut subjects = std::collections::BTreeSet::new();
+        let mut last = after;
+        let start = consent_log_key(after);
+        let mut cursor: Option<Vec<u8>> = Some(start);
+        loop {
+            let page = self
+                .backend
+                .scan(Tree::Meta, CONSENT_LOG, cursor.as_deref(), 10_000)?;
+            let Some((k, _)) = page.last() else { break };
+            cursor = Some(k.clone());
+            for (k, v) in &page {
+                let seq = k[CONSENT_LOG.len()..]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| Error::Storage("malformed consent log key".into()))?;
+                last = last.max(seq);
+                let id = uuid::Uuid::from_slice(v)
+                    .map_err(|_| Error::Storage("malformed consent log entry".into()))?;
+                subjects.insert(SubjectId(id));
+            }
+        }
+        Ok((subjects.into_iter().collect(), last))
+    }
+
+    /// Builds the subject index of a store written before it existed (or restored from such
+    /// a backup), once.
+    fn index_subjects(&self) -> Result<()> {
+        if self
+            .backend
+            .get(Tree::Meta, KEY_SUBJECTS_INDEXED)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .backend
+                .scan(Tree::Plans, &[], after.as_deref(), 10_000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let plans = page
+                .iter()
+                .map(|(_, v)| from_json::<PlanRecord>(v, "plan"))
+                .collect::<Result<Vec<_>>>()?;
+            self.write(&|txn| {
+                for p in &plans {
+                    txn.put(Tree::Subjects, &subject_key(p), &[])?;
+                }
+                Ok(())
+            })?;
+        }
+        self.write(&|txn| txn.put(Tree::Meta, KEY_SUBJECTS_INDEXED, &[1]))
     }
 
     /// Runs `f` as one transaction under the writer lock and returns once it is durable
@@ -459,6 +595,7 @@ impl Store {
                     return Err(Error::AlreadyExists(format!("plan {}", plan.id)));
                 }
                 txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
+                txn.put(Tree::Subjects, &subject_key(plan), &[])?;
             }
             if let Some(user) = &batch.new_user {
                 if txn.get(Tree::Users, user.name.as_bytes())?.is_some() {
@@ -470,6 +607,7 @@ impl Store {
                 match txn.get(Tree::Plans, plan.id.0.as_bytes())? {
                     None => {
                         txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
+                        txn.put(Tree::Subjects, &subject_key(plan), &[])?;
                         added.set(added.get() + 1);
                     }
                     Some(b) => {
@@ -491,6 +629,7 @@ impl Store {
                 }
                 txn.put(Tree::Consents, &key, &e.bytes)?;
             }
+            log_consent_changes(txn, batch.consent_entries.iter().map(|e| e.subject))?;
             let mut seq = read_u64(txn, KEY_FEED_SEQ)?;
             let mut feed = Vec::with_capacity(batch.changes.len());
             for (key, bytes) in &batch.changes {
@@ -604,6 +743,9 @@ impl Store {
         let out = std::cell::RefCell::new(None);
         self.backend.transact(&|txn| {
             for plan in &empty_plans {
+                if let Some(b) = txn.get(Tree::Plans, plan.0.as_bytes())? {
+                    txn.remove(Tree::Subjects, &subject_key(&from_json(&b, "plan")?))?;
+                }
                 txn.remove(Tree::Plans, plan.0.as_bytes())?;
             }
             for key in keys {
@@ -674,6 +816,35 @@ impl Store {
     /// Writes replication keys on their own (cursors, heads), durably.
     pub fn replication_put(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
         self.write(&|txn| write_replication(txn, writes))
+    }
+
+    /// Writes replication hints (a peer's heads, a cursor) that may be lost in a crash: they
+    /// become durable with the next sync, and losing them only means sending more again.
+    pub fn replication_hint(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| Error::internal("store writer poisoned"))?;
+        self.backend
+            .transact(&|txn| write_replication(txn, writes))?;
+        self.durability.applied()?;
+        Ok(())
+    }
+
+    /// The plans of a subject (at every home this node knows), through the subject index.
+    pub fn plans_of_subject(&self, subject: SubjectId) -> Result<Vec<PlanRecord>> {
+        let mut out = Vec::new();
+        for (k, _) in self
+            .backend
+            .scan(Tree::Subjects, subject.0.as_bytes(), None, usize::MAX)?
+        {
+            let id = uuid::Uuid::from_slice(&k[16..])
+                .map_err(|_| Error::Storage("malformed subject index key".into()))?;
+            if let Some(p) = self.plan(PlanId(id))? {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
     /// A plan's record.
@@ -873,6 +1044,16 @@ impl StoreHandle {
             .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
     }
 
+    /// See [`Store::consent_changes_since`].
+    pub async fn consent_changes_since(&self, after: u64) -> Result<(Vec<SubjectId>, u64)> {
+        self.run(move |s| s.consent_changes_since(after)).await
+    }
+
+    /// See [`Store::plans_of_subject`].
+    pub async fn plans_of_subject(&self, subject: SubjectId) -> Result<Vec<PlanRecord>> {
+        self.run(move |s| s.plans_of_subject(subject)).await
+    }
+
     /// Reads a section the permit allows reading.
     pub async fn read_section(&self, permit: &ReadPermit) -> Result<Option<StoredSection>> {
         let key = permit.key().clone();
@@ -1022,6 +1203,11 @@ impl StoreHandle {
     /// Writes replication keys.
     pub async fn replication_put(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
         self.run(move |s| s.replication_put(&writes)).await
+    }
+
+    /// See [`Store::replication_hint`].
+    pub async fn replication_hint(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        self.run(move |s| s.replication_hint(&writes)).await
     }
 
     /// The synchronous store, for offline tools (`weft user add --data`).
