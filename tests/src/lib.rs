@@ -191,6 +191,10 @@ impl TestNode {
             signing_key: None,
             federation: self.federation.clone(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            family: Some(weft_node::config::FamilyConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                public_url: None,
+            }),
             source_sha256: String::new(),
         }
     }
@@ -242,6 +246,13 @@ impl TestNode {
     /// Replication status of this node's peers (in-process, not audited).
     pub fn peers(&self) -> std::collections::BTreeMap<AgencyId, PeerInfo> {
         self.node().service().peer_status()
+    }
+
+    /// The family page's address.
+    pub fn family_addr(&self) -> SocketAddr {
+        self.node()
+            .family_addr()
+            .expect("test nodes serve the family page")
     }
 
     /// The client API address.
@@ -581,6 +592,7 @@ impl ClusterBuilder {
                     .map(|(_, (p, addr))| PeerConfig {
                         agency: AgencyId::parse(p).expect("test agency ids parse"),
                         endpoint: format!("https://{addr}"),
+                        name: None,
                     })
                     .collect(),
             });
@@ -789,6 +801,7 @@ impl WeftProcess {
                     .map(|(j, p)| PeerConfig {
                         agency: AgencyId::parse(p).expect("test agency ids parse"),
                         endpoint: format!("https://{}", addrs[j].1),
+                        name: None,
                     })
                     .collect(),
             };
