@@ -415,6 +415,27 @@ impl TestNode {
         ))
     }
 
+    /// Invites a guardian to the family page for `plan`, as the coordinator, through the
+    /// API; returns the invitation link.
+    pub async fn invite_guardian(
+        &self,
+        plan: &str,
+        name: &str,
+        relationship: &str,
+    ) -> anyhow::Result<String> {
+        Ok(self
+            .users(&self.coordinator_token)
+            .await?
+            .invite_guardian(pb::InviteGuardianRequest {
+                plan_id: plan.into(),
+                name: name.into(),
+                relationship: relationship.into(),
+            })
+            .await?
+            .into_inner()
+            .link)
+    }
+
     /// Creates a plan as the coordinator; returns its id.
     pub async fn create_plan(&self, given: &str, family: &str) -> anyhow::Result<String> {
         let r = self
