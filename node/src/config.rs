@@ -67,6 +67,8 @@ pub struct FamilySection {
     /// The address families use, `https://host[:port]`, for invitation links. Default:
     /// `https://` plus the listen address.
     pub public_url: Option<String>,
+    /// This agency's name as families read it (default: the agency id).
+    pub name: Option<String>,
 }
 
 /// The family page's settings.
@@ -76,6 +78,8 @@ pub struct FamilyConfig {
     pub listen: SocketAddr,
     /// The base of invitation links, without a trailing `/` (`None`: from the bound address).
     pub public_url: Option<String>,
+    /// This agency's name for families, if configured.
+    pub name: Option<String>,
 }
 
 /// `[metrics]`
@@ -387,7 +391,18 @@ impl FileConfig {
                     ));
                 }
             }
-            listen.map(|listen| FamilyConfig { listen, public_url })
+            let name = f.name.map(|n| n.trim().to_string());
+            if name
+                .as_ref()
+                .is_some_and(|n| n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control))
+            {
+                problems.push("family.name: 1 to 100 printable characters".into());
+            }
+            listen.map(|listen| FamilyConfig {
+                listen,
+                public_url,
+                name,
+            })
         });
         if !(2..=100_000).contains(&self.storage.compact_after_chunks) {
             problems.push("storage.compact_after_chunks: must be between 2 and 100000".into());
@@ -467,6 +482,9 @@ pub fn render_full(
         text.push_str(&format!("\n[family]\nlisten = \"{}\"\n", f.listen));
         if let Some(u) = &f.public_url {
             text.push_str(&format!("public_url = \"{u}\"\n"));
+        }
+        if let Some(n) = &f.name {
+            text.push_str(&format!("name = {}\n", toml_string(n)));
         }
     }
     if let Some(f) = federation {

@@ -217,6 +217,7 @@ impl Node {
                 .unwrap_or_default();
             tokio::spawn(crate::family::serve(
                 service.clone(),
+                family.clone(),
                 peers,
                 cert.clone(),
                 l,

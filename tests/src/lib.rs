@@ -194,6 +194,7 @@ impl TestNode {
             family: Some(weft_node::config::FamilyConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 public_url: None,
+                name: None,
             }),
             source_sha256: String::new(),
         }

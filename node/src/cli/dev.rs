@@ -101,6 +101,7 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
         let family = (i == 0).then(|| FamilyConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port + 30)),
             public_url: None,
+            name: Some(dev_name(agency.as_str()).to_string()),
         });
         std::fs::write(
             &config_path,

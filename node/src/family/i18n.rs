@@ -226,6 +226,7 @@ pub struct Texts {
     pub confirm_revoke: &'static str,
     pub keep: &'static str,
     pub revoked: &'static str,
+    pub revoked_on: &'static str,
     pub purge_waiting: &'static str,
     pub purge_confirmed: &'static str,
     pub signed_by: &'static str,
@@ -267,6 +268,8 @@ pub struct Texts {
     pub there_is_a_problem: &'static str,
     /// `{agency} will be able to {access} {sections} until {date} for {purpose}.`
     pub sentence: fn(&str, &str, &str, &str, &str) -> String,
+    /// The same for a consent that ended: `{agency} was allowed to …`.
+    pub past_sentence: fn(&str, &str, &str, &str, &str) -> String,
     /// `{agency} will no longer see {sections}.`
     pub revoke_sentence: fn(&str, &str) -> String,
     /// A list joined with commas and a final "and".
@@ -377,6 +380,7 @@ const EN: Texts = Texts {
     confirm_revoke: "Yes, revoke",
     keep: "No, keep it",
     revoked: "The consent was revoked. The agency has been told to delete its copies.",
+    revoked_on: "Revoked on",
     purge_waiting: "Waiting for the agency to confirm it deleted its copies.",
     purge_confirmed: "Deletion confirmed",
     signed_by: "Recorded by",
@@ -429,6 +433,9 @@ const EN: Texts = Texts {
     there_is_a_problem: "There is a problem",
     sentence: |agency, access, sections, date, purpose| {
         format!("{agency} will be able to {access} {sections} until {date} for {purpose}.")
+    },
+    past_sentence: |agency, access, sections, date, purpose| {
+        format!("{agency} was allowed to {access} {sections} until {date} for {purpose}.")
     },
     revoke_sentence: |agency, sections| format!("{agency} will no longer see {sections}."),
     and: "and",
@@ -538,6 +545,7 @@ const ES: Texts = Texts {
     confirm_revoke: "Sí, revocar",
     keep: "No, mantenerlo",
     revoked: "Se revocó el consentimiento. Se pidió a la agencia que borre sus copias.",
+    revoked_on: "Revocado el",
     purge_waiting: "Esperando que la agencia confirme que borró sus copias.",
     purge_confirmed: "Borrado confirmado",
     signed_by: "Registrado por",
@@ -590,6 +598,9 @@ const ES: Texts = Texts {
     there_is_a_problem: "Hay un problema",
     sentence: |agency, access, sections, date, purpose| {
         format!("{agency} podrá {access} {sections} hasta el {date} para {purpose}.")
+    },
+    past_sentence: |agency, access, sections, date, purpose| {
+        format!("{agency} tenía permiso para {access} {sections} hasta el {date} para {purpose}.")
     },
     revoke_sentence: |agency, sections| format!("{agency} dejará de ver {sections}."),
     and: "y",

@@ -56,11 +56,16 @@ pub struct App {
     sessions: session::Sessions,
     /// The federation's peers with their display names, in config order.
     peers: Vec<(AgencyId, String)>,
+    /// This agency's display name.
+    home_name: String,
 }
 
 impl App {
     /// An agency's name for families: its configured display name, else its id.
     fn agency_name(&self, agency: &str) -> String {
+        if agency == self.service.agency().as_str() {
+            return self.home_name.clone();
+        }
         self.peers
             .iter()
             .find(|(a, _)| a.as_str() == agency)
@@ -83,8 +88,11 @@ pub fn invite_link(base: &str, token: &str) -> String {
 }
 
 /// The family page's routes.
-pub fn router(service: Arc<NodeService>, peers: &[PeerConfig]) -> Router {
+pub fn router(service: Arc<NodeService>, peers: &[PeerConfig], name: Option<&str>) -> Router {
     let app = Arc::new(App {
+        home_name: name
+            .map(String::from)
+            .unwrap_or_else(|| service.agency().to_string()),
         service,
         sessions: session::Sessions::default(),
         peers: peers
@@ -196,6 +204,7 @@ impl axum::serve::Listener for TlsListener {
 /// `shutdown` turns true.
 pub async fn serve(
     service: Arc<NodeService>,
+    config: FamilyConfig,
     peers: Vec<PeerConfig>,
     cert: Arc<crate::tls::ReloadingCert>,
     listener: TcpListener,
@@ -205,7 +214,7 @@ pub async fn serve(
     let mut tls = (*crate::tls::server_config(cert, None)?).clone();
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let incoming = crate::tls::incoming(listener, Arc::new(tls)).boxed();
-    let app = router(service, &peers);
+    let app = router(service, &peers, config.name.as_deref());
     tracing::info!(%addr, "family page listening");
     axum::serve(TlsListener { incoming, addr }, app)
         .with_graceful_shutdown(async move {

@@ -866,7 +866,12 @@ fn consent_sentence(app: &App, lang: Lang, v: &ConsentView) -> String {
         return String::new();
     };
     let sections: Vec<String> = p.sections.iter().map(|s| lang.section(s)).collect();
-    (t.sentence)(
+    let say = if matches!(v.state, ConsentState::Active | ConsentState::NotYetValid) {
+        t.sentence
+    } else {
+        t.past_sentence
+    };
+    say(
         &app.agency_name(p.grantee.as_str()),
         access_label(t, p.access.as_str()),
         &join_and(&sections, t.and),
@@ -1063,6 +1068,7 @@ async fn render_sharing(
                         }
                     }
                     @if let (ConsentState::Revoked, Some(r)) = (v.state, &v.revocation) {
+                        p class="meta" { (t.revoked_on) " " (lang.date_time(r.revoked_at.as_millis())) " (" (r.revoked_by.user) ")" }
                         @let mine: Vec<_> = receipts.iter().filter(|x| {
                             v.record.provisions.iter().any(|p| p.grantee == x.holder && p.sections.iter().any(|s| *s == x.section))
                                 && x.purged_at.as_millis() + 60_000 >= r.revoked_at.as_millis()
