@@ -343,7 +343,9 @@ impl FileConfig {
                         }
                         let name = p.name.as_deref().map(str::trim);
                         if name.is_some_and(|t| {
-                            t.is_empty() || t.chars().count() > 100 || t.chars().any(char::is_control)
+                            t.is_empty()
+                                || t.chars().count() > 100
+                                || t.chars().any(char::is_control)
                         }) {
                             problems.push(format!(
                                 "federation.peers[{n}].name: 1 to 100 printable characters"
@@ -382,7 +384,9 @@ impl FileConfig {
                     ))
                 })
                 .ok();
-            let public_url = f.public_url.map(|u| u.trim().trim_end_matches('/').to_string());
+            let public_url = f
+                .public_url
+                .map(|u| u.trim().trim_end_matches('/').to_string());
             if let Some(u) = &public_url {
                 let rest = u.strip_prefix("https://").unwrap_or("");
                 if rest.is_empty() || rest.contains(['?', '#', ' ']) {
@@ -392,10 +396,9 @@ impl FileConfig {
                 }
             }
             let name = f.name.map(|n| n.trim().to_string());
-            if name
-                .as_ref()
-                .is_some_and(|n| n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control))
-            {
+            if name.as_ref().is_some_and(|n| {
+                n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control)
+            }) {
                 problems.push("family.name: 1 to 100 printable characters".into());
             }
             listen.map(|listen| FamilyConfig {

@@ -102,7 +102,12 @@ impl Browser {
         })
     }
 
-    async fn send(&mut self, method: &str, path: &str, form: Option<&[(&str, &str)]>) -> anyhow::Result<Resp> {
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+    ) -> anyhow::Result<Resp> {
         self.paths.push(path.to_string());
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;
         let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())?;
@@ -131,7 +136,9 @@ impl Browser {
             }
             None => String::new(),
         };
-        let resp = sender.send_request(req.body(Full::new(Bytes::from(body)))?).await?;
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body)))?)
+            .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
@@ -162,7 +169,12 @@ impl Browser {
     }
 
     /// Posts a form with this session's CSRF token (read from `page`).
-    async fn submit(&mut self, page: &str, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Resp> {
+    async fn submit(
+        &mut self,
+        page: &str,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<Resp> {
         let csrf = self.get(page).await?.hidden("csrf");
         anyhow::ensure!(!csrf.is_empty(), "no CSRF token on {page}");
         let mut all = vec![("csrf", csrf.as_str())];
@@ -203,9 +215,7 @@ async fn one_node() -> anyhow::Result<Cluster> {
 }
 
 async fn goal_count(node: &TestNode, plan: &str) -> anyhow::Result<usize> {
-    let goals = node
-        .section(&node.coordinator_token, plan, "goals")
-        .await?;
+    let goals = node.section(&node.coordinator_token, plan, "goals").await?;
     Ok(goals
         .get("goals")
         .and_then(|g| g.as_object())
@@ -227,7 +237,12 @@ async fn consent_count(node: &TestNode, plan: &str) -> anyhow::Result<usize> {
 }
 
 async fn audit_details(node: &TestNode, action: &str) -> anyhow::Result<Vec<String>> {
-    let entries = node.node().service().store().audit_entries(0, 100_000).await?;
+    let entries = node
+        .node()
+        .service()
+        .store()
+        .audit_entries(0, 100_000)
+        .await?;
     Ok(entries
         .into_iter()
         .flatten()
@@ -246,27 +261,47 @@ async fn pages_carry_security_headers_and_strict_session_cookies() -> anyhow::Re
     let csp = r.header("content-security-policy");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert!(csp.contains("default-src 'none'"), "{csp}");
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
-    assert!(!csp.contains("script-src"), "no scripts are allowed at all: {csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("script-src"),
+        "no scripts are allowed at all: {csp}"
+    );
     assert_eq!(r.header("x-content-type-options"), "nosniff");
     assert_eq!(r.header("referrer-policy"), "no-referrer");
-    assert!(r.header("strict-transport-security").starts_with("max-age="));
+    assert!(r
+        .header("strict-transport-security")
+        .starts_with("max-age="));
     assert_eq!(r.header("x-frame-options"), "DENY");
     assert_eq!(r.header("cache-control"), "no-store");
     let cookie = r.header("set-cookie");
     assert!(cookie.starts_with("__Host-weft-family="), "{cookie}");
-    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+    for flag in [
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=",
+    ] {
         assert!(cookie.contains(flag), "{flag} missing in {cookie}");
     }
     assert!(!cookie.contains("Domain="), "{cookie}");
     // No inline script or style anywhere: the page works without JavaScript.
-    assert!(!r.body.contains("<script") && !r.body.contains("style="), "{}", r.body);
+    assert!(
+        !r.body.contains("<script") && !r.body.contains("style="),
+        "{}",
+        r.body
+    );
     // Every control has a label.
     assert!(r.body.contains("<label for=\"user\"") && r.body.contains("<label for=\"passphrase\""));
     // Errors carry the headers too.
     let nf = b.get("/no-such-page").await?;
     assert_eq!(nf.status, 404);
-    assert!(nf.header("content-security-policy").contains("frame-ancestors 'none'"));
+    assert!(nf
+        .header("content-security-policy")
+        .contains("frame-ancestors 'none'"));
     cluster.stop().await
 }
 
@@ -275,7 +310,9 @@ async fn an_invitation_works_once_and_not_after_72_hours() -> anyhow::Result<()>
     let cluster = one_node().await?;
     let school = cluster.node("school.test");
     let plan = school.create_plan("Ines", "Invitee").await?;
-    let link = school.invite_guardian(&plan, "Paula Invitee", "parent").await?;
+    let link = school
+        .invite_guardian(&plan, "Paula Invitee", "parent")
+        .await?;
     assert!(
         link.starts_with(&format!("https://{}/invite/", school.family_addr())),
         "{link}"
@@ -299,11 +336,21 @@ async fn an_invitation_works_once_and_not_after_72_hours() -> anyhow::Result<()>
     let short = b
         .post(
             "/invite",
-            &[("csrf", &csrf), ("token", &token), ("user", "paula"), ("passphrase", "short"), ("again", "short")],
+            &[
+                ("csrf", &csrf),
+                ("token", &token),
+                ("user", "paula"),
+                ("passphrase", "short"),
+                ("again", "short"),
+            ],
         )
         .await?;
     assert_eq!(short.status, 400);
-    assert!(short.body.contains("12 to 256 characters"), "{}", short.body);
+    assert!(
+        short.body.contains("12 to 256 characters"),
+        "{}",
+        short.body
+    );
 
     let mut b = accept(school, &link, "paula", "a long enough passphrase").await?;
     assert_eq!(b.get("/plan").await?.status, 200);
@@ -315,22 +362,39 @@ async fn an_invitation_works_once_and_not_after_72_hours() -> anyhow::Result<()>
     let reuse = other
         .post(
             "/invite",
-            &[("csrf", &csrf), ("token", &token), ("user", "mallory"), ("passphrase", "another long passphrase"), ("again", "another long passphrase")],
+            &[
+                ("csrf", &csrf),
+                ("token", &token),
+                ("user", "mallory"),
+                ("passphrase", "another long passphrase"),
+                ("again", "another long passphrase"),
+            ],
         )
         .await?;
     assert_eq!(reuse.status, 410);
     assert!(school.node().service().guardian_caller("mallory").is_none());
 
     // Expired: 72 hours later a fresh invitation no longer works.
-    let late = school.invite_guardian(&plan, "Late Invitee", "guardian").await?;
+    let late = school
+        .invite_guardian(&plan, "Late Invitee", "guardian")
+        .await?;
     school.clock.advance(Duration::from_secs(72 * 3600 + 60));
     let mut c = Browser::new(school)?;
-    assert_eq!(c.get(&format!("/invite/{}", token_of(&late))).await?.status, 410);
+    assert_eq!(
+        c.get(&format!("/invite/{}", token_of(&late))).await?.status,
+        410
+    );
     let csrf = c.get("/signin").await?.hidden("csrf");
     let expired = c
         .post(
             "/invite",
-            &[("csrf", &csrf), ("token", &token_of(&late)), ("user", "late"), ("passphrase", "a long enough passphrase"), ("again", "a long enough passphrase")],
+            &[
+                ("csrf", &csrf),
+                ("token", &token_of(&late)),
+                ("user", "late"),
+                ("passphrase", "a long enough passphrase"),
+                ("again", "a long enough passphrase"),
+            ],
         )
         .await?;
     assert_eq!(expired.status, 410);
@@ -338,8 +402,14 @@ async fn an_invitation_works_once_and_not_after_72_hours() -> anyhow::Result<()>
 
     let accepts = audit_details(school, "guardian_accept").await?;
     assert!(accepts.iter().any(|d| d.starts_with("Ok")), "{accepts:?}");
-    assert!(accepts.iter().any(|d| d.contains("invite_used")), "{accepts:?}");
-    assert!(accepts.iter().any(|d| d.contains("invite_expired")), "{accepts:?}");
+    assert!(
+        accepts.iter().any(|d| d.contains("invite_used")),
+        "{accepts:?}"
+    );
+    assert!(
+        accepts.iter().any(|d| d.contains("invite_expired")),
+        "{accepts:?}"
+    );
     assert_eq!(audit_details(school, "guardian_invite").await?.len(), 2);
     // The session survives; the guardian signs in again later with the passphrase.
     assert_eq!(b.get("/plan").await?.status, 200);
@@ -389,7 +459,12 @@ async fn a_form_without_its_csrf_token_is_refused_and_changes_nothing() -> anyho
     let ok = b.submit("/plan", "/goals", &goal).await?;
     assert_eq!(ok.status, 303, "{}", ok.body);
     assert_eq!(goal_count(school, &plan).await?, 1);
-    let writes = school.node().service().store().audit_entries(0, 100_000).await?;
+    let writes = school
+        .node()
+        .service()
+        .store()
+        .audit_entries(0, 100_000)
+        .await?;
     assert!(writes
         .into_iter()
         .flatten()
@@ -406,8 +481,12 @@ async fn another_guardians_session_cannot_reach_this_plan() -> anyhow::Result<()
     let school = cluster.node("school.test");
     let plan_a = school.create_plan("Amaranth", "Alpha").await?;
     let plan_b = school.create_plan("Bartholomew", "Beta").await?;
-    let link_a = school.invite_guardian(&plan_a, "Ana Alpha", "parent").await?;
-    let link_b = school.invite_guardian(&plan_b, "Ben Beta", "parent").await?;
+    let link_a = school
+        .invite_guardian(&plan_a, "Ana Alpha", "parent")
+        .await?;
+    let link_b = school
+        .invite_guardian(&plan_b, "Ben Beta", "parent")
+        .await?;
     let mut a = accept(school, &link_a, "ana", "a long enough passphrase").await?;
     let mut b = accept(school, &link_b, "ben", "another long passphrase").await?;
 
@@ -419,14 +498,30 @@ async fn another_guardians_session_cannot_reach_this_plan() -> anyhow::Result<()
     let choose = b.submit("/plan", "/plans", &[("plan", &plan_a)]).await?;
     assert_eq!(choose.status, 404);
     let goal = b
-        .submit("/plan", "/goals", &[("plan", &plan_a), ("text", "Sneaky goal"), ("domain", "other"), ("horizon", "short")])
+        .submit(
+            "/plan",
+            "/goals",
+            &[
+                ("plan", &plan_a),
+                ("text", "Sneaky goal"),
+                ("domain", "other"),
+                ("horizon", "short"),
+            ],
+        )
         .await?;
     assert!(matches!(goal.status, 403 | 404), "{}", goal.status);
     let grant = b
         .submit(
             "/sharing",
             "/sharing/grant",
-            &[("plan", &plan_a), ("agency", "clinic.test"), ("sections", "health"), ("access", "read"), ("purpose", "referral"), ("until", "2099-01-01")],
+            &[
+                ("plan", &plan_a),
+                ("agency", "clinic.test"),
+                ("sections", "health"),
+                ("access", "read"),
+                ("purpose", "referral"),
+                ("until", "2099-01-01"),
+            ],
         )
         .await?;
     assert!(matches!(grant.status, 403 | 404), "{}", grant.status);
@@ -438,7 +533,14 @@ async fn another_guardians_session_cannot_reach_this_plan() -> anyhow::Result<()
         .submit(
             "/sharing",
             "/sharing/grant",
-            &[("plan", &plan_a), ("agency", "clinic.test"), ("sections", "goals"), ("access", "read"), ("purpose", "care_coordination"), ("until", "2099-01-01")],
+            &[
+                ("plan", &plan_a),
+                ("agency", "clinic.test"),
+                ("sections", "goals"),
+                ("access", "read"),
+                ("purpose", "care_coordination"),
+                ("until", "2099-01-01"),
+            ],
         )
         .await?;
     assert_eq!(ok.status, 303, "{}", ok.body);
@@ -460,7 +562,11 @@ async fn another_guardians_session_cannot_reach_this_plan() -> anyhow::Result<()
     assert_eq!(consent.signer, "school.test");
     for (plan, expect) in [(&plan_a, 404), (&plan_b, 404)] {
         let r = b
-            .submit("/sharing", "/sharing/revoke", &[("plan", plan), ("consent", &consent.consent_id)])
+            .submit(
+                "/sharing",
+                "/sharing/revoke",
+                &[("plan", plan), ("consent", &consent.consent_id)],
+            )
             .await?;
         assert_eq!(r.status, expect);
     }
@@ -481,7 +587,10 @@ async fn another_guardians_session_cannot_reach_this_plan() -> anyhow::Result<()
         assert!(!r.body.contains("Amaranth"), "{p}");
     }
     let denied = audit_details(school, "write").await?;
-    assert!(denied.iter().any(|d| d.contains("guardian_binding")), "{denied:?}");
+    assert!(
+        denied.iter().any(|d| d.contains("guardian_binding")),
+        "{denied:?}"
+    );
     cluster.stop().await
 }
 
@@ -496,21 +605,36 @@ async fn wrong_passphrases_lock_sign_in_for_a_while() -> anyhow::Result<()> {
     let mut statuses = Vec::new();
     for _ in 0..weft_node::service::family::MAX_FAILURES {
         let r = b
-            .submit("/signin", "/signin", &[("user", "lu"), ("passphrase", "a wrong passphrase")])
+            .submit(
+                "/signin",
+                "/signin",
+                &[("user", "lu"), ("passphrase", "a wrong passphrase")],
+            )
             .await?;
         statuses.push(r.status);
     }
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
-    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(
+        statuses[..statuses.len() - 1].iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
     // Locked: even the right passphrase is refused for now.
     let locked = b
-        .submit("/signin", "/signin", &[("user", "lu"), ("passphrase", "the right passphrase")])
+        .submit(
+            "/signin",
+            "/signin",
+            &[("user", "lu"), ("passphrase", "the right passphrase")],
+        )
         .await?;
     assert_eq!(locked.status, 429);
     assert!(locked.body.contains("Too many attempts"));
     // An unknown name is refused the same way as a wrong passphrase.
     let unknown = b
-        .submit("/signin", "/signin", &[("user", "nobody"), ("passphrase", "whatever it is")])
+        .submit(
+            "/signin",
+            "/signin",
+            &[("user", "nobody"), ("passphrase", "whatever it is")],
+        )
         .await?;
     assert_eq!(unknown.status, 401);
     // After the lockout it opens again.
@@ -518,15 +642,28 @@ async fn wrong_passphrases_lock_sign_in_for_a_while() -> anyhow::Result<()> {
         .clock
         .advance(weft_node::service::family::LOCKOUT + Duration::from_secs(1));
     let ok = b
-        .submit("/signin", "/signin", &[("user", "lu"), ("passphrase", "the right passphrase")])
+        .submit(
+            "/signin",
+            "/signin",
+            &[("user", "lu"), ("passphrase", "the right passphrase")],
+        )
         .await?;
     assert_eq!(ok.status, 303);
     assert_eq!(ok.location(), "/plan");
     assert_eq!(b.get("/plan").await?.status, 200);
     let sign_ins = audit_details(school, "sign_in").await?;
-    assert!(sign_ins.iter().any(|d| d.contains("locked for")), "{sign_ins:?}");
-    assert!(sign_ins.iter().any(|d| d == "Denied locked"), "{sign_ins:?}");
-    assert!(sign_ins.iter().any(|d| d == "Denied unknown_user"), "{sign_ins:?}");
+    assert!(
+        sign_ins.iter().any(|d| d.contains("locked for")),
+        "{sign_ins:?}"
+    );
+    assert!(
+        sign_ins.iter().any(|d| d == "Denied locked"),
+        "{sign_ins:?}"
+    );
+    assert!(
+        sign_ins.iter().any(|d| d == "Denied unknown_user"),
+        "{sign_ins:?}"
+    );
     assert!(sign_ins.iter().any(|d| d.starts_with("Ok")), "{sign_ins:?}");
     cluster.stop().await
 }
@@ -542,10 +679,45 @@ async fn bad_input_is_explained_and_changes_nothing() -> anyhow::Result<()> {
     let link = school.invite_guardian(&plan, "Bo Bad", "parent").await?;
     let mut b = accept(school, &link, "bo", "a long enough passphrase").await?;
     let cases: [(&[(&str, &str)], &str); 4] = [
-        (&[("agency", "evil.test"), ("sections", "goals"), ("access", "read"), ("purpose", "referral"), ("until", "2099-01-01")], "Choose an agency"),
-        (&[("agency", "clinic.test"), ("access", "read"), ("purpose", "referral"), ("until", "2099-01-01")], "at least one part"),
-        (&[("agency", "clinic.test"), ("sections", "goals"), ("access", "read"), ("purpose", "referral"), ("until", "2001-01-01")], "after today"),
-        (&[("agency", "clinic.test"), ("sections", "goals"), ("access", "own"), ("purpose", "fun"), ("until", "30/06/2099")], "year-month-day"),
+        (
+            &[
+                ("agency", "evil.test"),
+                ("sections", "goals"),
+                ("access", "read"),
+                ("purpose", "referral"),
+                ("until", "2099-01-01"),
+            ],
+            "Choose an agency",
+        ),
+        (
+            &[
+                ("agency", "clinic.test"),
+                ("access", "read"),
+                ("purpose", "referral"),
+                ("until", "2099-01-01"),
+            ],
+            "at least one part",
+        ),
+        (
+            &[
+                ("agency", "clinic.test"),
+                ("sections", "goals"),
+                ("access", "read"),
+                ("purpose", "referral"),
+                ("until", "2001-01-01"),
+            ],
+            "after today",
+        ),
+        (
+            &[
+                ("agency", "clinic.test"),
+                ("sections", "goals"),
+                ("access", "own"),
+                ("purpose", "fun"),
+                ("until", "30/06/2099"),
+            ],
+            "year-month-day",
+        ),
     ];
     for (form, message) in cases {
         let mut all = vec![("plan", plan.as_str())];
@@ -558,7 +730,16 @@ async fn bad_input_is_explained_and_changes_nothing() -> anyhow::Result<()> {
         }
     }
     let empty_goal = b
-        .submit("/plan", "/goals", &[("plan", &plan), ("text", "  "), ("domain", "health"), ("horizon", "short")])
+        .submit(
+            "/plan",
+            "/goals",
+            &[
+                ("plan", &plan),
+                ("text", "  "),
+                ("domain", "health"),
+                ("horizon", "short"),
+            ],
+        )
         .await?;
     assert_eq!(empty_goal.status, 400);
     assert_eq!(consent_count(school, &plan).await?, 0);
@@ -574,7 +755,9 @@ async fn titles_and_urls_never_carry_a_childs_name() -> anyhow::Result<()> {
         .await?;
     let school = cluster.node("school.test");
     let plan = school.create_plan("Zebulonia", "Quixotica").await?;
-    let link = school.invite_guardian(&plan, "Yolanda Quixotica", "parent").await?;
+    let link = school
+        .invite_guardian(&plan, "Yolanda Quixotica", "parent")
+        .await?;
     let mut b = accept(school, &link, "yolanda", "a long enough passphrase").await?;
     let mut titles = Vec::new();
     for p in ["/plan", "/sharing", "/seen"] {
@@ -586,12 +769,21 @@ async fn titles_and_urls_never_carry_a_childs_name() -> anyhow::Result<()> {
         .submit(
             "/sharing",
             "/sharing/review",
-            &[("plan", &plan), ("agency", "clinic.test"), ("sections", "goals"), ("access", "read"), ("purpose", "care_coordination"), ("until", "2099-06-30")],
+            &[
+                ("plan", &plan),
+                ("agency", "clinic.test"),
+                ("sections", "goals"),
+                ("access", "read"),
+                ("purpose", "care_coordination"),
+                ("until", "2099-06-30"),
+            ],
         )
         .await?;
     assert_eq!(review.status, 200);
     assert!(
-        review.body.contains("will be able to read Goals until 30 June 2099 for care coordination"),
+        review
+            .body
+            .contains("will be able to read Goals until 30 June 2099 for care coordination"),
         "{}",
         review.body
     );
@@ -600,12 +792,22 @@ async fn titles_and_urls_never_carry_a_childs_name() -> anyhow::Result<()> {
         .submit(
             "/sharing",
             "/sharing/grant",
-            &[("plan", &plan), ("agency", "clinic.test"), ("sections", "goals"), ("access", "read"), ("purpose", "care_coordination"), ("until", "2099-06-30")],
+            &[
+                ("plan", &plan),
+                ("agency", "clinic.test"),
+                ("sections", "goals"),
+                ("access", "read"),
+                ("purpose", "care_coordination"),
+                ("until", "2099-06-30"),
+            ],
         )
         .await?;
     assert_eq!(granted.status, 303);
     let plan_page = b.get("/plan").await?;
-    assert!(plan_page.body.contains("Zebulonia"), "positive control: the page does show the plan");
+    assert!(
+        plan_page.body.contains("Zebulonia"),
+        "positive control: the page does show the plan"
+    );
     for t in &titles {
         for name in ["Zebulonia", "Quixotica", "Yolanda"] {
             assert!(!t.contains(name), "title `{t}` names {name}");
@@ -618,7 +820,9 @@ async fn titles_and_urls_never_carry_a_childs_name() -> anyhow::Result<()> {
         assert!(!p.contains(&plan), "URL {p} names the plan");
     }
     // Spanish, from the switch.
-    let es = b.submit("/plan", "/lang", &[("lang", "es"), ("back", "/sharing")]).await?;
+    let es = b
+        .submit("/plan", "/lang", &[("lang", "es"), ("back", "/sharing")])
+        .await?;
     assert_eq!(es.location(), "/sharing");
     let page = b.get("/sharing").await?;
     assert!(page.body.contains("lang=\"es\"") && page.body.contains("Quién puede ver qué"));

@@ -34,7 +34,9 @@ async fn start_driver() -> anyhow::Result<Driver> {
             "{bin} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let child = tokio::process::Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -189,7 +191,9 @@ async fn run(
     fill(c, "note-0", "We read together every evening").await?;
     click(c, "form[action='/goals/comment'] button").await?;
     wait_path(c, "/plan").await?;
-    assert!(body_text(c).await?.contains("We read together every evening"));
+    assert!(body_text(c)
+        .await?
+        .contains("We read together every evening"));
 
     // Grant the clinic `goals`, with a confirmation step that restates it.
     c.goto(&format!("{base}/sharing")).await?;
@@ -202,7 +206,10 @@ async fn run(
         .click()
         .await?;
     // Chromium's date field takes the digits in the locale's order (en-US: month day year).
-    c.find(Locator::Id("until")).await?.send_keys("06302027").await?;
+    c.find(Locator::Id("until"))
+        .await?
+        .send_keys("06302027")
+        .await?;
     click(c, "form[action='/sharing/review'] button[type=submit]").await?;
     wait_path(c, "/sharing/review").await?;
     let sentence = c.find(Locator::Id("sentence")).await?.text().await?;
@@ -215,7 +222,10 @@ async fn run(
     wait_path(c, "/sharing").await?;
     let text = body_text(c).await?;
     assert!(text.contains("Your consent was recorded."), "{text}");
-    assert!(text.contains("Read until 30 June 2027 (care coordination)"), "{text}");
+    assert!(
+        text.contains("Read until 30 June 2027 (care coordination)"),
+        "{text}"
+    );
     shot(c, "06-granted").await?;
 
     // The goals arrive at the clinic's node.
@@ -232,7 +242,9 @@ async fn run(
     click(c, "form[action='/sharing/revoke/review'] button").await?;
     wait_path(c, "/sharing/revoke/review").await?;
     shot(c, "07-revoke-confirm").await?;
-    assert!(body_text(c).await?.contains("clinic.test will no longer see Goals."));
+    assert!(body_text(c)
+        .await?
+        .contains("clinic.test will no longer see Goals."));
     click(c, "form[action='/sharing/revoke'] button").await?;
     wait_path(c, "/sharing").await?;
     let text = eventually("the purge receipt on the page", DEADLINE, || async {
@@ -241,7 +253,10 @@ async fn run(
         Ok(text.contains("Deletion confirmed").then_some(text))
     })
     .await?;
-    assert!(text.contains("Deletion confirmed: clinic.test, Goals"), "{text}");
+    assert!(
+        text.contains("Deletion confirmed: clinic.test, Goals"),
+        "{text}"
+    );
     shot(c, "08-revoked-with-receipt").await?;
     eventually("the clinic to lose the goals", DEADLINE, || async {
         Ok(clinic
@@ -257,12 +272,18 @@ async fn run(
     let text = body_text(c).await?;
     assert!(text.contains("sent to another agency"), "{text}");
     assert!(text.contains("Deletion receipts"), "{text}");
-    assert!(c.find(Locator::Css("main table:last-of-type tbody tr")).await.is_ok());
+    assert!(c
+        .find(Locator::Css("main table:last-of-type tbody tr"))
+        .await
+        .is_ok());
     shot(c, "09-seen").await?;
 
     // The same page in Spanish, from the switch.
     click(c, "form[action='/lang'] button").await?;
-    assert_eq!(c.title().await?, "Quién ha visto qué · Página para familias");
+    assert_eq!(
+        c.title().await?,
+        "Quién ha visto qué · Página para familias"
+    );
     shot(c, "10-seen-es").await?;
     Ok(())
 }

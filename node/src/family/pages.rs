@@ -3,6 +3,10 @@
 //! guardian. Business rules (who may see, grant, revoke, write) are the service's; nothing
 //! here decides them.
 
+// A helper's `Err` is the page to answer with, made at most once per request: boxing it would
+// only add an allocation.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -309,9 +313,17 @@ pub async fn signin_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Res
 }
 
 /// Starts a signed-in session in place of the current one (a fresh id and CSRF token).
-fn sign_in_session(app: &App, old: &Ctx, user: &str, plan: Option<PlanId>, flash: Option<Flash>) -> Response {
+fn sign_in_session(
+    app: &App,
+    old: &Ctx,
+    user: &str,
+    plan: Option<PlanId>,
+    flash: Option<Flash>,
+) -> Response {
     app.sessions.remove(&old.sid);
-    let (sid, _) = app.sessions.create(Some(user.to_string()), old.session.lang);
+    let (sid, _) = app
+        .sessions
+        .create(Some(user.to_string()), old.session.lang);
     app.sessions.update(&sid, |s| {
         s.plan = plan;
         s.flash = flash;
@@ -334,7 +346,10 @@ pub async fn signin(
         Err(r) => return r,
     };
     let t = c.texts();
-    let user = field(&form, "user").unwrap_or("").trim().to_ascii_lowercase();
+    let user = field(&form, "user")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let pass = field(&form, "passphrase").unwrap_or("");
     let outcome = match app.service.sign_in(&user, pass).await {
         Ok(o) => o,
@@ -368,7 +383,8 @@ pub async fn signout(
     };
     app.sessions.remove(&c.sid);
     let (sid, _) = app.sessions.create(None, c.session.lang);
-    app.sessions.update(&sid, |s| s.flash = Some(Flash::SignedOut));
+    app.sessions
+        .update(&sid, |s| s.flash = Some(Flash::SignedOut));
     let mut resp = see_other("/signin");
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&sid)) {
         resp.headers_mut().append(header::SET_COOKIE, v);
@@ -406,7 +422,12 @@ fn invite_body(
 
 fn invite_refused(c: &Ctx) -> Response {
     let t = c.texts();
-    message_page(c, StatusCode::GONE, t.invite_invalid_title, t.invite_invalid)
+    message_page(
+        c,
+        StatusCode::GONE,
+        t.invite_invalid_title,
+        t.invite_invalid,
+    )
 }
 
 /// `GET /invite/{token}`
@@ -423,7 +444,14 @@ pub async fn invite_page(
             StatusCode::OK,
             "/",
             t.invite_title,
-            invite_body(t, &c, &token, &c.lang.date_time(info.expires_at_ms), "", &[]),
+            invite_body(
+                t,
+                &c,
+                &token,
+                &c.lang.date_time(info.expires_at_ms),
+                "",
+                &[],
+            ),
         ),
         Ok(Err(_)) => invite_refused(&c),
         Err(e) => error_response(&c, &e),
@@ -442,7 +470,10 @@ pub async fn accept_invite(
     };
     let t = c.texts();
     let token = field(&form, "token").unwrap_or("");
-    let user = field(&form, "user").unwrap_or("").trim().to_ascii_lowercase();
+    let user = field(&form, "user")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let pass = field(&form, "passphrase").unwrap_or("");
     let again = field(&form, "again").unwrap_or("");
     match app.service.accept_invite(token, &user, pass, again).await {
@@ -794,7 +825,8 @@ pub async fn add_goal(
         .await
     {
         Ok(_) => {
-            app.sessions.update(&c.sid, |s| s.flash = Some(Flash::GoalAdded));
+            app.sessions
+                .update(&c.sid, |s| s.flash = Some(Flash::GoalAdded));
             see_other("/plan")
         }
         Err(e) => error_response(&c, &e),
@@ -994,20 +1026,26 @@ async fn render_sharing(
             }
         }
     }
-    let live = |v: &&ConsentView| matches!(v.state, ConsentState::Active | ConsentState::NotYetValid);
+    let live =
+        |v: &&ConsentView| matches!(v.state, ConsentState::Active | ConsentState::NotYetValid);
     let mut cells: BTreeMap<(String, &str), Vec<String>> = BTreeMap::new();
     for v in consents.iter().filter(live) {
         for p in &v.record.provisions {
             for s in &p.sections {
                 if let Some(sec) = sections.iter().find(|x| **x == s.as_str()) {
-                    let date = last_day_ms(p.valid_until).map(|d| lang.date(d)).unwrap_or_default();
-                    cells.entry((p.grantee.to_string(), sec)).or_default().push(format!(
-                        "{} {} {} ({})",
-                        crate::family::i18n::humanize(access_label(t, p.access.as_str())),
-                        t.until,
-                        date,
-                        purpose_label(t, p.purpose.as_str())
-                    ));
+                    let date = last_day_ms(p.valid_until)
+                        .map(|d| lang.date(d))
+                        .unwrap_or_default();
+                    cells
+                        .entry((p.grantee.to_string(), sec))
+                        .or_default()
+                        .push(format!(
+                            "{} {} {} ({})",
+                            crate::family::i18n::humanize(access_label(t, p.access.as_str())),
+                            t.until,
+                            date,
+                            purpose_label(t, p.purpose.as_str())
+                        ));
                 }
             }
         }
@@ -1070,7 +1108,7 @@ async fn render_sharing(
                     @if let (ConsentState::Revoked, Some(r)) = (v.state, &v.revocation) {
                         p class="meta" { (t.revoked_on) " " (lang.date_time(r.revoked_at.as_millis())) " (" (r.revoked_by.user) ")" }
                         @let mine: Vec<_> = receipts.iter().filter(|x| {
-                            v.record.provisions.iter().any(|p| p.grantee == x.holder && p.sections.iter().any(|s| *s == x.section))
+                            v.record.provisions.iter().any(|p| p.grantee == x.holder && p.sections.contains(&x.section))
                                 && x.purged_at.as_millis() + 60_000 >= r.revoked_at.as_millis()
                         }).collect();
                         @if mine.is_empty() {
@@ -1153,7 +1191,9 @@ pub async fn review_grant(
     };
     let g = match grant_form(&app, &c, &form) {
         Ok(g) => g,
-        Err(errors) => return render_sharing(&app, &c, StatusCode::BAD_REQUEST, &errors, &form).await,
+        Err(errors) => {
+            return render_sharing(&app, &c, StatusCode::BAD_REQUEST, &errors, &form).await
+        }
     };
     let lang = c.lang;
     let t = c.texts();
@@ -1208,7 +1248,9 @@ pub async fn grant(
     };
     let g = match grant_form(&app, &c, &form) {
         Ok(g) => g,
-        Err(errors) => return render_sharing(&app, &c, StatusCode::BAD_REQUEST, &errors, &form).await,
+        Err(errors) => {
+            return render_sharing(&app, &c, StatusCode::BAD_REQUEST, &errors, &form).await
+        }
     };
     let profile = match app.service.guardian_profile(&caller.user).await {
         Ok(Some(p)) => p,
@@ -1229,7 +1271,8 @@ pub async fn grant(
     };
     match app.service.grant(&caller, input).await {
         Ok(_) => {
-            app.sessions.update(&c.sid, |s| s.flash = Some(Flash::Granted));
+            app.sessions
+                .update(&c.sid, |s| s.flash = Some(Flash::Granted));
             see_other("/sharing")
         }
         Err(Error::InvalidInput(_)) => {
@@ -1322,7 +1365,8 @@ pub async fn revoke(
     }
     match app.service.revoke(&caller, id, None).await {
         Ok(_) | Err(Error::AlreadyExists(_)) => {
-            app.sessions.update(&c.sid, |s| s.flash = Some(Flash::Revoked));
+            app.sessions
+                .update(&c.sid, |s| s.flash = Some(Flash::Revoked));
             see_other("/sharing")
         }
         Err(e) => error_response(&c, &e),

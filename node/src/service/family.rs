@@ -281,7 +281,10 @@ impl NodeService {
             accepted_at_ms: None,
         };
         let mut draft = self.draft(caller, AuditAction::GuardianInvite, Some(plan.id));
-        draft.detail = format!("{relationship}, valid {} hours", INVITE_VALID_FOR.as_secs() / 3600);
+        draft.detail = format!(
+            "{relationship}, valid {} hours",
+            INVITE_VALID_FOR.as_secs() / 3600
+        );
         let mut batch = CommitBatch::audit_only(draft);
         batch.family = vec![(invite_key(&token), Some(to_json(&record)))];
         self.store.commit(batch).await?;
@@ -402,9 +405,9 @@ impl NodeService {
             .map_err(|_| Error::internal("user table poisoned"))?
             .insert(new_user.token_hash.clone(), new_user);
         tracing::info!(target: "weft::audit", plan = %record.plan, user, "guardian invitation accepted");
-        Ok(Ok(self
-            .guardian_caller(user)
-            .ok_or_else(|| Error::internal("the new guardian is not in the user table"))?))
+        Ok(Ok(self.guardian_caller(user).ok_or_else(|| {
+            Error::internal("the new guardian is not in the user table")
+        })?))
     }
 
     /// Checks a guardian's passphrase, with lockout. Every attempt is audited.
@@ -418,7 +421,10 @@ impl NodeService {
         let now = self.now().as_millis();
         let Some(bytes) = stored else {
             // Spend the same work as a real check, so timing does not tell names apart.
-            let owned = passphrase.chars().take(MAX_PASSPHRASE_CHARS).collect::<String>();
+            let owned = passphrase
+                .chars()
+                .take(MAX_PASSPHRASE_CHARS)
+                .collect::<String>();
             tokio::task::spawn_blocking(move || verify_passphrase(&owned, dummy_hash()))
                 .await
                 .map_err(Error::internal)?;
@@ -440,7 +446,10 @@ impl NodeService {
             return Ok(SignIn::Locked { until_ms: until });
         }
         let (owned, phc) = (
-            passphrase.chars().take(MAX_PASSPHRASE_CHARS + 1).collect::<String>(),
+            passphrase
+                .chars()
+                .take(MAX_PASSPHRASE_CHARS + 1)
+                .collect::<String>(),
             account.passphrase.clone(),
         );
         let ok = tokio::task::spawn_blocking(move || verify_passphrase(&owned, &phc))
@@ -464,11 +473,17 @@ impl NodeService {
                 let until = now + LOCKOUT.as_millis() as i64;
                 account.locked_until_ms = Some(until);
                 account.failures.clear();
-                draft.detail = format!("wrong_passphrase; locked for {} minutes", LOCKOUT.as_secs() / 60);
+                draft.detail = format!(
+                    "wrong_passphrase; locked for {} minutes",
+                    LOCKOUT.as_secs() / 60
+                );
                 tracing::warn!(target: "weft::audit", user, "sign-in locked after repeated failures");
                 SignIn::Locked { until_ms: until }
             } else {
-                draft.detail = format!("wrong_passphrase ({} of {MAX_FAILURES})", account.failures.len());
+                draft.detail = format!(
+                    "wrong_passphrase ({} of {MAX_FAILURES})",
+                    account.failures.len()
+                );
                 tracing::info!(target: "weft::audit", user, code = "wrong_passphrase", "sign-in refused");
                 SignIn::Refused
             }
@@ -516,7 +531,13 @@ impl NodeService {
                 message: format!("role `{}` may not read purge receipts", caller.role),
             };
             return Err(self
-                .deny(caller, AuditAction::ReadDisclosures, Some(plan.id), vec![], denial)
+                .deny(
+                    caller,
+                    AuditAction::ReadDisclosures,
+                    Some(plan.id),
+                    vec![],
+                    denial,
+                )
                 .await);
         }
         self.purge_receipts(plan.id).await
