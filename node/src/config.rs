@@ -521,6 +521,35 @@ mod tests {
     }
 
     #[test]
+    fn the_family_section_is_checked() {
+        let base = "agency = \"a.test\"\ndata_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
+        let bad = format!(
+            "{base}[family]\nlisten = \"somewhere\"\npublic_url = \"http://x\"\nname = \"\"\n"
+        );
+        let file: FileConfig = toml::from_str(&bad).unwrap();
+        let all = file
+            .validate_with(Path::new("/nonexistent"), false)
+            .unwrap_err()
+            .join("\n");
+        for needle in ["family.listen", "family.public_url", "family.name"] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+        let good = format!("{base}[family]\nlisten = \"127.0.0.1:7430\"\npublic_url = \"https://family.a.test/\"\n");
+        let file: FileConfig = toml::from_str(&good).unwrap();
+        let config = file
+            .validate_with(Path::new("/nonexistent"), false)
+            .unwrap();
+        let family = config.family.expect("enabled");
+        assert_eq!(family.public_url.as_deref(), Some("https://family.a.test"));
+        let without: FileConfig = toml::from_str(base).unwrap();
+        assert!(without
+            .validate_with(Path::new("/nonexistent"), false)
+            .unwrap()
+            .family
+            .is_none());
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let text = "agency = \"Not An Agency\"\ndata_dir = \"d\"\n[api]\nlisten = \"nowhere\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n[storage]\ncompact_after_chunks = 1\n";
         let file: FileConfig = toml::from_str(text).unwrap();

@@ -828,3 +828,51 @@ async fn titles_and_urls_never_carry_a_childs_name() -> anyhow::Result<()> {
     assert!(page.body.contains("lang=\"es\"") && page.body.contains("Quién puede ver qué"));
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn only_coordinators_and_admins_invite_and_only_for_plans_of_this_node() -> anyhow::Result<()>
+{
+    let cluster = one_node().await?;
+    let school = cluster.node("school.test");
+    let plan = school.create_plan("Ivo", "Inviter").await?;
+    let caseworker = school.add_user("cw", "caseworker", &[]).await?;
+    let refused = school
+        .users(&caseworker)
+        .await?
+        .invite_guardian(weft_tests::weft_proto::v1::InviteGuardianRequest {
+            plan_id: plan.clone(),
+            name: "Some Parent".into(),
+            relationship: "parent".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let bad = school
+        .users(&school.coordinator_token)
+        .await?
+        .invite_guardian(weft_tests::weft_proto::v1::InviteGuardianRequest {
+            plan_id: plan.clone(),
+            name: "Some Parent".into(),
+            relationship: "neighbour".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("relationship"), "{}", bad.message());
+    let unknown = school
+        .users(&school.coordinator_token)
+        .await?
+        .invite_guardian(weft_tests::weft_proto::v1::InviteGuardianRequest {
+            plan_id: uuid::Uuid::new_v4().to_string(),
+            name: "Some Parent".into(),
+            relationship: "parent".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert_eq!(
+        audit_details(school, "guardian_invite").await?,
+        vec!["Denied role".to_string()]
+    );
+    cluster.stop().await
+}

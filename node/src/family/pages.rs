@@ -56,7 +56,7 @@ impl Ctx {
         self.lang.texts()
     }
 
-    fn chrome(&self, here: &'static str, flash: Option<Flash>) -> Chrome<'_> {
+    fn chrome<'a>(&'a self, here: &'a str, flash: Option<Flash>) -> Chrome<'a> {
         Chrome {
             lang: self.lang,
             csrf: &self.session.csrf,
@@ -133,7 +133,7 @@ fn with_cookie(c: &Ctx, mut resp: Response) -> Response {
     resp
 }
 
-fn page(c: &Ctx, status: StatusCode, here: &'static str, title: &str, body: Markup) -> Response {
+fn page(c: &Ctx, status: StatusCode, here: &str, title: &str, body: Markup) -> Response {
     let markup = layout(&c.chrome(here, None), title, body);
     with_cookie(c, html_response(status, markup))
 }
@@ -272,13 +272,11 @@ pub async fn set_lang(
         app.sessions.update(&c.sid, |s| s.lang = Some(l));
     }
     let back = match field(&form, "back") {
-        Some("/plan") => "/plan",
-        Some("/plans") => "/plans",
-        Some("/sharing") => "/sharing",
-        Some("/seen") => "/seen",
-        _ => "/",
+        Some(p @ ("/plan" | "/plans" | "/sharing" | "/seen" | "/signin")) => p.to_string(),
+        Some(p) if is_invite_path(p) => p.to_string(),
+        _ => "/".to_string(),
     };
-    see_other(back)
+    (StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response()
 }
 
 fn signin_body(t: &Texts, c: &Ctx, user: &str, errors: &[String]) -> Markup {
@@ -420,6 +418,12 @@ fn invite_body(
     }
 }
 
+/// `/invite/` and 64 hex digits: the only other page the language switch returns to.
+fn is_invite_path(p: &str) -> bool {
+    p.strip_prefix("/invite/")
+        .is_some_and(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn invite_refused(c: &Ctx) -> Response {
     let t = c.texts();
     message_page(
@@ -442,7 +446,7 @@ pub async fn invite_page(
         Ok(Ok(info)) => page(
             &c,
             StatusCode::OK,
-            "/",
+            &format!("/invite/{token}"),
             t.invite_title,
             invite_body(
                 t,
@@ -500,7 +504,7 @@ pub async fn accept_invite(
             page(
                 &c,
                 StatusCode::BAD_REQUEST,
-                "/",
+                &format!("/invite/{token}"),
                 t.invite_title,
                 invite_body(t, &c, token, &until, &user, &[message]),
             )

@@ -72,7 +72,7 @@ pub struct Chrome<'a> {
     /// Whether a guardian is signed in (the navigation shows).
     pub signed_in: bool,
     /// The path of this page (the language switch comes back here).
-    pub here: &'static str,
+    pub here: &'a str,
     /// A one-time message.
     pub flash: Option<Flash>,
 }
