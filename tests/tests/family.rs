@@ -876,3 +876,44 @@ async fn only_coordinators_and_admins_invite_and_only_for_plans_of_this_node() -
     );
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn many_failed_sign_ins_from_one_address_are_throttled() -> anyhow::Result<()> {
+    let cluster = one_node().await?;
+    let school = cluster.node("school.test");
+    let plan = school.create_plan("Tara", "Throttle").await?;
+    let link = school
+        .invite_guardian(&plan, "Tom Throttle", "parent")
+        .await?;
+    accept(school, &link, "tom", "the right passphrase").await?;
+    let mut b = Browser::new(school)?;
+    let csrf = b.get("/signin").await?.hidden("csrf");
+    // Spraying many sign-in names from one address: each name stays under its own lockout.
+    for i in 0..weft_node::family::ADDRESS_FAILURES {
+        let user = format!("guess{i}");
+        let r = b
+            .post(
+                "/signin",
+                &[
+                    ("csrf", &csrf),
+                    ("user", &user),
+                    ("passphrase", "a guessed passphrase"),
+                ],
+            )
+            .await?;
+        assert_eq!(r.status, 401);
+    }
+    let r = b
+        .post(
+            "/signin",
+            &[
+                ("csrf", &csrf),
+                ("user", "tom"),
+                ("passphrase", "the right passphrase"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 429);
+    assert!(r.body.contains("Too many attempts from your connection"));
+    cluster.stop().await
+}

@@ -243,8 +243,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Config(ConfigCmd::Check { file, skip_files }) => {
             match crate::config::Config::load_with(&file, !skip_files) {
                 Ok(c) => {
+                    let family = c
+                        .family
+                        .as_ref()
+                        .map(|f| format!(", family page {}", f.listen))
+                        .unwrap_or_default();
                     println!(
-                        "{}: ok (agency {}, api {})",
+                        "{}: ok (agency {}, api {}{family})",
                         file.display(),
                         c.agency,
                         c.api_listen

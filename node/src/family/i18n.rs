@@ -111,12 +111,14 @@ impl Lang {
 
     /// A value from one of the catalogue's closed lists (goal domain, status, …).
     pub fn value(self, v: &str) -> String {
-        if self == Lang::Es {
-            if let Some((_, l)) = ES_VALUES.iter().find(|(n, _)| *n == v) {
-                return l.to_string();
-            }
+        let table = match self {
+            Lang::En => EN_VALUES,
+            Lang::Es => ES_VALUES,
+        };
+        match table.iter().find(|(n, _)| *n == v) {
+            Some((_, l)) => l.to_string(),
+            None => humanize(v),
         }
-        humanize(v)
     }
 }
 
@@ -156,6 +158,7 @@ pub struct Texts {
     pub signin_button: &'static str,
     pub signin_refused: &'static str,
     pub signin_locked: &'static str,
+    pub signin_throttled: &'static str,
     pub signed_out: &'static str,
     // invite
     pub invite_title: &'static str,
@@ -313,6 +316,7 @@ const EN: Texts = Texts {
     signin_button: "Sign in",
     signin_refused: "That sign-in name and passphrase do not match. Check them and try again.",
     signin_locked: "Too many attempts. For your safety, sign-in is paused. Try again after",
+    signin_throttled: "Too many attempts from your connection. Please try again in 15 minutes.",
     signed_out: "You have signed out.",
     invite_title: "Set up your access",
     invite_intro: "You have been invited to see your child's success plan. Choose a sign-in name and a passphrase. You will use them every time you sign in.",
@@ -478,6 +482,7 @@ const ES: Texts = Texts {
     signin_button: "Iniciar sesión",
     signin_refused: "El nombre de acceso y la frase de contraseña no coinciden. Revíselos e inténtelo de nuevo.",
     signin_locked: "Demasiados intentos. Por su seguridad, el acceso está en pausa. Inténtelo de nuevo después de",
+    signin_throttled: "Demasiados intentos desde su conexión. Inténtelo de nuevo en 15 minutos.",
     signed_out: "Ha cerrado la sesión.",
     invite_title: "Configure su acceso",
     invite_intro: "Le han invitado a ver el plan de éxito de su hijo o hija. Elija un nombre de acceso y una frase de contraseña. Los usará cada vez que inicie sesión.",
@@ -637,6 +642,13 @@ const ES_FIELDS: &[(&str, &str)] = &[
     ("service", "Servicio"),
     ("provider_agency", "Agencia proveedora"),
     ("status", "Estado"),
+];
+
+const EN_VALUES: &[(&str, &str)] = &[
+    ("social_emotional", "Social and emotional"),
+    ("short", "Short term"),
+    ("long", "Long term"),
+    ("in_progress", "In progress"),
 ];
 
 const ES_VALUES: &[(&str, &str)] = &[

@@ -43,6 +43,8 @@ use crate::error::{Error, Result};
 use crate::model::AgencyId;
 use crate::service::NodeService;
 
+pub use session::{ADDRESS_FAILURES, ADDRESS_WINDOW};
+
 /// Largest form accepted.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
@@ -54,6 +56,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self';
 pub struct App {
     service: Arc<NodeService>,
     sessions: session::Sessions,
+    throttle: session::SignInThrottle,
     /// The federation's peers with their display names, in config order.
     peers: Vec<(AgencyId, String)>,
     /// This agency's display name.
@@ -95,6 +98,7 @@ pub fn router(service: Arc<NodeService>, peers: &[PeerConfig], name: Option<&str
             .unwrap_or_else(|| service.agency().to_string()),
         service,
         sessions: session::Sessions::default(),
+        throttle: session::SignInThrottle::default(),
         peers: peers
             .iter()
             .map(|p| {
@@ -167,8 +171,20 @@ async fn security_headers(req: Request<axum::body::Body>, next: Next) -> Respons
     resp
 }
 
+/// The client's address, for the sign-in throttle.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// Handshaken TLS connections, as an axum listener.
-struct TlsListener {
+pub struct TlsListener {
     incoming: futures::stream::BoxStream<'static, std::io::Result<TlsStream<TcpStream>>>,
     addr: SocketAddr,
 }
@@ -216,10 +232,13 @@ pub async fn serve(
     let incoming = crate::tls::incoming(listener, Arc::new(tls)).boxed();
     let app = router(service, &peers, config.name.as_deref());
     tracing::info!(%addr, "family page listening");
-    axum::serve(TlsListener { incoming, addr }, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("family page: {e}")))
+    axum::serve(
+        TlsListener { incoming, addr },
+        app.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("family page: {e}")))
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
@@ -20,7 +20,7 @@ use serde_json::Value as Json;
 use super::i18n::{join_and, Lang, Texts};
 use super::session::{self, csrf_matches, Flash, Session};
 use super::views::{self, csrf, layout, problems, Chrome};
-use super::App;
+use super::{App, PeerAddr};
 use crate::catalogue;
 use crate::error::Error;
 use crate::model::{Caller, PlanId, SectionName};
@@ -336,6 +336,7 @@ fn sign_in_session(
 /// `POST /signin`
 pub async fn signin(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Form(form): FormData,
 ) -> Response {
@@ -349,6 +350,16 @@ pub async fn signin(
         .trim()
         .to_ascii_lowercase();
     let pass = field(&form, "passphrase").unwrap_or("");
+    let ip = peer.0.ip();
+    if app.throttle.blocked(ip) {
+        tracing::warn!(target: "weft::audit", client = %ip, "sign-in refused: too many failures from this address");
+        let markup = layout(
+            &c.chrome("/signin", None),
+            t.signin_title,
+            signin_body(t, &c, &user, &[t.signin_throttled.to_string()]),
+        );
+        return html_response(StatusCode::TOO_MANY_REQUESTS, markup);
+    }
     let outcome = match app.service.sign_in(&user, pass).await {
         Ok(o) => o,
         Err(e) => return error_response(&c, &e),
@@ -361,6 +372,7 @@ pub async fn signin(
             format!("{} {}.", t.signin_locked, c.lang.date_time(until_ms)),
         ),
     };
+    app.throttle.failed(ip);
     let markup = layout(
         &c.chrome("/signin", None),
         t.signin_title,

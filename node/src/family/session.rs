@@ -7,7 +7,8 @@
 //! sign-in is worthless after it. Sessions end after [`IDLE`] without a request or
 //! [`ABSOLUTE`] after they began.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -171,6 +172,59 @@ impl Sessions {
     pub fn remove(&self, id: &str) {
         if let Ok(mut map) = self.map.lock() {
             map.remove(&key(id));
+        }
+    }
+}
+
+/// Failed sign-ins from one client address within [`ADDRESS_WINDOW`] after which that
+/// address may not try again until the oldest failure leaves the window. This is on top of the
+/// per-account lockout, against one address trying many sign-in names. It is generous because
+/// families behind one NAT or proxy share an address.
+pub const ADDRESS_FAILURES: usize = 30;
+/// The window in which an address's failures count.
+pub const ADDRESS_WINDOW: Duration = Duration::from_secs(15 * 60);
+const MAX_ADDRESSES: usize = 10_000;
+
+/// Recent failed sign-ins per client address, in memory.
+#[derive(Default)]
+pub struct SignInThrottle {
+    map: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+impl SignInThrottle {
+    /// Whether this address has failed too often lately.
+    pub fn blocked(&self, ip: IpAddr) -> bool {
+        let Ok(mut map) = self.map.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match map.get_mut(&ip) {
+            Some(q) => {
+                while q.front().is_some_and(|t| now - *t >= ADDRESS_WINDOW) {
+                    q.pop_front();
+                }
+                q.len() >= ADDRESS_FAILURES
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a failed sign-in from this address.
+    pub fn failed(&self, ip: IpAddr) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, q| q.back().is_some_and(|t| now - *t < ADDRESS_WINDOW));
+            if map.len() >= MAX_ADDRESSES {
+                return;
+            }
+        }
+        let q = map.entry(ip).or_default();
+        q.push_back(now);
+        while q.len() > ADDRESS_FAILURES {
+            q.pop_front();
         }
     }
 }

@@ -47,7 +47,8 @@ fieldset label { font-weight: 400; margin-top: .35rem; }
 input[type=text], input[type=password], input[type=date], select, textarea {
   font: inherit; width: 100%; max-width: 32rem; padding: .5rem; border: 2px solid #4a4a4a; border-radius: 4px; background: #fff; color: #1b1b1b; }
 input[type=checkbox], input[type=radio] { width: 1.25rem; height: 1.25rem; vertical-align: middle; margin-right: .4rem; }
-textarea { min-height: 5rem; }
+textarea { min-height: 5rem; display: block; }
+select, input[type=text], input[type=password], input[type=date] { display: block; }
 button { font: inherit; font-weight: 600; padding: .6rem 1.2rem; margin-top: 1rem; border-radius: 4px; border: 2px solid #0b4fb3; background: #0b4fb3; color: #fff; cursor: pointer; }
 button.secondary { background: #fff; color: #0b4fb3; }
 button.danger { background: #b3261e; border-color: #b3261e; }
