@@ -351,6 +351,30 @@ async fn an_invitation_works_once_and_not_after_72_hours() -> anyhow::Result<()>
         "{}",
         short.body
     );
+    for (user, again, message) in [
+        ("paula", "a long enough passphrasE", "not the same"),
+        ("coordinator", "a long enough passphrase", "is taken"),
+        (
+            "Paula Invitee",
+            "a long enough passphrase",
+            "may have only lowercase",
+        ),
+    ] {
+        let r = b
+            .post(
+                "/invite",
+                &[
+                    ("csrf", &csrf),
+                    ("token", &token),
+                    ("user", user),
+                    ("passphrase", "a long enough passphrase"),
+                    ("again", again),
+                ],
+            )
+            .await?;
+        assert_eq!(r.status, 400, "{user}");
+        assert!(r.body.contains(message), "{message}: {}", r.body);
+    }
 
     let mut b = accept(school, &link, "paula", "a long enough passphrase").await?;
     assert_eq!(b.get("/plan").await?.status, 200);

@@ -268,6 +268,10 @@ pub struct Texts {
     pub err_goal_text: &'static str,
     pub err_comment: &'static str,
     pub err_choice: &'static str,
+    pub err_name_taken: &'static str,
+    pub err_user_name: &'static str,
+    pub err_pass_length: &'static str,
+    pub err_pass_differ: &'static str,
     pub there_is_a_problem: &'static str,
     /// `{agency} will be able to {access} {sections} until {date} for {purpose}.`
     pub sentence: fn(&str, &str, &str, &str, &str) -> String,
@@ -434,6 +438,10 @@ const EN: Texts = Texts {
     err_goal_text: "Write the goal (at most 1000 characters).",
     err_comment: "Write a comment (at most 4000 characters).",
     err_choice: "Choose one of the options.",
+    err_name_taken: "That sign-in name is taken. Choose another.",
+    err_user_name: "The sign-in name may have only lowercase letters, digits, dots, dashes and underscores, and must start with a letter or digit.",
+    err_pass_length: "The passphrase must be 12 to 256 characters long.",
+    err_pass_differ: "The two passphrases are not the same.",
     there_is_a_problem: "There is a problem",
     sentence: |agency, access, sections, date, purpose| {
         format!("{agency} will be able to {access} {sections} until {date} for {purpose}.")
@@ -600,6 +608,10 @@ const ES: Texts = Texts {
     err_goal_text: "Escriba la meta (como máximo 1000 caracteres).",
     err_comment: "Escriba un comentario (como máximo 4000 caracteres).",
     err_choice: "Elija una de las opciones.",
+    err_name_taken: "Ese nombre de acceso ya está en uso. Elija otro.",
+    err_user_name: "El nombre de acceso solo puede tener letras minúsculas, números, puntos, guiones y guiones bajos, y empezar por una letra o un número.",
+    err_pass_length: "La frase de contraseña debe tener entre 12 y 256 caracteres.",
+    err_pass_differ: "Las dos frases de contraseña no coinciden.",
     there_is_a_problem: "Hay un problema",
     sentence: |agency, access, sections, date, purpose| {
         format!("{agency} podrá {access} {sections} hasta el {date} para {purpose}.")

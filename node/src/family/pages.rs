@@ -506,13 +506,12 @@ pub async fn accept_invite(
         Ok(Err(InviteRefusal::Unknown | InviteRefusal::Expired | InviteRefusal::Used)) => {
             invite_refused(&c)
         }
-        Err(Error::InvalidInput(msg) | Error::AlreadyExists(msg)) => {
+        Err(e @ (Error::InvalidInput(_) | Error::AlreadyExists(_))) => {
             let until = match app.service.invite_info(token).await {
                 Ok(Ok(info)) => c.lang.date_time(info.expires_at_ms),
                 _ => return invite_refused(&c),
             };
-            // The service's messages name the field; say it in the page's language.
-            let message = invite_problem(c.lang, &msg);
+            let message = invite_problem(t, &e, &user, pass, again);
             page(
                 &c,
                 StatusCode::BAD_REQUEST,
@@ -525,31 +524,23 @@ pub async fn accept_invite(
     }
 }
 
-fn invite_problem(lang: Lang, msg: &str) -> String {
-    let es = lang == Lang::Es;
-    if msg.contains("taken") {
-        if es {
-            "Ese nombre de acceso ya está en uso. Elija otro.".into()
-        } else {
-            "That sign-in name is taken. Choose another.".into()
-        }
-    } else if msg.contains("differ") {
-        if es {
-            "Las dos frases de contraseña no coinciden.".into()
-        } else {
-            "The two passphrases are not the same.".into()
-        }
-    } else if msg.starts_with("passphrase") {
-        if es {
-            "La frase de contraseña debe tener entre 12 y 256 caracteres.".into()
-        } else {
-            "The passphrase must be 12 to 256 characters long.".into()
-        }
-    } else if es {
-        "El nombre de acceso solo puede tener letras minúsculas, números, puntos, guiones y guiones bajos, y empezar por una letra o un número.".into()
+/// What was wrong with an invitation form the service refused, in the page's language. The
+/// service has the last word; this only picks the words.
+fn invite_problem(t: &Texts, err: &Error, user: &str, pass: &str, again: &str) -> String {
+    use crate::service::family::{MAX_PASSPHRASE_CHARS, MIN_PASSPHRASE_CHARS};
+    let chars = pass.chars().count();
+    let text = if matches!(err, Error::AlreadyExists(_)) {
+        t.err_name_taken
+    } else if crate::model::validate_user_name(user).is_err() {
+        t.err_user_name
+    } else if !(MIN_PASSPHRASE_CHARS..=MAX_PASSPHRASE_CHARS).contains(&chars) {
+        t.err_pass_length
+    } else if pass != again {
+        t.err_pass_differ
     } else {
-        "The sign-in name may have only lowercase letters, digits, dots, dashes and underscores, and must start with a letter or digit.".into()
-    }
+        t.bad_form
+    };
+    text.to_string()
 }
 
 /// `GET /plans`: choose among several plans.
