@@ -66,6 +66,12 @@ pub enum AuditAction {
     Backup,
     /// Node status was read.
     Status,
+    /// A guardian was invited to the family page.
+    GuardianInvite,
+    /// A guardian accepted an invitation (or presented one that is not valid).
+    GuardianAccept,
+    /// A guardian signed in to the family page (or failed to, or was locked out).
+    SignIn,
 }
 
 impl AuditAction {
@@ -95,6 +101,9 @@ impl AuditAction {
             AuditAction::PurgeReceipt => "purge_receipt",
             AuditAction::Backup => "backup",
             AuditAction::Status => "status",
+            AuditAction::GuardianInvite => "guardian_invite",
+            AuditAction::GuardianAccept => "guardian_accept",
+            AuditAction::SignIn => "sign_in",
         }
     }
 }

@@ -19,6 +19,10 @@
 //!
 //! [consent]
 //! signing_key = "certs/signing.key" # Ed25519 key that signs consents (default: in data_dir)
+//!
+//! [family]
+//! listen = "0.0.0.0:7430"         # the family page (HTTPS, same certificate as the API)
+//! public_url = "https://family.school.example.org" # how families reach it (invite links)
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +54,32 @@ pub struct FileConfig {
     pub federation: Option<FederationSection>,
     /// Prometheus metrics (optional).
     pub metrics: Option<MetricsSection>,
+    /// The family page (optional: off when absent).
+    pub family: Option<FamilySection>,
+}
+
+/// `[family]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilySection {
+    /// Address for the family page (HTTPS with the node certificate), `ip:port`.
+    pub listen: String,
+    /// The address families use, `https://host[:port]`, for invitation links. Default:
+    /// `https://` plus the listen address.
+    pub public_url: Option<String>,
+    /// This agency's name as families read it (default: the agency id).
+    pub name: Option<String>,
+}
+
+/// The family page's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The base of invitation links, without a trailing `/` (`None`: from the bound address).
+    pub public_url: Option<String>,
+    /// This agency's name for families, if configured.
+    pub name: Option<String>,
 }
 
 /// `[metrics]`
@@ -79,6 +109,8 @@ pub struct PeerSection {
     pub agency: String,
     /// Where to reach it, `https://host:port`.
     pub endpoint: String,
+    /// The agency's name as families read it on the family page (default: the agency id).
+    pub name: Option<String>,
 }
 
 /// A peer agency.
@@ -88,6 +120,8 @@ pub struct PeerConfig {
     pub agency: AgencyId,
     /// Its federation endpoint.
     pub endpoint: String,
+    /// Its display name for families, if configured.
+    pub name: Option<String>,
 }
 
 /// Replication settings.
@@ -189,6 +223,8 @@ pub struct Config {
     pub federation: Option<FederationConfig>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The family page, if enabled.
+    pub family: Option<FamilyConfig>,
     /// SHA-256 of the config file this came from (empty when built in code), for backups.
     pub source_sha256: String,
 }
@@ -305,9 +341,20 @@ impl FileConfig {
                                 "federation.peers[{n}].endpoint: must start with https://"
                             ));
                         }
+                        let name = p.name.as_deref().map(str::trim);
+                        if name.is_some_and(|t| {
+                            t.is_empty()
+                                || t.chars().count() > 100
+                                || t.chars().any(char::is_control)
+                        }) {
+                            problems.push(format!(
+                                "federation.peers[{n}].name: 1 to 100 printable characters"
+                            ));
+                        }
                         peers.push(PeerConfig {
                             agency: a,
                             endpoint: p.endpoint.clone(),
+                            name: name.map(String::from),
                         });
                     }
                     Err(e) => problems.push(format!("federation.peers[{n}].agency: {e}")),
@@ -326,6 +373,40 @@ impl FileConfig {
                 })
                 .ok()
         });
+        let family = self.family.and_then(|f| {
+            let listen = f
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    problems.push(format!(
+                        "family.listen: `{}` is not an IP address and port",
+                        f.listen
+                    ))
+                })
+                .ok();
+            let public_url = f
+                .public_url
+                .map(|u| u.trim().trim_end_matches('/').to_string());
+            if let Some(u) = &public_url {
+                let rest = u.strip_prefix("https://").unwrap_or("");
+                if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+                    problems.push(format!(
+                        "family.public_url: `{u}` is not an https:// address (https://host[:port])"
+                    ));
+                }
+            }
+            let name = f.name.map(|n| n.trim().to_string());
+            if name.as_ref().is_some_and(|n| {
+                n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control)
+            }) {
+                problems.push("family.name: 1 to 100 printable characters".into());
+            }
+            listen.map(|listen| FamilyConfig {
+                listen,
+                public_url,
+                name,
+            })
+        });
         if !(2..=100_000).contains(&self.storage.compact_after_chunks) {
             problems.push("storage.compact_after_chunks: must be between 2 and 100000".into());
         }
@@ -339,6 +420,7 @@ impl FileConfig {
                 signing_key: self.consent.signing_key.as_deref().map(resolve),
                 federation: federation.flatten(),
                 metrics_listen,
+                family,
                 source_sha256: String::new(),
             }),
             _ => Err(problems),
@@ -366,6 +448,19 @@ pub fn render_with_metrics(
     federation: Option<&FederationConfig>,
     metrics: Option<SocketAddr>,
 ) -> String {
+    render_full(agency, data_dir, listen, tls, federation, metrics, None)
+}
+
+/// Like [`render_with_metrics`], with a `[family]` section when `family` is given.
+pub fn render_full(
+    agency: &AgencyId,
+    data_dir: &Path,
+    listen: SocketAddr,
+    tls: &TlsFiles,
+    federation: Option<&FederationConfig>,
+    metrics: Option<SocketAddr>,
+    family: Option<&FamilyConfig>,
+) -> String {
     let mut text = format!(
         "# Weft node config (written by `weft dev`)\n\
          agency = \"{agency}\"\n\
@@ -386,6 +481,15 @@ pub fn render_with_metrics(
     if let Some(m) = metrics {
         text.push_str(&format!("\n[metrics]\nlisten = \"{m}\"\n"));
     }
+    if let Some(f) = family {
+        text.push_str(&format!("\n[family]\nlisten = \"{}\"\n", f.listen));
+        if let Some(u) = &f.public_url {
+            text.push_str(&format!("public_url = \"{u}\"\n"));
+        }
+        if let Some(n) = &f.name {
+            text.push_str(&format!("name = {}\n", toml_string(n)));
+        }
+    }
     if let Some(f) = federation {
         text.push_str(&format!("\n[federation]\nlisten = \"{}\"\n", f.listen));
         for p in &f.peers {
@@ -393,9 +497,16 @@ pub fn render_with_metrics(
                 "\n[[federation.peers]]\nagency = \"{}\"\nendpoint = \"{}\"\n",
                 p.agency, p.endpoint
             ));
+            if let Some(n) = &p.name {
+                text.push_str(&format!("name = {}\n", toml_string(n)));
+            }
         }
     }
     text
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 #[cfg(test)]
@@ -407,6 +518,35 @@ mod tests {
         let text = "agency = \"a.test\"\ndata_dir = \"d\"\ncolour = \"blue\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
         let err = toml::from_str::<FileConfig>(text).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn the_family_section_is_checked() {
+        let base = "agency = \"a.test\"\ndata_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
+        let bad = format!(
+            "{base}[family]\nlisten = \"somewhere\"\npublic_url = \"http://x\"\nname = \"\"\n"
+        );
+        let file: FileConfig = toml::from_str(&bad).unwrap();
+        let all = file
+            .validate_with(Path::new("/nonexistent"), false)
+            .unwrap_err()
+            .join("\n");
+        for needle in ["family.listen", "family.public_url", "family.name"] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+        let good = format!("{base}[family]\nlisten = \"127.0.0.1:7430\"\npublic_url = \"https://family.a.test/\"\n");
+        let file: FileConfig = toml::from_str(&good).unwrap();
+        let config = file
+            .validate_with(Path::new("/nonexistent"), false)
+            .unwrap();
+        let family = config.family.expect("enabled");
+        assert_eq!(family.public_url.as_deref(), Some("https://family.a.test"));
+        let without: FileConfig = toml::from_str(base).unwrap();
+        assert!(without
+            .validate_with(Path::new("/nonexistent"), false)
+            .unwrap()
+            .family
+            .is_none());
     }
 
     #[test]

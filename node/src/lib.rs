@@ -22,6 +22,7 @@ pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod family;
 pub mod fhir;
 pub mod gate;
 pub mod metrics;

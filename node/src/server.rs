@@ -94,6 +94,8 @@ pub struct Node {
     api_addr: SocketAddr,
     federation_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    family_addr: Option<SocketAddr>,
+    family_url: Option<String>,
     cert: Arc<crate::tls::ReloadingCert>,
     service: Arc<NodeService>,
     shutdown: watch::Sender<bool>,
@@ -181,6 +183,30 @@ impl Node {
                 rx.clone(),
             ));
         }
+        let (mut family_addr, mut family_url) = (None, None);
+        if let Some(family) = &config.family {
+            let l = TcpListener::bind(family.listen)
+                .await
+                .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", family.listen)))?;
+            let addr = l.local_addr().map_err(Error::internal)?;
+            family_addr = Some(addr);
+            let url = crate::family::public_url(family, addr);
+            service.set_family_url(url.clone());
+            family_url = Some(url);
+            let peers = config
+                .federation
+                .as_ref()
+                .map(|f| f.peers.clone())
+                .unwrap_or_default();
+            tokio::spawn(crate::family::serve(
+                service.clone(),
+                family.clone(),
+                peers,
+                cert.clone(),
+                l,
+                rx.clone(),
+            ));
+        }
         tokio::spawn(watch_certificate(cert.clone(), rx.clone()));
         let task = tokio::spawn(serve(service.clone(), listener, metrics, cert.clone(), rx));
         tracing::info!(agency = %service.agency(), addr = %api_addr, "node started");
@@ -188,6 +214,8 @@ impl Node {
             api_addr,
             federation_addr,
             metrics_addr,
+            family_addr,
+            family_url,
             cert,
             service,
             shutdown: tx,
@@ -208,6 +236,17 @@ impl Node {
     /// The metrics listener's bound address, if metrics are configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The family page's bound address, if `[family]` is configured.
+    pub fn family_addr(&self) -> Option<SocketAddr> {
+        self.family_addr
+    }
+
+    /// The base of the family page's links (`[family] public_url`, else from the bound
+    /// address), if the page is enabled.
+    pub fn family_url(&self) -> Option<&str> {
+        self.family_url.as_deref()
     }
 
     /// Reads the node certificate and key again (SIGHUP, or a test); new connections use

@@ -191,6 +191,11 @@ impl TestNode {
             signing_key: None,
             federation: self.federation.clone(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            family: Some(weft_node::config::FamilyConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                public_url: None,
+                name: None,
+            }),
             source_sha256: String::new(),
         }
     }
@@ -242,6 +247,13 @@ impl TestNode {
     /// Replication status of this node's peers (in-process, not audited).
     pub fn peers(&self) -> std::collections::BTreeMap<AgencyId, PeerInfo> {
         self.node().service().peer_status()
+    }
+
+    /// The family page's address.
+    pub fn family_addr(&self) -> SocketAddr {
+        self.node()
+            .family_addr()
+            .expect("test nodes serve the family page")
     }
 
     /// The client API address.
@@ -402,6 +414,27 @@ impl TestNode {
         Ok(pb::consent_service_client::ConsentServiceClient::new(
             self.channel(Some(token)).await?,
         ))
+    }
+
+    /// Invites a guardian to the family page for `plan`, as the coordinator, through the
+    /// API; returns the invitation link.
+    pub async fn invite_guardian(
+        &self,
+        plan: &str,
+        name: &str,
+        relationship: &str,
+    ) -> anyhow::Result<String> {
+        Ok(self
+            .users(&self.coordinator_token)
+            .await?
+            .invite_guardian(pb::InviteGuardianRequest {
+                plan_id: plan.into(),
+                name: name.into(),
+                relationship: relationship.into(),
+            })
+            .await?
+            .into_inner()
+            .link)
     }
 
     /// Creates a plan as the coordinator; returns its id.
@@ -581,6 +614,7 @@ impl ClusterBuilder {
                     .map(|(_, (p, addr))| PeerConfig {
                         agency: AgencyId::parse(p).expect("test agency ids parse"),
                         endpoint: format!("https://{addr}"),
+                        name: None,
                     })
                     .collect(),
             });
@@ -793,6 +827,7 @@ impl WeftProcess {
                     .map(|(j, p)| PeerConfig {
                         agency: AgencyId::parse(p).expect("test agency ids parse"),
                         endpoint: format!("https://{}", addrs[j].1),
+                        name: None,
                     })
                     .collect(),
             };

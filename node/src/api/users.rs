@@ -62,6 +62,30 @@ impl UserService for UserApi {
         }))
     }
 
+    /// `InviteGuardian`.
+    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "InviteGuardian"))]
+    async fn invite_guardian(
+        &self,
+        req: Request<pb::InviteGuardianRequest>,
+    ) -> Result<Response<pb::InviteGuardianResponse>, Status> {
+        let who = caller(&self.svc, &req).await?;
+        let r = req.into_inner();
+        let plan = convert::plan_id(&r.plan_id)?;
+        let base = self.svc.family_url().ok_or_else(|| {
+            Status::failed_precondition(
+                "the family page is not enabled on this node (add [family] to its config)",
+            )
+        })?;
+        let invite = self
+            .svc
+            .invite_guardian(&who, plan, &r.name, &r.relationship)
+            .await?;
+        Ok(Response::new(pb::InviteGuardianResponse {
+            link: crate::family::invite_link(&base, &invite.token),
+            expires_at_ms: invite.expires_at_ms,
+        }))
+    }
+
     /// `WhoAmI`.
     #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "WhoAmI"))]
     async fn who_am_i(

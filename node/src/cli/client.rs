@@ -756,6 +756,24 @@ pub async fn user_add(args: super::UserAddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `weft guardian invite`.
+pub async fn guardian_invite(args: super::GuardianInviteArgs) -> anyhow::Result<()> {
+    use pb::user_service_client::UserServiceClient as C;
+    let mut c = C::new(connect(&args.conn.conn).await?);
+    let r = call!(c.invite_guardian(pb::InviteGuardianRequest {
+        plan_id: args.plan,
+        name: args.name,
+        relationship: args.relationship,
+    }));
+    if args.conn.json {
+        print_json(&json!({"link": r.link, "expires": time(r.expires_at_ms)}));
+    } else {
+        println!("invitation link (single use, shown once): {}", r.link);
+        println!("valid until {}", time(r.expires_at_ms));
+    }
+    Ok(())
+}
+
 /// Runs `weft user list`.
 pub async fn user_list(conn: JsonConn) -> anyhow::Result<()> {
     use pb::user_service_client::UserServiceClient as C;

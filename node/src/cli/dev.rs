@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{Config, DataLocation, FederationConfig, PeerConfig, TlsFiles};
+use crate::config::{Config, DataLocation, FamilyConfig, FederationConfig, PeerConfig, TlsFiles};
 use crate::model::{now, AgencyId, Caller, Role};
 use crate::server::{open_store, Node};
 use crate::service::bootstrap_user;
@@ -23,6 +23,16 @@ pub const DEV_AGENCIES: &[(&str, &str)] = &[
     ("clinic", "clinic.test"),
     ("nutrition", "nutrition.test"),
 ];
+
+/// How the family page names each dev agency.
+fn dev_name(agency: &str) -> &'static str {
+    match agency {
+        "school.test" => "Lincoln Elementary School",
+        "clinic.test" => "Riverside Health Clinic",
+        "nutrition.test" => "Eastside Nutrition Center",
+        _ => "Partner agency",
+    }
+}
 
 fn write_env(path: &Path, node: &str, ca: &Path, token: &str) -> anyhow::Result<()> {
     let text = format!(
@@ -75,6 +85,7 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
                 Ok(PeerConfig {
                     agency: AgencyId::parse(a)?,
                     endpoint: format!("https://127.0.0.1:{}", ports(port, j).1),
+                    name: Some(dev_name(a).to_string()),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -86,15 +97,22 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
         let config_path = dir.join(format!("{short}.toml"));
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, port + 20 + i as u16));
+        // The school, home of the sample plan, serves the family page.
+        let family = (i == 0).then(|| FamilyConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port + 30)),
+            public_url: None,
+            name: Some(dev_name(agency.as_str()).to_string()),
+        });
         std::fs::write(
             &config_path,
-            crate::config::render_with_metrics(
+            crate::config::render_full(
                 &agency,
                 &data_dir,
                 listen,
                 &tls,
                 Some(&federation),
                 Some(metrics),
+                family.as_ref(),
             ),
         )?;
         let config = Config::load(&config_path)?;
@@ -196,6 +214,34 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
         sample = Some(plan.id);
     }
 
+    // A fresh demo invitation on every run (each is single use and lasts 72 hours).
+    let mut demo_invite = None;
+    if let Some(base) = nodes[0].3.family_url() {
+        let school = &nodes[0];
+        let coordinator = Caller {
+            agency: school.0.clone(),
+            user: "coordinator".into(),
+            role: Role::Coordinator,
+            subjects: vec![],
+        };
+        let svc = school.3.service();
+        let plan = match sample {
+            Some(p) => Some(p),
+            None => svc
+                .list_plans(&coordinator, None, 1)
+                .await?
+                .0
+                .first()
+                .map(|p| p.plan.id),
+        };
+        if let Some(plan) = plan {
+            let invite = svc
+                .invite_guardian(&coordinator, plan, "Rosa Example", "parent")
+                .await?;
+            demo_invite = Some(crate::family::invite_link(base, &invite.token));
+        }
+    }
+
     println!();
     println!("Weft dev federation is running (Ctrl-C to stop)");
     for (agency, data_dir, _, node) in &nodes {
@@ -211,6 +257,15 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
             "",
             data_dir.display()
         );
+    }
+    if let Some(url) = nodes[0].3.family_url() {
+        println!();
+        println!("Family page of {}: {url}/", nodes[0].0);
+        if let Some(link) = &demo_invite {
+            println!("  demo guardian invitation for the sample plan (single use, 72 hours):");
+            println!("  {link}");
+            println!("  (the dev CA is not trusted by your browser: accept the warning, or import {}/ca/ca.crt)", dir.display());
+        }
     }
     let env = nodes[0].2.display();
     let clinic_env = nodes[1].2.display();
@@ -235,6 +290,9 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     println!("  weft plan create --given-name Sam --family-name Doe --date-of-birth 2016-09-01");
     println!("  weft consent grant --plan <PLAN> --to clinic.test --sections goals --access read_write --purpose care_coordination --until 2027-06-30 --grantor \"A Parent\" --relationship parent --method paper");
     println!("  weft audit log && weft audit verify");
+    if sample.is_some() {
+        println!("  weft guardian invite <PLAN> --name \"A Parent\" --relationship parent");
+    }
     println!();
 
     super::wait_for_stop_signal().await;

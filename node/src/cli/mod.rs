@@ -37,13 +37,14 @@ enum Command {
     },
     /// Start a ready-to-use local federation: school.test, clinic.test and nutrition.test,
     /// peers over mutual TLS, a dev CA, a coordinator per agency and a sample plan shared
-    /// with the clinic; writes DIR/<agency>.env for the client commands. Stops on Ctrl-C.
+    /// with the clinic, the school's family page with a demo guardian invitation; writes
+    /// DIR/<agency>.env for the client commands. Stops on Ctrl-C.
     Dev {
         /// Where to keep certificates, configs, data and env files.
         #[arg(long, default_value = "weft-dev")]
         dir: PathBuf,
         /// First port: client APIs on PORT, PORT+1, PORT+2; peer streams on PORT+10..12;
-        /// metrics on PORT+20..22.
+        /// metrics on PORT+20..22; the school's family page on PORT+30.
         #[arg(long, default_value_t = 7400)]
         port: u16,
     },
@@ -95,6 +96,9 @@ enum Command {
     /// Users and their tokens.
     #[command(subcommand)]
     User(UserCmd),
+    /// Families on the family page.
+    #[command(subcommand)]
+    Guardian(GuardianCmd),
     /// The node's identity and counters.
     Status(client::StatusArgs),
     /// Each peer agency: connected or not, last sync, how far behind, last error.
@@ -156,6 +160,29 @@ enum PkiCmd {
         #[arg(long, default_value_t = 397)]
         days: i64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum GuardianCmd {
+    /// Invite a parent, guardian or eligible student (18+) to the family page for one plan
+    /// (coordinators and admins). Prints a single-use link, valid for 72 hours, to give them
+    /// in person or by a channel you trust; they open it and choose a passphrase.
+    Invite(GuardianInviteArgs),
+}
+
+/// `weft guardian invite`
+#[derive(Args, Debug)]
+pub struct GuardianInviteArgs {
+    /// The plan whose child they may see.
+    pub plan: String,
+    /// Their name, as it will stand on the consents they sign.
+    #[arg(long)]
+    pub name: String,
+    /// parent | guardian | foster_parent | eligible_student | other
+    #[arg(long)]
+    pub relationship: String,
+    #[command(flatten)]
+    pub conn: client::JsonConn,
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,8 +291,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Config(ConfigCmd::Check { file, skip_files }) => {
             match crate::config::Config::load_with(&file, !skip_files) {
                 Ok(c) => {
+                    let family = c
+                        .family
+                        .as_ref()
+                        .map(|f| format!(", family page {}", f.listen))
+                        .unwrap_or_default();
                     println!(
-                        "{}: ok (agency {}, api {})",
+                        "{}: ok (agency {}, api {}{family})",
                         file.display(),
                         c.agency,
                         c.api_listen
@@ -329,6 +361,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             None => client::user_add(args).await,
         },
         Command::User(UserCmd::List(conn)) => client::user_list(conn).await,
+        Command::Guardian(GuardianCmd::Invite(args)) => client::guardian_invite(args).await,
         Command::User(UserCmd::Whoami(conn)) => client::whoami(conn).await,
     }
 }

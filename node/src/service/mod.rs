@@ -28,6 +28,7 @@ use crate::section::{ChangeInfo, Edit, SectionDoc};
 use crate::storage::{StoreHandle, StoreStats};
 
 mod consent;
+pub mod family;
 pub mod replica;
 pub use consent::{ConsentState, ConsentView, GrantInput};
 
@@ -167,6 +168,10 @@ pub struct NodeService {
     certificate: std::sync::OnceLock<Arc<crate::tls::ReloadingCert>>,
     /// Refusals by rule, for metrics.
     denials: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+    /// Serialises invitation acceptances and sign-ins (single use, failure counts).
+    family_lock: tokio::sync::Mutex<()>,
+    /// The family page's public address, once it listens.
+    family_url: std::sync::OnceLock<String>,
 }
 
 /// SHA-256 of a bearer token, hex: the only form in which tokens are stored.
@@ -258,12 +263,24 @@ impl NodeService {
             consent_generation: std::sync::atomic::AtomicU64::new(0),
             denials: Default::default(),
             certificate: std::sync::OnceLock::new(),
+            family_lock: tokio::sync::Mutex::new(()),
+            family_url: std::sync::OnceLock::new(),
         }))
     }
 
     /// Lets `weft status` follow certificate reloads.
     pub fn set_certificate(&self, cert: Arc<crate::tls::ReloadingCert>) {
         let _ = self.certificate.set(cert);
+    }
+
+    /// Records the family page's public address (invitation links start with it).
+    pub fn set_family_url(&self, url: String) {
+        let _ = self.family_url.set(url);
+    }
+
+    /// The family page's public address, if it is enabled.
+    pub fn family_url(&self) -> Option<String> {
+        self.family_url.get().cloned()
     }
 
     /// Refusals so far, by rule.

@@ -51,11 +51,14 @@ pub enum Tree {
     Replication,
     /// Subject + plan id → nothing: the index from a child to their plans.
     Subjects,
+    /// The family page: guardian invitations (by token hash) and guardian accounts
+    /// (passphrase hash, failed sign-ins, lockout).
+    Family,
 }
 
 impl Tree {
     /// Every tree, in discriminant order.
-    pub const ALL: [Tree; 11] = [
+    pub const ALL: [Tree; 12] = [
         Tree::Meta,
         Tree::Plans,
         Tree::Sections,
@@ -67,6 +70,7 @@ impl Tree {
         Tree::Consents,
         Tree::Replication,
         Tree::Subjects,
+        Tree::Family,
     ];
 
     /// The tree's name on disk.
@@ -83,6 +87,7 @@ impl Tree {
             Tree::Consents => "consents",
             Tree::Replication => "replication",
             Tree::Subjects => "subjects",
+            Tree::Family => "family",
         }
     }
 }
@@ -204,6 +209,8 @@ pub struct CommitBatch {
     pub ensure_plan: Option<PlanRecord>,
     /// Replication state to write (`None` removes the key).
     pub replication: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Family-page records to write (`None` removes the key).
+    pub family: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The audit entry for all of it.
     pub audit: AuditDraft,
 }
@@ -218,6 +225,7 @@ impl CommitBatch {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            family: vec![],
             audit,
         }
     }
@@ -622,6 +630,12 @@ impl Store {
                 }
             }
             write_replication(txn, &batch.replication)?;
+            for (key, value) in &batch.family {
+                match value {
+                    Some(v) => txn.put(Tree::Family, key, v)?,
+                    None => txn.remove(Tree::Family, key)?,
+                }
+            }
             for e in &batch.consent_entries {
                 let key = consent_key(e.subject, e.kind, &e.id);
                 if txn.get(Tree::Consents, &key)?.is_some() {
@@ -800,6 +814,11 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Reads a family-page key.
+    pub fn family_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.backend.get(Tree::Family, key)
     }
 
     /// Reads a replication key.
@@ -1078,6 +1097,7 @@ impl StoreHandle {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            family: vec![],
             audit,
         };
         self.run(move |s| s.commit(&batch)).await
@@ -1103,6 +1123,7 @@ impl StoreHandle {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            family: vec![],
             audit,
         };
         self.run(move |s| s.commit(&batch)).await
@@ -1188,6 +1209,11 @@ impl StoreHandle {
     pub async fn section_size(&self, key: &SectionKey) -> Result<u64> {
         let key = key.clone();
         self.run(move |s| s.section_size(&key)).await
+    }
+
+    /// Reads a family-page key.
+    pub async fn family_get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.run(move |s| s.family_get(&key)).await
     }
 
     /// Reads a replication key.

@@ -62,6 +62,7 @@ fn commits_write_chunks_feed_and_audit_together() {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            family: vec![],
             audit: draft(1),
         };
         let c = store.commit(&batch).unwrap();
@@ -79,6 +80,7 @@ fn commits_write_chunks_feed_and_audit_together() {
                 consent_entries: vec![],
                 ensure_plan: None,
                 replication: vec![],
+                family: vec![],
                 audit: draft(2),
             })
             .unwrap();
@@ -125,6 +127,7 @@ fn a_failed_commit_writes_nothing() {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            family: vec![],
             audit: draft(1),
         };
         store.commit(&batch).unwrap();
@@ -137,6 +140,7 @@ fn a_failed_commit_writes_nothing() {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            family: vec![],
             audit: draft(2),
         });
         assert!(matches!(err, Err(Error::AlreadyExists(_))), "{name}");
@@ -168,6 +172,7 @@ fn users_are_unique_by_name() {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            family: vec![],
             audit: draft(1),
         };
         store.commit(&batch).unwrap();
@@ -232,6 +237,7 @@ fn compaction_replaces_chunks_with_a_snapshot() {
                     consent_entries: vec![],
                     ensure_plan: None,
                     replication: vec![],
+                    family: vec![],
                     audit: draft(i as i64),
                 })
                 .unwrap();
@@ -260,6 +266,7 @@ fn sled_keeps_everything_across_reopen() {
                 consent_entries: vec![],
                 ensure_plan: None,
                 replication: vec![],
+                family: vec![],
                 audit: draft(1),
             })
             .unwrap();
