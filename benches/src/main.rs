@@ -1,6 +1,7 @@
 //! `weft-bench`: starts real Weft nodes as processes on 127.0.0.1, drives them, measures the
 //! same workloads with samod, prints a table and writes `target/bench/<mode>.json`.
 
+mod engines;
 #[allow(dead_code)] // used as the scenarios land
 mod report;
 
@@ -21,10 +22,18 @@ struct Args {
     /// Where the JSON goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Temporary: run only scenario 6's storage engine comparison and print its table.
+    #[arg(long)]
+    engines_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.engines_only {
+        let figures = engines::run(args.quick, &args.out.join("storage-work"))?;
+        println!("{}", report::table(&figures));
+        return Ok(());
+    }
     let env = report::Environment::read();
     let figures: Vec<report::Figure> = Vec::new();
     let mode = if args.quick { "quick" } else { "full" };
