@@ -31,7 +31,7 @@ const WRITERS: usize = 64;
 const PLANS: usize = 2_000;
 const SECTIONS: [&str; 5] = ["profile", "strengths", "goals", "academic", "health"];
 /// In a full run an engine that has not done N appends by then stops, and the figures say so.
-const FULL_BUDGET: Duration = Duration::from_secs(150);
+const FULL_BUDGET: Duration = Duration::from_secs(120);
 
 /// The lower bound of a scan: the prefix's start, or just after `after` when that is later.
 fn lower<'a>(prefix: &'a [u8], after: Option<&'a [u8]>) -> Bound<&'a [u8]> {
@@ -372,17 +372,48 @@ impl Backend for SledFsyncBackend {
 // ---------------------------------------------------------------------------------------------
 // Counting what the store writes
 
-/// Wraps a backend and counts the key and value bytes the store puts.
+/// Wraps a backend and counts the key and value bytes the store puts (per tree), and the time
+/// spent in the engine's `transact` (under the store's writer lock) and `sync`.
 struct Counted {
     inner: Arc<dyn Backend>,
     puts: AtomicU64,
-    bytes: AtomicU64,
+    bytes: [AtomicU64; Tree::ALL.len()],
+    transact_ns: AtomicU64,
+    transacts: AtomicU64,
+    sync_ns: AtomicU64,
+}
+
+impl Counted {
+    fn new(inner: Arc<dyn Backend>) -> Self {
+        Self {
+            inner,
+            puts: AtomicU64::new(0),
+            bytes: Default::default(),
+            transact_ns: AtomicU64::new(0),
+            transacts: AtomicU64::new(0),
+            sync_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    fn reset(&self) {
+        self.puts.store(0, Ordering::Relaxed);
+        for b in &self.bytes {
+            b.store(0, Ordering::Relaxed);
+        }
+        self.transact_ns.store(0, Ordering::Relaxed);
+        self.transacts.store(0, Ordering::Relaxed);
+        self.sync_ns.store(0, Ordering::Relaxed);
+    }
 }
 
 struct CountedTxn<'a> {
     inner: &'a dyn Txn,
     puts: &'a AtomicU64,
-    bytes: &'a AtomicU64,
+    bytes: &'a [AtomicU64; Tree::ALL.len()],
 }
 
 impl Txn for CountedTxn<'_> {
@@ -392,8 +423,7 @@ impl Txn for CountedTxn<'_> {
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
         self.puts.fetch_add(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        self.bytes[tree as usize].fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
         self.inner.put(tree, key, value)
     }
 
@@ -418,17 +448,26 @@ impl Backend for Counted {
     }
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
-        self.inner.transact(&|txn| {
+        let t = Instant::now();
+        let r = self.inner.transact(&|txn| {
             f(&CountedTxn {
                 inner: txn,
                 puts: &self.puts,
                 bytes: &self.bytes,
             })
-        })
+        });
+        self.transact_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.transacts.fetch_add(1, Ordering::Relaxed);
+        r
     }
 
     fn sync(&self) -> Result<()> {
-        self.inner.sync()
+        let t = Instant::now();
+        let r = self.inner.sync();
+        self.sync_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -446,6 +485,8 @@ impl Backend for Counted {
 /// One engine under test.
 #[derive(Clone, Copy, Debug)]
 enum Engine {
+    /// No disk: the ceiling of the store itself (JSON, audit hash, writer lock, threads).
+    Memory,
     Sled,
     SledFsync,
     Redb,
@@ -453,10 +494,19 @@ enum Engine {
 }
 
 impl Engine {
-    const ALL: [Engine; 4] = [Engine::Sled, Engine::SledFsync, Engine::Redb, Engine::Fjall];
+    const ALL: [Engine; 5] = [
+        Engine::Memory,
+        Engine::Sled,
+        Engine::SledFsync,
+        Engine::Redb,
+        Engine::Fjall,
+    ];
+    #[cfg(test)]
+    const DISK: [Engine; 4] = [Engine::Sled, Engine::SledFsync, Engine::Redb, Engine::Fjall];
 
     fn name(self) -> &'static str {
         match self {
+            Engine::Memory => "memory",
             Engine::Sled => "sled",
             Engine::SledFsync => "sled+fsync",
             Engine::Redb => "redb",
@@ -466,6 +516,7 @@ impl Engine {
 
     fn durability(self) -> &'static str {
         match self {
+            Engine::Memory => "reference only: MemoryBackend, nothing on disk, sync is a no-op",
             Engine::Sled => "sled 0.34.7: sync = flush() = sync_file_range, not fsync",
             Engine::SledFsync => "sled 0.34.7: sync = flush() + fsync of every file and the dir",
             Engine::Redb => {
@@ -479,6 +530,7 @@ impl Engine {
 
     fn open(self, dir: &Path) -> Result<Arc<dyn Backend>> {
         Ok(match self {
+            Engine::Memory => Arc::new(weft_node::storage::memory::MemoryBackend::new()),
             Engine::Sled => Arc::new(SledBackend::open(dir)?),
             Engine::SledFsync => Arc::new(SledFsyncBackend::open(dir)?),
             Engine::Redb => Arc::new(RedbBackend::open(dir)?),
@@ -547,6 +599,9 @@ struct Measured {
     syncs: u64,
     puts: u64,
     logical_bytes: u64,
+    tree_bytes: Vec<(&'static str, u64)>,
+    transact_us: f64,
+    sync_total_s: f64,
     disk_bytes: u64,
     allocated_bytes: u64,
     engine_bytes: u64,
@@ -577,14 +632,9 @@ fn measure(
 ) -> anyhow::Result<Measured> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
-    let counted = Arc::new(Counted {
-        inner: engine.open(dir)?,
-        puts: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-    });
+    let counted = Arc::new(Counted::new(engine.open(dir)?));
     let handle = StoreHandle::new(Store::open(counted.clone())?);
-    let base_puts = counted.puts.load(Ordering::Relaxed);
-    let base_bytes = counted.bytes.load(Ordering::Relaxed);
+    counted.reset();
     let syncs_before = handle.blocking().syncs();
     let keys = Arc::new(section_keys()?);
 
@@ -641,10 +691,19 @@ fn measure(
         stats.feed_seq,
         stats.audit_entries
     );
+    let puts = counted.puts.load(Ordering::Relaxed);
+    let logical_bytes = counted.bytes();
+    let tree_bytes: Vec<(&str, u64)> = Tree::ALL
+        .iter()
+        .map(|t| (t.name(), counted.bytes[*t as usize].load(Ordering::Relaxed)))
+        .filter(|(_, b)| *b > 0)
+        .collect();
+    let transact_us = counted.transact_ns.load(Ordering::Relaxed) as f64
+        / 1e3
+        / counted.transacts.load(Ordering::Relaxed).max(1) as f64;
+    let sync_total_s = counted.sync_ns.load(Ordering::Relaxed) as f64 / 1e9;
     // Every acknowledged append is durable already; sync once more so nothing is pending.
     counted.sync()?;
-    let puts = counted.puts.load(Ordering::Relaxed) - base_puts;
-    let logical_bytes = counted.bytes.load(Ordering::Relaxed) - base_bytes;
     let engine_bytes = counted.size_on_disk();
     let disk_bytes = report::dir_bytes(dir);
     let allocated = allocated_bytes(dir);
@@ -652,17 +711,11 @@ fn measure(
     drop(counted);
     drop(rt);
 
-    let t = Instant::now();
-    let store = Store::open(engine.open(dir)?)?;
-    let reopened = store.stats()?;
-    let reopen_ms = t.elapsed().as_secs_f64() * 1e3;
-    anyhow::ensure!(
-        reopened.feed_seq == appends,
-        "{}: reopened with feed {} after {appends} appends",
-        engine.name(),
-        reopened.feed_seq
-    );
-    drop(store);
+    let reopen_ms = if matches!(engine, Engine::Memory) {
+        0.0
+    } else {
+        reopen(engine, dir, appends)?
+    };
     let _ = std::fs::remove_dir_all(dir);
 
     Ok(Measured {
@@ -675,11 +728,29 @@ fn measure(
         syncs,
         puts,
         logical_bytes,
+        tree_bytes,
+        transact_us,
+        sync_total_s,
         disk_bytes,
         allocated_bytes: allocated,
         engine_bytes,
         reopen_ms,
     })
+}
+
+/// Reopens the store and checks every append is there; returns the time it took in ms.
+fn reopen(engine: Engine, dir: &Path, appends: u64) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let store = Store::open(engine.open(dir)?)?;
+    let reopened = store.stats()?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(
+        reopened.feed_seq == appends,
+        "{}: reopened with feed {} after {appends} appends",
+        engine.name(),
+        reopened.feed_seq
+    );
+    Ok(ms)
 }
 
 impl Measured {
@@ -698,13 +769,14 @@ impl Measured {
         };
         let base = format!("{}; {size}, {WRITERS} writers", self.engine.durability());
         let metric = |m: &str| format!("{name}: {m}");
-        vec![
+        let memory = matches!(self.engine, Engine::Memory);
+        let mut out = vec![
             Figure::new(
                 SCENARIO,
-                &metric("durable appends/s"),
+                &metric(if memory { "appends/s (not durable)" } else { "durable appends/s" }),
                 Some(n as f64 / self.secs),
                 None,
-                ">= 50000",
+                if memory { "-" } else { ">= 50000" },
             )
             .note(format!("{base}; {:.1} s", self.secs)),
             Figure::new(SCENARIO, &metric("commit p50 ms"), Some(self.p50_ms), None, "-")
@@ -713,9 +785,24 @@ impl Measured {
                 .note(base.clone()),
             Figure::new(SCENARIO, &metric("syncs run"), Some(self.syncs as f64), None, "-")
                 .note(format!(
-                    "{base}; {:.1} appends per sync",
-                    n as f64 / self.syncs.max(1) as f64
+                    "{base}; {:.1} appends per sync; engine transact {:.0} us avg (under the writer lock); \
+                     {:.1} s in sync ({:.3} ms each)",
+                    n as f64 / self.syncs.max(1) as f64,
+                    self.transact_us,
+                    self.sync_total_s,
+                    self.sync_total_s * 1e3 / self.syncs.max(1) as f64
                 )),
+        ];
+        if memory {
+            return out;
+        }
+        let per_tree = self
+            .tree_bytes
+            .iter()
+            .map(|(t, b)| format!("{t} {:.0}", *b as f64 / n as f64))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.extend([
             Figure::new(
                 SCENARIO,
                 &metric("space amplification"),
@@ -724,8 +811,13 @@ impl Measured {
                 "<= 1.5",
             )
             .note(format!(
-                "{base}; file bytes {} / payload {} (N x {CHUNK} B); allocated {}, engine says {}",
-                self.disk_bytes, payload as u64, self.allocated_bytes, self.engine_bytes
+                "{base}; file bytes {} / payload {} (N x {CHUNK} B); {:.2}x the logical bytes; \
+                 allocated {}, engine says {}",
+                self.disk_bytes,
+                payload as u64,
+                self.disk_bytes as f64 / self.logical_bytes.max(1) as f64,
+                self.allocated_bytes,
+                self.engine_bytes
             )),
             Figure::new(
                 SCENARIO,
@@ -735,13 +827,21 @@ impl Measured {
                 "-",
             )
             .note(format!(
-                "{base}; keys+values of {:.1} puts per append (chunk, section meta, feed, audit, counters)",
+                "{base}; keys+values of {:.1} puts per append, B per tree: {per_tree}",
                 self.puts as f64 / n as f64
             )),
-            Figure::new(SCENARIO, &metric("reopen ms"), Some(self.reopen_ms), None, "-").note(
-                format!("{base}; open + Store::open + stats, after a clean close"),
-            ),
-        ]
+            Figure::new(
+                SCENARIO,
+                &metric("reopen ms"),
+                Some(self.reopen_ms),
+                None,
+                "-",
+            )
+            .note(format!(
+                "{base}; open + Store::open + stats, after a clean close"
+            )),
+        ]);
+        out
     }
 }
 
@@ -814,7 +914,7 @@ mod tests {
     #[test]
     fn engines_keep_the_backend_contract() {
         let dir = std::env::temp_dir().join(format!("weft-bench-engines-{}", std::process::id()));
-        for engine in Engine::ALL {
+        for engine in Engine::DISK {
             let d = dir.join(engine.name());
             contract(engine.open(&d).unwrap());
             let store = Store::open(engine.open(&d).unwrap()).unwrap();
