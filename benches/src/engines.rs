@@ -827,7 +827,11 @@ fn measure(
                     }
                     let key = &keys[(i as usize) % keys.len()];
                     let t = Instant::now();
-                    handle.commit(batch(key, i)).await?;
+                    if let Err(e) = handle.commit(batch(key, i)).await {
+                        // Every writer reports, so the first (root) error is in the log.
+                        eprintln!("scenario 6: append {i} failed: {e}");
+                        return Err(e.into());
+                    }
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
                     if budget.is_some_and(|b| start.elapsed() > b) {
                         stop.store(true, Ordering::Relaxed);
