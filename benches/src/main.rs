@@ -2,6 +2,7 @@
 //! same workloads with samod, prints a table and writes `target/bench/<mode>.json`.
 
 mod cluster;
+mod engines;
 #[allow(dead_code)] // used as the scenarios land
 mod report;
 mod weft;
@@ -288,6 +289,11 @@ async fn main() -> anyhow::Result<()> {
                 report::percentile(r, 50.0).unwrap_or(f64::NAN)
             )),
         );
+    }
+
+    if args.wants(6) {
+        let (quick, dir) = (args.quick, work.path().join("s6"));
+        figures.extend(tokio::task::spawn_blocking(move || engines::run(quick, &dir)).await??);
     }
 
     println!("{}", report::table(&figures));
