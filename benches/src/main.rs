@@ -3,6 +3,7 @@
 
 #[allow(dead_code)] // used as the scenarios land
 mod report;
+mod samod;
 
 use std::path::PathBuf;
 
@@ -21,10 +22,26 @@ struct Args {
     /// Where the JSON goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Temporary: run only the samod baseline (work files in `<out>/samod-work`).
+    #[arg(long)]
+    samod_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.samod_only {
+        let figures = samod::run(args.quick, &args.out.join("samod-work"))?;
+        println!("{}", report::table(&figures.figures()));
+        for n in &figures.notes {
+            println!("- {n}");
+        }
+        let mode = if args.quick { "samod-quick" } else { "samod-full" };
+        std::fs::create_dir_all(&args.out)?;
+        let path = args.out.join(format!("{mode}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;
+        println!("\nwrote {}", path.display());
+        return Ok(());
+    }
     let env = report::Environment::read();
     let figures: Vec<report::Figure> = Vec::new();
     let mode = if args.quick { "quick" } else { "full" };
