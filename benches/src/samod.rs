@@ -359,6 +359,25 @@ impl Ctx {
     }
 }
 
+/// The 1-minute load average: the machine is shared, so every run records it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the command name: state is field 0, utime 11, stime 12 (clock ticks, 100/s).
+    (tick(11) + tick(12)) / 100.0
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -422,8 +441,16 @@ fn propagation(ctx: &mut Ctx, a: &mut Node, b: &Node) -> anyhow::Result<()> {
     };
     for (rate, count) in plans {
         b.drain_events();
+        let cpu0 = (cpu_s(a.pid), cpu_s(b.pid), Instant::now());
         let (edits, achieved) = ctx.edits(a, rate, count)?;
         let (lat, missing) = measure(&[b], &edits, Duration::from_secs(30));
+        let cpu = format!(
+            "CPU over {:.1} s: A {:.2} s, B {:.2} s; load {}",
+            cpu0.2.elapsed().as_secs_f64(),
+            cpu_s(a.pid) - cpu0.0,
+            cpu_s(b.pid) - cpu0.1,
+            load_average()
+        );
         let p = |q| report::percentile(&lat, q);
         let f = &mut ctx.figures;
         if rate < 100.0 {
@@ -433,7 +460,7 @@ fn propagation(ctx: &mut Ctx, a: &mut Node, b: &Node) -> anyhow::Result<()> {
         }
         ctx.note(format!(
             "2: {count} edits at {rate}/s (achieved {achieved:.0}/s), {missing} not seen at B \
-             within 30 s, max {:.1} ms",
+             within 30 s, max {:.1} ms; {cpu}",
             lat.last().copied().unwrap_or(f64::NAN)
         ));
         if missing > 0 {
@@ -474,13 +501,21 @@ fn sustained(ctx: &mut Ctx, a: &mut Node, b: &Node) -> anyhow::Result<()> {
         b.drain_events();
         c.drain_events();
         let count = (rate * step_s) as u64;
+        let cpu0 = (cpu_s(a.pid), cpu_s(b.pid), cpu_s(c.pid));
         let (edits, achieved) = ctx.edits(a, rate, count)?;
         let (lat, missing) = measure(&[b, &c], &edits, Duration::from_secs(30));
+        let cpu = format!(
+            "CPU A {:.2} s, B {:.2} s, C {:.2} s; load {}",
+            cpu_s(a.pid) - cpu0.0,
+            cpu_s(b.pid) - cpu0.1,
+            cpu_s(c.pid) - cpu0.2,
+            load_average()
+        );
         let p99 = report::percentile(&lat, 99.0).unwrap_or(f64::INFINITY);
         let pass = missing == 0 && p99 <= 100.0 && achieved >= 0.9 * rate;
         ctx.note(format!(
             "3: {rate}/s for {step_s} s: achieved {achieved:.0}/s, p50 {:.1} ms, p99 {p99:.1} ms, \
-             {missing} lost -> {}",
+             {missing} lost -> {}; {cpu}",
             report::percentile(&lat, 50.0).unwrap_or(f64::NAN),
             if pass { "pass" } else { "fail" }
         ));
@@ -596,6 +631,7 @@ pub fn run(quick: bool, work: &Path) -> anyhow::Result<SamodFigures> {
         "samod 0.16, TokioFilesystemStorage, TCP 127.0.0.1 (length-delimited, TCP_NODELAY); \
          N = {n} documents (sample_plan sections) in every scenario"
     ));
+    ctx.note(format!("load average at start: {}", load_average()));
     let started = Instant::now();
     let (mut a, b) = match cold(&mut ctx) {
         Ok(ab) => ab,
@@ -625,8 +661,9 @@ pub fn run(quick: bool, work: &Path) -> anyhow::Result<SamodFigures> {
         ctx.note(format!("5 failed: {e:#}"));
     }
     ctx.note(format!(
-        "samod run took {:.0} s",
-        started.elapsed().as_secs_f64()
+        "samod run took {:.0} s; load average at end: {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
     ));
     Ok(ctx.figures)
 }

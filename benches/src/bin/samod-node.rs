@@ -313,10 +313,11 @@ impl Node {
     fn watch(&self) -> Value {
         for h in &self.handles {
             let h = h.clone();
+            // Subscribe before replying, so no change that arrives after the reply is missed.
+            let mut changes = h.changes();
+            let id = h.document_id().to_string();
+            let mut last = h.with_document(|d| edit_seq(d));
             tokio::spawn(async move {
-                let mut changes = h.changes();
-                let id = h.document_id().to_string();
-                let mut last = h.with_document(|d| edit_seq(d));
                 while changes.next().await.is_some() {
                     let seq = h.with_document(|d| edit_seq(d));
                     if seq.is_some() && seq != last {
