@@ -35,7 +35,11 @@ fn main() -> anyhow::Result<()> {
         for n in &figures.notes {
             println!("- {n}");
         }
-        let mode = if args.quick { "samod-quick" } else { "samod-full" };
+        let mode = if args.quick {
+            "samod-quick"
+        } else {
+            "samod-full"
+        };
         std::fs::create_dir_all(&args.out)?;
         let path = args.out.join(format!("{mode}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;

@@ -73,11 +73,36 @@ impl SamodFigures {
         let s2 = "2 one-edit propagation";
         let s4 = "4 catch-up";
         vec![
-            f(s1, "docs/s durable on B", self.cold_docs_per_s, format!("samod N={n}")),
-            f(s1, "wire bytes", self.cold_wire_bytes, format!("samod N={n}")),
-            f(s1, "saved bytes", self.cold_saved_bytes, format!("samod N={n}")),
-            f(s1, "wire / saved", self.cold_wire_ratio, format!("samod N={n}")),
-            f(s1, "peak RSS of B (MiB)", self.cold_peak_rss_b_mib, format!("samod N={n}")),
+            f(
+                s1,
+                "docs/s durable on B",
+                self.cold_docs_per_s,
+                format!("samod N={n}"),
+            ),
+            f(
+                s1,
+                "wire bytes",
+                self.cold_wire_bytes,
+                format!("samod N={n}"),
+            ),
+            f(
+                s1,
+                "saved bytes",
+                self.cold_saved_bytes,
+                format!("samod N={n}"),
+            ),
+            f(
+                s1,
+                "wire / saved",
+                self.cold_wire_ratio,
+                format!("samod N={n}"),
+            ),
+            f(
+                s1,
+                "peak RSS of B (MiB)",
+                self.cold_peak_rss_b_mib,
+                format!("samod N={n}"),
+            ),
             f(s2, "p50 ms at 10/s", self.edit10_p50_ms, String::new()),
             f(s2, "p99 ms at 10/s", self.edit10_p99_ms, String::new()),
             f(s2, "p99.9 ms at 10/s", self.edit10_p999_ms, String::new()),
@@ -91,13 +116,48 @@ impl SamodFigures {
                 "A connected to B and C".into(),
             ),
             f(s4, "ms, M=0", self.catchup_m0_ms, format!("samod N={n}")),
-            f(s4, "ms, M=100", self.catchup_m100_ms, format!("samod N={n}")),
-            f(s4, "ms, M=1000", self.catchup_m1000_ms, format!("samod N={n}")),
-            f(s4, "wire bytes, M=0", self.catchup_m0_wire_bytes, String::new()),
-            f(s4, "wire bytes, M=100", self.catchup_m100_wire_bytes, String::new()),
-            f(s4, "wire bytes, M=1000", self.catchup_m1000_wire_bytes, String::new()),
-            f("5 memory", "KiB/doc", self.kib_per_doc, format!("samod N={n}")),
-            f("5 memory", "start ms", self.start_ms, format!("samod N={n}")),
+            f(
+                s4,
+                "ms, M=100",
+                self.catchup_m100_ms,
+                format!("samod N={n}"),
+            ),
+            f(
+                s4,
+                "ms, M=1000",
+                self.catchup_m1000_ms,
+                format!("samod N={n}"),
+            ),
+            f(
+                s4,
+                "wire bytes, M=0",
+                self.catchup_m0_wire_bytes,
+                String::new(),
+            ),
+            f(
+                s4,
+                "wire bytes, M=100",
+                self.catchup_m100_wire_bytes,
+                String::new(),
+            ),
+            f(
+                s4,
+                "wire bytes, M=1000",
+                self.catchup_m1000_wire_bytes,
+                String::new(),
+            ),
+            f(
+                "5 memory",
+                "KiB/doc",
+                self.kib_per_doc,
+                format!("samod N={n}"),
+            ),
+            f(
+                "5 memory",
+                "start ms",
+                self.start_ms,
+                format!("samod N={n}"),
+            ),
         ]
     }
 }
@@ -200,7 +260,11 @@ impl Node {
         let reply = match self.replies.recv_timeout(timeout) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => {
-                bail!("{}: no reply to {} within {timeout:?}", self.name, cmd["cmd"])
+                bail!(
+                    "{}: no reply to {} within {timeout:?}",
+                    self.name,
+                    cmd["cmd"]
+                )
             }
             Err(RecvTimeoutError::Disconnected) => bail!("{}: process ended", self.name),
         };
@@ -373,7 +437,12 @@ fn cpu_s(pid: u32) -> f64 {
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the command name: state is field 0, utime 11, stime 12 (clock ticks, 100/s).
     (tick(11) + tick(12)) / 100.0
 }
@@ -426,7 +495,10 @@ fn cold(ctx: &mut Ctx) -> anyhow::Result<(Node, Node)> {
         Duration::from_secs(600),
     )?;
     if loaded["found"].as_u64() != Some(n as u64) {
-        bail!("B found {} of {n} documents after the wait", loaded["found"]);
+        bail!(
+            "B found {} of {n} documents after the wait",
+            loaded["found"]
+        );
     }
     b.call(json!({"cmd": "watch"}), Duration::from_secs(60))?;
     Ok((a, b))
@@ -470,7 +542,9 @@ fn propagation(ctx: &mut Ctx, a: &mut Node, b: &Node) -> anyhow::Result<()> {
             } else {
                 (f.edit500_p50_ms, f.edit500_p99_ms, f.edit500_p999_ms) = (None, None, None);
             }
-            ctx.note(format!("2: figures at {rate}/s withheld: {missing} edits lost"));
+            ctx.note(format!(
+                "2: figures at {rate}/s withheld: {missing} edits lost"
+            ));
         }
     }
     Ok(())
@@ -497,7 +571,9 @@ fn sustained(ctx: &mut Ctx, a: &mut Node, b: &Node) -> anyhow::Result<()> {
     c.call(json!({"cmd": "watch"}), Duration::from_secs(60))?;
     let step_s = if ctx.quick { 2.0 } else { 5.0 };
     let mut best: Option<f64> = None;
-    for rate in [20.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0] {
+    for rate in [
+        20.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0,
+    ] {
         b.drain_events();
         c.drain_events();
         let count = (rate * step_s) as u64;
@@ -536,7 +612,11 @@ fn sustained(ctx: &mut Ctx, a: &mut Node, b: &Node) -> anyhow::Result<()> {
 /// has no change feed: a reconnect re-syncs each document).
 fn catch_up(ctx: &mut Ctx, a: &mut Node, mut b: Node) -> anyhow::Result<Node> {
     let n = ctx.n;
-    let ms: &[u64] = if ctx.quick { &[0, 100] } else { &[0, 100, 1000] };
+    let ms: &[u64] = if ctx.quick {
+        &[0, 100]
+    } else {
+        &[0, 100, 1000]
+    };
     for &m in ms {
         b.stop()?;
         let edits = if m > 0 {

@@ -44,8 +44,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use samod::storage::TokioFilesystemStorage;
 use samod::{
-    BackoffConfig, DialError, Dialer, DocHandle, DocumentId, PeerId, Repo, RepoEvent,
-    RepoObserver, StorageOperation, Transport,
+    BackoffConfig, DialError, Dialer, DocHandle, DocumentId, PeerId, Repo, RepoEvent, RepoObserver,
+    StorageOperation, Transport,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, BufReader, ReadBuf};
@@ -240,7 +240,10 @@ fn read_ids(path: &str) -> anyhow::Result<Vec<DocumentId>> {
         .with_context(|| format!("reading {path}"))?
         .lines()
         .filter(|l| !l.is_empty())
-        .map(|l| l.parse::<DocumentId>().map_err(|e| anyhow!("bad id {l}: {e:?}")))
+        .map(|l| {
+            l.parse::<DocumentId>()
+                .map_err(|e| anyhow!("bad id {l}: {e:?}"))
+        })
         .collect()
 }
 
@@ -306,8 +309,10 @@ impl Node {
                 None => missing += 1,
             }
         }
-        Ok(json!({"ok": true, "found": self.handles.len(), "missing": missing,
-                  "ms": start.elapsed().as_secs_f64() * 1e3, "t": now_us()}))
+        Ok(
+            json!({"ok": true, "found": self.handles.len(), "missing": missing,
+                  "ms": start.elapsed().as_secs_f64() * 1e3, "t": now_us()}),
+        )
     }
 
     fn watch(&self) -> Value {
@@ -532,7 +537,10 @@ async fn main() -> anyhow::Result<()> {
                 Ok(r) => r,
                 Err(e) => (json!({"ok": false, "error": format!("{e:#}")}), false),
             },
-            Err(e) => (json!({"ok": false, "error": format!("bad json: {e}")}), false),
+            Err(e) => (
+                json!({"ok": false, "error": format!("bad json: {e}")}),
+                false,
+            ),
         };
         emit(&reply);
         if stop {
