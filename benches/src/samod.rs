@@ -34,6 +34,11 @@ pub struct SamodFigures {
     pub cold_saved_bytes: Option<f64>,
     /// 1: wire bytes / saved bytes.
     pub cold_wire_ratio: Option<f64>,
+    /// 1, pull variant: A restarted (documents on disk, none open, so nothing is pushed), B
+    /// dials and `Repo::find`s every id (64 at a time): documents per second until B holds all N.
+    pub cold_pull_docs_per_s: Option<f64>,
+    /// 1, pull variant: bytes on the A-B connection.
+    pub cold_pull_wire_bytes: Option<f64>,
     /// 1: peak RSS (VmHWM) of B, MiB.
     pub cold_peak_rss_b_mib: Option<f64>,
     /// 2: latency A -> B at 10 edits/s, ms.
@@ -83,6 +88,18 @@ impl SamodFigures {
                 s1,
                 "wire bytes",
                 self.cold_wire_bytes,
+                format!("samod N={n}"),
+            ),
+            f(
+                s1,
+                "docs/s durable on B, pull",
+                self.cold_pull_docs_per_s,
+                format!("samod N={n}; B finds each id, A lazy"),
+            ),
+            f(
+                s1,
+                "wire bytes, pull",
+                self.cold_pull_wire_bytes,
                 format!("samod N={n}"),
             ),
             f(
@@ -539,8 +556,8 @@ fn cold_probe(work: &Path, n: usize, cap: f64) -> anyhow::Result<String> {
             "1 at N={n}: B stored only {stored} of {n} within {cap:.0} s ({:.1} docs/s), so \
              samod's figures use a smaller N. samod-core 0.16 does O(documents) work per hub \
              event (perf on B: HashMap::eq, Searches::pop_state_updates, \
-             State::ensure_connections, PeerDocState::clone), so a cold push of N documents \
-             costs O(N^2)",
+             State::ensure_connections, PeerDocState::clone), so the cost per document grows \
+             with N (observed: 1,000 -> ~220/s, 2,000 -> ~80/s, 10,000 -> stalls)",
             stored as f64 / cap
         ),
     };
@@ -548,6 +565,49 @@ fn cold_probe(work: &Path, n: usize, cap: f64) -> anyhow::Result<String> {
     drop(a);
     let _ = std::fs::remove_dir_all(work);
     Ok(note)
+}
+
+/// Scenario 1, pull variant: A's documents are on disk and not open (A restarted), so A
+/// pushes nothing; B dials and finds every id (64 at a time), as a client of a sync server.
+fn cold_pull(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let n = ctx.n;
+    let work = ctx.work.join("pull");
+    std::fs::create_dir_all(&work)?;
+    let ids = work.join("ids.txt");
+    let mut a = Node::spawn(&work, "a")?;
+    a.call(
+        json!({"cmd": "create", "count": n, "ids_file": ids}),
+        Duration::from_secs(600),
+    )?;
+    a.stop()?;
+    let a = Node::spawn(&work, "a")?;
+    let mut b = Node::spawn(&work, "b")?;
+    let t0 = Node::t(&b.call(
+        json!({"cmd": "dial", "port": a.port}),
+        Duration::from_secs(60),
+    )?)?;
+    let timeout = n as f64 / 10.0 + 120.0;
+    let found = b.call(
+        json!({"cmd": "load", "ids_file": ids}),
+        Duration::from_secs_f64(timeout),
+    )?;
+    if found["found"].as_u64() != Some(n as u64) {
+        bail!("B found {} of {n}", found["found"]);
+    }
+    let done = b.call(
+        json!({"cmd": "wait", "count": n, "timeout_s": timeout}),
+        Duration::from_secs_f64(timeout + 30.0),
+    )?;
+    let secs = (Node::t(&done)? - t0) as f64 / 1e6;
+    ctx.figures.cold_pull_docs_per_s = Some(n as f64 / secs);
+    ctx.figures.cold_pull_wire_bytes = Some(b.wire()? as f64);
+    ctx.note(format!(
+        "1 pull: B found and stored all {n} in {secs:.2} s; load {}",
+        load_average()
+    ));
+    b.stop()?;
+    drop(a);
+    Ok(())
 }
 
 /// Scenario 2: paced edits at A, latency until B shows each.
@@ -769,6 +829,9 @@ pub fn run(quick: bool, work: &Path) -> anyhow::Result<SamodFigures> {
             Ok(note) => ctx.note(note),
             Err(e) => ctx.note(format!("1 at N=10000 failed: {e:#}")),
         }
+    }
+    if let Err(e) = cold_pull(&mut ctx) {
+        ctx.note(format!("1 pull failed: {e:#}"));
     }
     let (mut a, b) = match cold(&mut ctx) {
         Ok(ab) => ab,
