@@ -126,12 +126,14 @@ impl Federation {
                 .map(|(j, p)| weft_node::config::PeerConfig {
                     agency: weft_node::model::AgencyId::parse(p).expect("valid ids"),
                     endpoint: format!("https://{}", relays[j]),
+                    name: None,
                 })
                 .collect();
             for p in offline_peers {
                 peers.push(weft_node::config::PeerConfig {
                     agency: weft_node::model::AgencyId::parse(p)?,
                     endpoint: format!("https://{}", free()?),
+                    name: None,
                 });
             }
             let federation = weft_node::config::FederationConfig {

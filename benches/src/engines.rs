@@ -732,7 +732,8 @@ fn section_keys() -> anyhow::Result<Vec<SectionKey>> {
 
 fn batch(key: &SectionKey, n: u64) -> CommitBatch {
     CommitBatch {
-        new_plan: None,
+        new_plans: vec![],
+        family: vec![],
         changes: vec![(key.clone(), payload(n))],
         new_user: None,
         consent_entries: vec![],

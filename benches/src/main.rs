@@ -5,6 +5,7 @@ mod cluster;
 mod engines;
 #[allow(dead_code)] // used as the scenarios land
 mod report;
+mod samod;
 mod weft;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ struct Args {
     /// Keep the work directory (data, configs) instead of deleting it.
     #[arg(long)]
     keep: bool,
+    /// Skip the samod baseline (Weft figures only).
+    #[arg(long)]
+    no_samod: bool,
 }
 
 impl Args {
@@ -296,6 +300,19 @@ async fn main() -> anyhow::Result<()> {
         figures.extend(tokio::task::spawn_blocking(move || engines::run(quick, &dir)).await??);
     }
 
+    let mut samod_notes = Vec::new();
+    if !args.no_samod && [1, 2, 3, 4, 5].iter().any(|n| args.wants(*n)) {
+        // The baseline, in the same run on the same machine, after Weft's nodes stopped.
+        let (quick, dir) = (args.quick, work.path().join("samod"));
+        match tokio::task::spawn_blocking(move || samod::run(quick, &dir)).await? {
+            Ok(base) => {
+                samod_notes = base.notes.clone();
+                samod::fill(&mut figures, &base);
+            }
+            Err(e) => samod_notes.push(format!("the samod baseline failed: {e:#}")),
+        }
+    }
+
     println!("{}", report::table(&figures));
     let path = report::write_json(
         &args.out,
@@ -304,8 +321,12 @@ async fn main() -> anyhow::Result<()> {
             environment: &env,
             mode: mode.into(),
             figures: &figures,
+            samod_notes: &samod_notes,
         },
     )?;
+    for n in &samod_notes {
+        println!("samod: {n}");
+    }
     println!("\nwrote {}", path.display());
     if args.keep {
         let kept = work.keep();

@@ -213,6 +213,8 @@ pub struct Run<'a> {
     pub mode: String,
     /// Every figure.
     pub figures: &'a [Figure],
+    /// How the samod baseline ran (sizes, conditions, failures).
+    pub samod_notes: &'a [String],
 }
 
 /// Writes `dir/<name>.json`.
