@@ -493,3 +493,80 @@ async fn a_peer_from_another_ca_is_refused() -> anyhow::Result<()> {
         .is_none());
     cluster.stop().await
 }
+
+/// More plans than one feed page, all sent whole from the grant backlog: the sender's feed
+/// cursor must still move past them, so a later edit reaches the peer (regression: a page
+/// whose sections were all sent already stopped the cursor, and later edits never left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_edit_flows_after_a_backlog_larger_than_a_feed_page() -> anyhow::Result<()> {
+    let mut cluster = Cluster::builder()
+        .agencies(["school.test", "clinic.test"])
+        .start()
+        .await?;
+    // Seeded while the clinic is away, so the whole backlog goes out when it is back, ahead
+    // of the feed pages that cover the same sections.
+    cluster.node_mut("clinic.test").stop().await?;
+    let seeded = weft_node::seed::seed(
+        cluster.node("school.test").node().service(),
+        80,
+        &[weft_node::model::AgencyId::parse("clinic.test")?],
+        "read",
+        "2099-12-31",
+        None,
+    )
+    .await?;
+    assert_eq!(
+        seeded.sections, 320,
+        "more sections than one feed page (256)"
+    );
+    cluster.node_mut("clinic.test").restart().await?;
+    let school = cluster.node("school.test");
+    let clinic = cluster.node("clinic.test");
+    let mut list = clinic.plans(&clinic.coordinator_token).await?;
+    eventually("the clinic to hold the 80 plans", DEADLINE, || {
+        let mut list = list.clone();
+        async move {
+            let r = list
+                .list_plans(pb::ListPlansRequest {
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            Ok((r.plans.len() == 80).then_some(()))
+        }
+    })
+    .await?;
+    let plan = list
+        .list_plans(pb::ListPlansRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .plans
+        .remove(0)
+        .plan
+        .map(|p| p.plan_id)
+        .unwrap_or_default();
+    school
+        .plans(&school.coordinator_token)
+        .await?
+        .set_fields(pb::SetFieldsRequest {
+            plan_id: plan.clone(),
+            fields: vec![pb::FieldValue {
+                section: "profile".into(),
+                field: "preferred_name".into(),
+                value: "after the backlog".into(),
+            }],
+        })
+        .await?;
+    eventually("the edit at the clinic", DEADLINE, || async {
+        let profile = clinic
+            .section(&clinic.coordinator_token, &plan, "profile")
+            .await?;
+        Ok((profile["preferred_name"] == "after the backlog").then_some(()))
+    })
+    .await?;
+    Ok(())
+}

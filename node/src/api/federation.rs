@@ -489,10 +489,10 @@ async fn pump(
     // has not had in this session. Called before any section the gate allowed under
     // consents newer than the last call, so the peer never sees a section before the
     // consent that lets it hold it.
-    let flush_consents = |sent_consents: HashSet<String>, from: u64| {
+    let flush_consents = |sent_consents: HashSet<String>, from: u64, backlog: bool| {
         let (svc, peer) = (svc.clone(), peer.clone());
         async move {
-            let up = svc.consent_catch_up(&peer, from).await?;
+            let up = svc.consent_catch_up(&peer, from, backlog).await?;
             let mut fresh = Vec::new();
             for (id, frame) in up.frames {
                 if !sent_consents.contains(&id) {
@@ -510,7 +510,7 @@ async fn pump(
         let generation = svc.consent_generation();
         if consents_at != Some(generation) {
             let (fresh, keys, position) =
-                flush_consents(sent_consents.clone(), consent_pos).await?;
+                flush_consents(sent_consents.clone(), consent_pos, true).await?;
             sent_consents.extend(fresh);
             backlog = keys;
             if position != consent_pos {
@@ -551,7 +551,8 @@ async fn pump(
             keys.extend(page.into_iter().map(|e| e.key).filter(|k| {
                 seen.insert(k.clone()) && sent_seq.get(k).is_none_or(|sent| *sent < newest[k])
             }));
-            if keys.is_empty() {
+            // A page whose sections were all sent already still moves the cursor.
+            if keys.is_empty() && last.is_none() {
                 break;
             }
             // Frames are prepared PREPARE_AHEAD at a time (their reads, document work and
@@ -581,7 +582,8 @@ async fn pump(
                 if consents_at != Some(generation) {
                     // Only the records here; the next round takes the backlog and moves the
                     // position.
-                    let (fresh, _, _) = flush_consents(sent_consents.clone(), consent_pos).await?;
+                    let (fresh, _, _) =
+                        flush_consents(sent_consents.clone(), consent_pos, false).await?;
                     sent_consents.extend(fresh);
                     consents_at = None;
                 }

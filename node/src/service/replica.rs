@@ -370,7 +370,14 @@ impl NodeService {
     /// What `peer` should get for the consents that changed after log position `after`: the
     /// consent records and revocations this node recorded that name it, and the sections it
     /// may now hold but was never sent. Costs O(subjects changed), not O(all consents).
-    pub async fn consent_catch_up(&self, peer: &AgencyId, after: u64) -> Result<ConsentCatchUp> {
+    /// With `backlog` false only the records are gathered (cheap: no signature checks), for
+    /// a flush between two sections.
+    pub async fn consent_catch_up(
+        &self,
+        peer: &AgencyId,
+        after: u64,
+        backlog: bool,
+    ) -> Result<ConsentCatchUp> {
         let now = self.now();
         let (subjects, position) = self.store.consent_changes_since(after).await?;
         let mut out = ConsentCatchUp {
@@ -413,7 +420,7 @@ impl NodeService {
                     }
                 }
             }
-            if named.is_empty() {
+            if named.is_empty() || !backlog {
                 continue;
             }
             // From the entries just read, not the cache: a grant's commit lands before its
