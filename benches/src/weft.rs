@@ -277,7 +277,10 @@ pub async fn edit_plans(agency: &Agency, plans: &[String], tag: &str) -> anyhow:
 #[derive(Debug, Default, Clone)]
 pub struct CatchUp {
     pub changed: usize,
+    /// From spawning the clinic's process until it is caught up.
     pub seconds: f64,
+    /// Of which until its API answered (store open, listeners).
+    pub start_seconds: f64,
     pub wire_bytes: u64,
     pub loaded_sender: u64,
     pub loaded_receiver: u64,
@@ -300,9 +303,11 @@ pub async fn catch_up(fed: &mut Federation, plans: &[String], m: usize) -> anyho
     edit_plans(school, &plans[..m], &format!("catch-up {m}")).await?;
     let head = value(&school.metrics().await?, "weft_feed_sequence");
     let loaded0 = value(&school.metrics().await?, "weft_documents_loaded_total");
-    fed.agency(CLINIC).start().await?;
+    // Timed from the clinic's process start: its dial (and maybe the whole catch-up) can
+    // finish before its API answers.
     let wire0 = fed.wire.bytes();
     let t0 = Instant::now();
+    let start_seconds = fed.agency(CLINIC).start().await?.as_secs_f64();
     let (school, clinic) = (&fed.agencies[0], &fed.agencies[1]);
     let received = school_series("weft_replication_sections_received_total");
     clinic
@@ -328,6 +333,7 @@ pub async fn catch_up(fed: &mut Federation, plans: &[String], m: usize) -> anyho
     Ok(CatchUp {
         changed: m,
         seconds,
+        start_seconds,
         wire_bytes: fed.wire.bytes() - wire0,
         loaded_sender: (value(&school.metrics().await?, "weft_documents_loaded_total") - loaded0)
             as u64,
