@@ -215,9 +215,9 @@ async fn main() -> anyhow::Result<()> {
     if args.wants(3) {
         let s = "3 sustained, three nodes";
         let (plans, rates): (u64, &[f64]) = if args.quick {
-            (250, &[100.0, 250.0, 500.0])
+            (250, &[50.0, 100.0, 250.0])
         } else {
-            (5_000, &[250.0, 500.0, 1_000.0, 2_000.0, 4_000.0])
+            (5_000, &[50.0, 100.0, 200.0, 400.0, 800.0, 1_600.0, 3_200.0])
         };
         let steps = weft::sustained(&work.path().join("s3"), plans, rates).await?;
         let best = steps
