@@ -87,22 +87,41 @@ struct Node {
 }
 
 fn node_binary() -> anyhow::Result<PathBuf> {
+    // Built next to this binary, in the same profile: `cargo run --bin weft-bench` builds
+    // only itself, so build `samod-node` here (a no-op when it is up to date).
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no parent of current exe")?;
+    let mut dir = exe
+        .parent()
+        .context("no parent of current exe")?
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let target = dir.parent().context("no target directory")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "weft-bench",
+        "--bin",
+        "samod-node",
+        "--target-dir",
+    ])
+    .arg(target);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let built = cmd.status().map(|s| s.success()).unwrap_or(false);
     let bin = dir.join("samod-node");
     if bin.exists() {
         return Ok(bin);
     }
-    // `cargo test` puts test binaries one level down, in deps/.
-    if let Some(up) = dir.parent() {
-        let bin = up.join("samod-node");
-        if bin.exists() {
-            return Ok(bin);
-        }
-    }
     bail!(
-        "samod-node not found next to {} (build it: cargo build --release -p weft-bench)",
-        exe.display()
+        "samod-node not found next to {} (building it {}; try: cargo build --release -p weft-bench)",
+        exe.display(),
+        if built { "succeeded" } else { "failed" }
     )
 }
 
