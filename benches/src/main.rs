@@ -265,17 +265,26 @@ async fn main() -> anyhow::Result<()> {
                 running, filtered.delivered, filtered.missing
             )),
         );
+        // Two throughputs, not a ratio: the runs differ in how much is delivered, by how many
+        // pumps at once, so their quotient is not the cost of filtering alone.
+        figures.push(
+            Figure::new(s, "sections/s delivered, 1-5 of 40 agencies per plan", opt(filtered.docs_per_s), None, "")
+                .note(format!(
+                    "{} sections to {running} running peers in {:.1} s; {} docs at the school, every one evaluated for each peer",
+                    filtered.delivered, filtered.seconds, filtered.docs
+                )),
+        );
         figures.push(
             Figure::new(
                 s,
-                "filtering cost, % of throughput",
-                opt((1.0 - filtered.docs_per_s / unfiltered.docs_per_s) * 100.0),
+                "sections/s delivered, every plan to all running peers",
+                opt(unfiltered.docs_per_s),
                 None,
-                "<= 5",
+                "",
             )
             .note(format!(
-                "{} sections in {:.1} s filtered ({} docs, 1-5 of 40 agencies per plan) vs {} in {:.1} s unfiltered (every plan to all {running})",
-                filtered.delivered, filtered.seconds, filtered.docs, unfiltered.delivered, unfiltered.seconds
+                "{} sections to {running} running peers in {:.1} s",
+                unfiltered.delivered, unfiltered.seconds
             )),
         );
         let r = &filtered.revocations;
