@@ -14,9 +14,9 @@ use sled::Transactional;
 use super::{Backend, Tree, Txn};
 use crate::error::{Error, Result};
 
-/// sled's page cache. Its default (1 GiB) let a node holding 100k sections grow to ~560 MiB
-/// resident (benchmark scenario 1); documents are loaded per request and the OS page cache
-/// keeps hot pages anyway.
+/// sled's page cache, bounded well below sled's 1 GiB default: documents are loaded per
+/// request and the OS page cache keeps hot pages anyway. (It does not explain the ~560 MiB
+/// a node reaches after receiving 100k sections in the benchmark; that is still open.)
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// sled trees.
