@@ -17,7 +17,7 @@
 //! O(changed sections).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use automerge::ChangeHash;
 use serde::{Deserialize, Serialize};
@@ -425,7 +425,13 @@ impl NodeService {
             }
             // From the entries just read, not the cache: a grant's commit lands before its
             // cache refresh, and this position must not move past a grant unseen.
-            let set = self.verified_set(&entries);
+            let set = Arc::new(self.verified_set(&entries));
+            // The gate reads the cache when these sections go out: make it as fresh as what
+            // was just read, or a section could be refused before the grant's own refresh
+            // lands and never be retried (the position has moved past it).
+            if let Ok(mut cache) = self.consents.write() {
+                cache.insert(subject, set.clone());
+            }
             let Some(plan) = self.plan_of_subject(subject, &self.agency).await? else {
                 continue;
             };
