@@ -215,6 +215,19 @@ async fn current_plan(app: &App, c: &Ctx, caller: &Caller) -> Result<PlanId, Res
 }
 
 /// The plan named by a form, as an id (the service decides whether the caller may use it).
+/// A guardian's form, checked in order: the session and its CSRF token, a signed-in
+/// guardian, and the plan the form names.
+fn guardian_form(
+    app: &App,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+) -> Result<(Ctx, Caller, PlanId), Response> {
+    let c = form_ctx(app, headers, form)?;
+    let caller = guardian(app, &c)?;
+    let plan = form_plan(&c, form)?;
+    Ok((c, caller, plan))
+}
+
 fn form_plan(c: &Ctx, form: &[(String, String)]) -> Result<PlanId, Response> {
     field(form, "plan")
         .and_then(|p| p.parse().ok())
@@ -578,16 +591,8 @@ pub async fn choose_plan(
     headers: HeaderMap,
     Form(form): FormData,
 ) -> Response {
-    let c = match form_ctx(&app, &headers, &form) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let caller = match guardian(&app, &c) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let plan = match form_plan(&c, &form) {
-        Ok(p) => p,
+    let (c, caller, plan) = match guardian_form(&app, &headers, &form) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let bound = match app.service.guardian_profile(&caller.user).await {
@@ -800,16 +805,8 @@ pub async fn add_goal(
     headers: HeaderMap,
     Form(form): FormData,
 ) -> Response {
-    let c = match form_ctx(&app, &headers, &form) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let caller = match guardian(&app, &c) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let plan = match form_plan(&c, &form) {
-        Ok(p) => p,
+    let (c, caller, plan) = match guardian_form(&app, &headers, &form) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let errors = goal_form_errors(c.texts(), &form);
@@ -846,16 +843,8 @@ pub async fn comment_goal(
     headers: HeaderMap,
     Form(form): FormData,
 ) -> Response {
-    let c = match form_ctx(&app, &headers, &form) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let caller = match guardian(&app, &c) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let plan = match form_plan(&c, &form) {
-        Ok(p) => p,
+    let (c, caller, plan) = match guardian_form(&app, &headers, &form) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let note = field(&form, "note").unwrap_or("").trim();
@@ -1241,16 +1230,8 @@ pub async fn grant(
     headers: HeaderMap,
     Form(form): FormData,
 ) -> Response {
-    let c = match form_ctx(&app, &headers, &form) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let caller = match guardian(&app, &c) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let plan = match form_plan(&c, &form) {
-        Ok(p) => p,
+    let (c, caller, plan) = match guardian_form(&app, &headers, &form) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let g = match grant_form(&app, &c, &form) {
@@ -1296,16 +1277,8 @@ pub async fn review_revoke(
     headers: HeaderMap,
     Form(form): FormData,
 ) -> Response {
-    let c = match form_ctx(&app, &headers, &form) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let caller = match guardian(&app, &c) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let plan = match form_plan(&c, &form) {
-        Ok(p) => p,
+    let (c, caller, plan) = match guardian_form(&app, &headers, &form) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let id = field(&form, "consent").unwrap_or("");
@@ -1348,16 +1321,8 @@ pub async fn revoke(
     headers: HeaderMap,
     Form(form): FormData,
 ) -> Response {
-    let c = match form_ctx(&app, &headers, &form) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let caller = match guardian(&app, &c) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let plan = match form_plan(&c, &form) {
-        Ok(p) => p,
+    let (c, caller, plan) = match guardian_form(&app, &headers, &form) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let id = field(&form, "consent").unwrap_or("");
