@@ -78,6 +78,18 @@ pub async fn cold_replication(work: &Path, sizes: Sizes) -> anyhow::Result<(Fede
     Ok((fed, cold))
 }
 
+/// The benchmark's edit: one field of a plan's `profile`, as a caseworker would change it.
+fn profile_edit(plan: String, value: String) -> pb::SetFieldsRequest {
+    pb::SetFieldsRequest {
+        plan_id: plan,
+        fields: vec![pb::FieldValue {
+            section: "profile".into(),
+            field: "preferred_name".into(),
+            value,
+        }],
+    }
+}
+
 /// Plan ids at `agency` (first `n`).
 pub async fn plan_ids(agency: &Agency, n: usize) -> anyhow::Result<Vec<String>> {
     let mut client = pb::plan_service_client::PlanServiceClient::new(agency.channel().await?);
@@ -176,14 +188,7 @@ pub async fn propagation(
                 }
             }
             client
-                .set_fields(pb::SetFieldsRequest {
-                    plan_id: plan,
-                    fields: vec![pb::FieldValue {
-                        section: "profile".into(),
-                        field: "preferred_name".into(),
-                        value: format!("edit {i}"),
-                    }],
-                })
+                .set_fields(profile_edit(plan, format!("edit {i}")))
                 .await
                 .map(|_| {
                     commits
@@ -249,19 +254,7 @@ pub async fn edit_plans(agency: &Agency, plans: &[String], tag: &str) -> anyhow:
     let edits = plans.iter().map(|plan| {
         let mut client = pb::plan_service_client::PlanServiceClient::new(channel.clone());
         let (plan, tag) = (plan.clone(), tag.to_string());
-        async move {
-            client
-                .set_fields(pb::SetFieldsRequest {
-                    plan_id: plan,
-                    fields: vec![pb::FieldValue {
-                        section: "profile".into(),
-                        field: "preferred_name".into(),
-                        value: tag,
-                    }],
-                })
-                .await
-                .map(|_| ())
-        }
+        async move { client.set_fields(profile_edit(plan, tag)).await.map(|_| ()) }
     });
     let results: Vec<_> = futures::stream::iter(edits)
         .buffer_unordered(32)
