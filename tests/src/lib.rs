@@ -718,8 +718,11 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf
     Ok(out)
 }
 
-/// The `weft` binary of this build, built on first use (`cargo build -p weft-node --bin weft`
-/// with this test binary's profile), so process tests never run a stale binary.
+/// The `weft` binary of this build, built on first use (`cargo build -p weft-node -p weft-bench
+/// --bin weft` with this test binary's profile), so process tests never run a stale binary.
+///
+/// Naming `weft-bench` too gives the build the bench's feature set, so the test run and the
+/// benchmark share one build of the node and its dependencies instead of two.
 pub fn weft_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -743,6 +746,8 @@ pub fn weft_bin() -> anyhow::Result<PathBuf> {
             "--quiet",
             "-p",
             "weft-node",
+            "-p",
+            "weft-bench",
             "--bin",
             "weft",
             "--target-dir",
