@@ -6,7 +6,7 @@
 use thiserror::Error;
 
 /// Everything that can go wrong inside a node.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum Error {
     /// The caller presented no valid token.
     #[error("unauthenticated: {0}")]

@@ -1,15 +1,13 @@
 //! An in-memory [`Backend`] for tests: the same semantics as sled, nothing on disk.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use super::writer::Overlay;
 use super::{Backend, Tree, Txn};
 use crate::error::{Error, Result};
 
 type Map = BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
-/// Pending writes of a transaction: `None` removes the key.
-type Writes = BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>;
 
 /// Trees in a `BTreeMap` behind a mutex.
 #[derive(Default)]
@@ -30,30 +28,20 @@ impl MemoryBackend {
     }
 }
 
-struct Overlay<'a> {
-    base: &'a Map,
-    writes: RefCell<Writes>,
-}
+/// Reads of the map, as the base of a transaction's [`Overlay`].
+struct MapView<'a>(&'a Map);
 
-impl Txn for Overlay<'_> {
+impl Txn for MapView<'_> {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let k = (tree, key.to_vec());
-        if let Some(v) = self.writes.borrow().get(&k) {
-            return Ok(v.clone());
-        }
-        Ok(self.base.get(&k).cloned())
+        Ok(self.0.get(&(tree, key.to_vec())).cloned())
     }
 
-    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
-        self.writes
-            .borrow_mut()
-            .insert((tree, key.to_vec()), Some(value.to_vec()));
-        Ok(())
+    fn put(&self, _: Tree, _: &[u8], _: &[u8]) -> Result<()> {
+        Err(Error::internal("the memory store's base is read-only"))
     }
 
-    fn remove(&self, tree: Tree, key: &[u8]) -> Result<()> {
-        self.writes.borrow_mut().insert((tree, key.to_vec()), None);
-        Ok(())
+    fn remove(&self, _: Tree, _: &[u8]) -> Result<()> {
+        Err(Error::internal("the memory store's base is read-only"))
     }
 }
 
@@ -81,12 +69,12 @@ impl Backend for MemoryBackend {
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
         let mut data = self.lock()?;
-        let overlay = Overlay {
-            base: &data,
-            writes: RefCell::new(BTreeMap::new()),
+        let writes = {
+            let view = MapView(&data);
+            let overlay = Overlay::new(&view);
+            f(&overlay)?;
+            overlay.into_writes()
         };
-        f(&overlay)?;
-        let writes = overlay.writes.into_inner();
         for (k, v) in writes {
             match v {
                 Some(v) => data.insert(k, v),

@@ -14,8 +14,9 @@
 
 pub mod memory;
 pub mod sled;
+mod writer;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{self, AuditDraft, AuditEntry, AuditHead, ChainBreak};
 use crate::error::{Error, Result};
 use crate::gate::{ReadPermit, WritePermit};
+use writer::Writer;
+
 use crate::model::{PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp, UserRecord};
 
 /// The trees (key spaces) of a store.
@@ -386,78 +389,10 @@ fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
 /// The store: all of the storage logic, over any [`Backend`].
 pub struct Store {
     backend: Arc<dyn Backend>,
-    /// Serialises commits, so the feed sequence and audit head never contend.
-    writer: Mutex<()>,
-    /// Group commit: one `sync` makes every transaction before it durable.
-    durability: GroupCommit,
+    /// Combines queued writes into one engine transaction and shares syncs between them.
+    writer: Writer,
     /// Plans stored (counted at open, kept by commits and purges: engines count by scanning).
     plans: std::sync::atomic::AtomicU64,
-}
-
-/// Group commit. Writers apply their transaction under the writer lock, release it, then wait
-/// until a `sync` that started after their transaction has finished. The first waiter runs
-/// the `sync` for everyone; writers that arrive meanwhile queue for the next one. So under
-/// load many transactions share one sync, and a lone writer pays exactly one.
-#[derive(Default)]
-struct GroupCommit {
-    state: Mutex<SyncState>,
-    synced_cv: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct SyncState {
-    /// Transactions applied (numbered in commit order).
-    written: u64,
-    /// Every transaction up to this number is durable.
-    synced: u64,
-    /// A sync is running.
-    syncing: bool,
-    /// Syncs run (for the benchmark and tests).
-    syncs: u64,
-}
-
-impl GroupCommit {
-    /// Records one applied transaction (called under the writer lock); returns its number.
-    fn applied(&self) -> Result<u64> {
-        let mut s = self.lock()?;
-        s.written += 1;
-        Ok(s.written)
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, SyncState>> {
-        self.state
-            .lock()
-            .map_err(|_| Error::internal("group commit state poisoned"))
-    }
-
-    /// Returns once transaction `n` is durable, running a sync if nobody else is.
-    fn wait_durable(&self, n: u64, backend: &dyn Backend) -> Result<()> {
-        let mut s = self.lock()?;
-        loop {
-            if s.synced >= n {
-                return Ok(());
-            }
-            if s.syncing {
-                s = self
-                    .synced_cv
-                    .wait(s)
-                    .map_err(|_| Error::internal("group commit state poisoned"))?;
-                continue;
-            }
-            s.syncing = true;
-            let target = s.written;
-            drop(s);
-            let result = backend.sync();
-            s = self.lock()?;
-            s.syncing = false;
-            if result.is_ok() {
-                s.synced = s.synced.max(target);
-                s.syncs += 1;
-            }
-            self.synced_cv.notify_all();
-            result?;
-        }
-    }
 }
 
 impl Store {
@@ -465,13 +400,13 @@ impl Store {
     pub fn open(backend: Arc<dyn Backend>) -> Result<Self> {
         let store = Self {
             backend,
-            writer: Mutex::new(()),
-            durability: GroupCommit::default(),
+            writer: Writer::default(),
             plans: Default::default(),
         };
         match store.backend.get(Tree::Meta, KEY_FORMAT)? {
-            None => store
-                .write(&|txn| txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes()))?,
+            None => {
+                store.write(|txn| txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes()))?
+            }
             Some(v) => {
                 let found = u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4]));
                 if found != FORMAT_VERSION {
@@ -509,7 +444,7 @@ impl Store {
                 }
             }
         }
-        self.write(&|txn| {
+        self.write(move |txn| {
             txn.put(Tree::Meta, KEY_CONSENT_SEQ, &0u64.to_be_bytes())?;
             log_consent_changes(txn, subjects.iter().copied())
         })
@@ -563,41 +498,38 @@ impl Store {
                 .iter()
                 .map(|(_, v)| from_json::<PlanRecord>(v, "plan"))
                 .collect::<Result<Vec<_>>>()?;
-            self.write(&|txn| {
+            self.write(move |txn| {
                 for p in &plans {
                     txn.put(Tree::Subjects, &subject_key(p), &[])?;
                 }
                 Ok(())
             })?;
         }
-        self.write(&|txn| txn.put(Tree::Meta, KEY_SUBJECTS_INDEXED, &[1]))
+        self.write(|txn| txn.put(Tree::Meta, KEY_SUBJECTS_INDEXED, &[1]))
     }
 
-    /// Runs `f` as one transaction under the writer lock and returns once it is durable
-    /// (sharing the sync with concurrent writers).
-    fn write(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
-        let n = {
-            let _guard = self
-                .writer
-                .lock()
-                .map_err(|_| Error::internal("store writer poisoned"))?;
-            self.backend.transact(f)?;
-            self.durability.applied()?
-        };
-        self.durability.wait_durable(n, self.backend.as_ref())
+    /// Runs `f` as one transaction (combined with other queued writes) and returns once it
+    /// is durable.
+    fn write(&self, f: impl Fn(&dyn Txn) -> Result<()> + Send + Sync + 'static) -> Result<()> {
+        self.writer.write(self.backend.as_ref(), Box::new(f))
     }
 
     /// How many syncs the store has run since it opened.
     pub fn syncs(&self) -> u64 {
-        self.durability.lock().map_or(0, |s| s.syncs)
+        self.writer.syncs()
     }
 
     /// Writes a batch atomically and durably, sealing its audit entry into the chain.
     pub fn commit(&self, batch: &CommitBatch) -> Result<Committed> {
-        let out = std::cell::RefCell::new(None);
-        let added = std::cell::Cell::new(0u64);
-        self.write(&|txn| {
-            added.set(batch.new_plans.len() as u64);
+        // The job may run on another writer's thread (combined with its transaction): it owns
+        // a copy of the batch and leaves its results behind shared slots.
+        let batch = batch.clone();
+        let out = Arc::new(Mutex::new(None));
+        let added = Arc::new(AtomicU64::new(0));
+        let (job_out, job_added) = (out.clone(), added.clone());
+        self.write(move |txn| {
+            let (out, added) = (&job_out, &job_added);
+            added.store(batch.new_plans.len() as u64, Ordering::Relaxed);
             for plan in &batch.new_plans {
                 if txn.get(Tree::Plans, plan.id.0.as_bytes())?.is_some() {
                     return Err(Error::AlreadyExists(format!("plan {}", plan.id)));
@@ -616,7 +548,7 @@ impl Store {
                     None => {
                         txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
                         txn.put(Tree::Subjects, &subject_key(plan), &[])?;
-                        added.set(added.get() + 1);
+                        added.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(b) => {
                         let known: PlanRecord = from_json(&b, "plan")?;
@@ -674,27 +606,32 @@ impl Store {
             let (entry, head) = audit::seal(&head, batch.audit.clone());
             txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
             txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
-            *out.borrow_mut() = Some(Committed { feed, audit: entry });
+            *out.lock()
+                .map_err(|_| Error::internal("commit result poisoned"))? =
+                Some(Committed { feed, audit: entry });
             Ok(())
         })?;
-        self.plans.fetch_add(added.get(), Ordering::Relaxed);
-        out.into_inner()
-            .ok_or_else(|| Error::internal("commit produced no result"))
+        self.plans
+            .fetch_add(added.load(Ordering::Relaxed), Ordering::Relaxed);
+        let committed = out
+            .lock()
+            .map_err(|_| Error::internal("commit result poisoned"))?
+            .take();
+        committed.ok_or_else(|| Error::internal("commit produced no result"))
     }
 
     /// Runs `f` over the backend while no commit can land (backups).
     pub fn with_writes_paused<R>(&self, f: impl FnOnce(&dyn Backend) -> R) -> Result<R> {
-        let _guard = self
-            .writer
-            .lock()
-            .map_err(|_| Error::internal("store writer poisoned"))?;
+        let _guard = self.writer.pause()?;
         Ok(f(self.backend.as_ref()))
     }
 
     /// Replaces a section's snapshot and the chunks up to `through` (exclusive) by `snapshot`.
     pub fn compact(&self, key: &SectionKey, snapshot: &[u8], through: u64) -> Result<()> {
         let skey = section_key_bytes(key);
-        self.write(&|txn| {
+        let (key, snapshot) = (key.clone(), snapshot.to_vec());
+        self.write(move |txn| {
+            let (key, snapshot) = (&key, snapshot.as_slice());
             let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
                 Some(b) => from_json(&b, "section")?,
                 None => return Ok(()),
@@ -722,10 +659,7 @@ impl Store {
     /// and `replication` keys given by the caller), with one audit entry, atomically. Plans
     /// left with no section are deleted too (callers pass only foreign sections).
     pub fn purge(&self, keys: &[SectionKey], batch: &CommitBatch) -> Result<Committed> {
-        let guard = self
-            .writer
-            .lock()
-            .map_err(|_| Error::internal("store writer poisoned"))?;
+        let guard = self.writer.pause()?;
         // Find the feed entries of these sections first (the writer lock keeps them stable).
         let mut feed_seqs = Vec::new();
         let mut after: Option<Vec<u8>> = None;
@@ -790,11 +724,11 @@ impl Store {
             });
             Ok(())
         })?;
-        let n = self.durability.applied()?;
+        let n = self.writer.applied()?;
         self.plans
             .fetch_sub(empty_plans.len() as u64, Ordering::Relaxed);
         drop(guard);
-        self.durability.wait_durable(n, self.backend.as_ref())?;
+        self.writer.wait_durable(n, self.backend.as_ref())?;
         out.into_inner()
             .ok_or_else(|| Error::internal("purge produced no result"))
     }
@@ -834,19 +768,18 @@ impl Store {
 
     /// Writes replication keys on their own (cursors, heads), durably.
     pub fn replication_put(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
-        self.write(&|txn| write_replication(txn, writes))
+        let writes = writes.to_vec();
+        self.write(move |txn| write_replication(txn, &writes))
     }
 
     /// Writes replication hints (a peer's heads, a cursor) that may be lost in a crash: they
     /// become durable with the next sync, and losing them only means sending more again.
     pub fn replication_hint(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
-        let _guard = self
-            .writer
-            .lock()
-            .map_err(|_| Error::internal("store writer poisoned"))?;
-        self.backend
-            .transact(&|txn| write_replication(txn, writes))?;
-        self.durability.applied()?;
+        let writes = writes.to_vec();
+        self.writer.apply(
+            self.backend.as_ref(),
+            Box::new(move |txn| write_replication(txn, &writes)),
+        )?;
         Ok(())
     }
 

@@ -289,3 +289,113 @@ fn a_store_from_another_format_version_is_refused() {
     let err = Store::open(backend).err().unwrap().to_string();
     assert!(err.contains("format version 99"), "{err}");
 }
+
+/// A backend whose transactions take a while and are counted, so concurrent writers queue up
+/// behind one another.
+struct Slow {
+    inner: Arc<dyn Backend>,
+    transactions: std::sync::atomic::AtomicU64,
+}
+
+impl Backend for Slow {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(tree, key)
+    }
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan(tree, prefix, after, limit)
+    }
+    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        self.transactions.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        self.inner.transact(f)
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+    fn len(&self, tree: Tree) -> Result<u64> {
+        self.inner.len(tree)
+    }
+}
+
+#[test]
+fn queued_commits_share_one_transaction_and_a_failing_one_fails_alone() {
+    for (name, inner, _dir) in backends() {
+        let slow = Arc::new(Slow {
+            inner,
+            transactions: Default::default(),
+        });
+        let store = Arc::new(Store::open(slow.clone()).unwrap());
+        let before = slow.transactions.load(Ordering::SeqCst);
+        // Eight writers at once: each adds its own plan with a section, and every one of
+        // them also tries to create the same shared plan, which only one can do.
+        let shared = plan();
+        let writers = 8;
+        let barrier = Arc::new(std::sync::Barrier::new(writers));
+        let handles: Vec<_> = (0..writers)
+            .map(|i| {
+                let (store, barrier, shared) = (store.clone(), barrier.clone(), shared.clone());
+                std::thread::spawn(move || {
+                    let own = plan();
+                    let own_batch = CommitBatch {
+                        new_plans: vec![own.clone()],
+                        changes: vec![(key(&own, "goals"), vec![i as u8; 8])],
+                        ..CommitBatch::audit_only(draft(i as i64))
+                    };
+                    let shared_batch = CommitBatch {
+                        new_plans: vec![shared.clone()],
+                        changes: vec![(key(&shared, "goals"), vec![0xee; 8])],
+                        ..CommitBatch::audit_only(draft(100 + i as i64))
+                    };
+                    barrier.wait();
+                    let own = store.commit(&own_batch).map(|_| ());
+                    let shared = store.commit(&shared_batch).map(|_| ());
+                    (own, shared)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+        assert!(results.iter().all(|(own, _)| own.is_ok()), "{name}");
+        let shared_ok = results.iter().filter(|(_, s)| s.is_ok()).count();
+        assert_eq!(shared_ok, 1, "{name}: exactly one writer creates the plan");
+        assert!(
+            results
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().err())
+                .all(|e| matches!(e, Error::AlreadyExists(_))),
+            "{name}"
+        );
+        let transactions = slow.transactions.load(Ordering::SeqCst) - before;
+        assert!(
+            transactions < 2 * writers as u64,
+            "{name}: {transactions} engine transactions for {} commits",
+            2 * writers
+        );
+        // What landed is exactly the successful commits: one chunk and feed entry each, an
+        // unbroken audit chain, and nothing of the refused ones.
+        let landed = writers as u64 + 1;
+        let stats = store.stats().unwrap();
+        assert_eq!(stats.plans, landed, "{name}");
+        assert_eq!(stats.feed_seq, landed, "{name}");
+        assert_eq!(stats.audit_entries, landed, "{name}");
+        assert_eq!(store.verify_audit().unwrap(), Ok(landed), "{name}");
+        let feed = store.feed_since(0, 100).unwrap();
+        assert_eq!(
+            feed.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            (1..=landed).collect::<Vec<_>>(),
+            "{name}"
+        );
+        let stored = store.section(&key(&shared, "goals")).unwrap().unwrap();
+        assert_eq!(stored.chunks, vec![vec![0xee; 8]], "{name}");
+        assert_eq!(store.plan(shared.id).unwrap(), Some(shared.clone()), "{name}");
+    }
+}
