@@ -15,7 +15,7 @@ use crate::catalogue::{
     REFERRALS,
 };
 use crate::error::{Error, Result};
-use crate::model::{parse_actor, Caller, Timestamp};
+use crate::model::{parse_actor, Caller, SectionKey, Timestamp};
 
 static LOADED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -361,6 +361,101 @@ impl SectionDoc {
     }
 }
 
+/// Documents recently written, received or sent, each with the feed sequence of the last
+/// change it holds, so the next edit, frame or merge of a busy section does not load it again
+/// (loading parses and applies every stored chunk: most of a busy node's CPU). An entry is
+/// used only while the store still says the section's last change is that sequence; a purge
+/// forgets its sections. Least recently used entries leave first.
+pub struct DocCache {
+    capacity: usize,
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    docs: std::collections::HashMap<SectionKey, (u64, u64, SectionDoc)>,
+    by_use: std::collections::BTreeMap<u64, SectionKey>,
+    tick: u64,
+}
+
+impl DocCache {
+    /// A cache of at most `capacity` documents.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        // A panic while holding the lock leaves a consistent map (every update is one
+        // insert or remove), so a poisoned lock is still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the document of `key` if it is current at `seq` (a stale one is dropped).
+    pub fn take(&self, key: &SectionKey, seq: u64) -> Option<SectionDoc> {
+        let mut inner = self.lock();
+        let (at, tick, doc) = inner.docs.remove(key)?;
+        inner.by_use.remove(&tick);
+        (at == seq).then_some(doc)
+    }
+
+    /// Keeps `doc` as `key`'s document at `seq` if `current()` (run under the cache's lock,
+    /// so a purge that forgets the section cannot slip between check and insert) says so.
+    pub fn keep(&self, key: SectionKey, seq: u64, doc: SectionDoc, current: impl FnOnce() -> bool) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        if !current() {
+            return;
+        }
+        inner.tick += 1;
+        let tick = inner.tick;
+        if let Some((_, old, _)) = inner.docs.insert(key.clone(), (seq, tick, doc)) {
+            inner.by_use.remove(&old);
+        }
+        inner.by_use.insert(tick, key);
+        while inner.docs.len() > self.capacity {
+            let Some((_, oldest)) = inner.by_use.pop_first() else {
+                break;
+            };
+            inner.docs.remove(&oldest);
+        }
+    }
+
+    /// Forgets these sections' documents.
+    pub fn forget<'a>(&self, keys: impl IntoIterator<Item = &'a SectionKey>) {
+        let mut inner = self.lock();
+        for key in keys {
+            if let Some((_, tick, _)) = inner.docs.remove(key) {
+                inner.by_use.remove(&tick);
+            }
+        }
+    }
+
+    /// Documents held.
+    pub fn len(&self) -> usize {
+        self.lock().docs.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Clone for SectionDoc {
+    fn clone(&self) -> Self {
+        Self {
+            doc: self.doc.clone(),
+        }
+    }
+}
+
 impl Default for SectionDoc {
     fn default() -> Self {
         Self::new()
@@ -498,5 +593,42 @@ mod tests {
             Timestamp::from_millis(4),
         );
         assert!(matches!(missing, Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn the_doc_cache_hands_out_only_current_documents() {
+        let key = |n: u8| SectionKey {
+            plan: crate::model::PlanId(uuid::Uuid::from_bytes([n; 16])),
+            section: crate::model::SectionName::parse("goals").unwrap(),
+        };
+        let cache = DocCache::new(2);
+        cache.keep(key(1), 7, SectionDoc::new(), || true);
+        assert!(
+            cache.take(&key(1), 8).is_none(),
+            "a newer change makes it stale"
+        );
+        assert!(cache.take(&key(1), 7).is_none(), "a stale entry is dropped");
+
+        cache.keep(key(1), 7, SectionDoc::new(), || false);
+        assert!(
+            cache.is_empty(),
+            "not kept when the section moved on meanwhile"
+        );
+
+        cache.keep(key(1), 1, SectionDoc::new(), || true);
+        cache.keep(key(2), 2, SectionDoc::new(), || true);
+        assert!(cache.take(&key(1), 1).is_some());
+        cache.keep(key(1), 1, SectionDoc::new(), || true);
+        cache.keep(key(3), 3, SectionDoc::new(), || true);
+        assert_eq!(cache.len(), 2);
+        assert!(
+            cache.take(&key(2), 2).is_none(),
+            "the least recently used left first"
+        );
+        assert!(cache.take(&key(1), 1).is_some());
+
+        cache.keep(key(1), 1, SectionDoc::new(), || true);
+        cache.forget([&key(1), &key(3)]);
+        assert!(cache.is_empty(), "a purge forgets its sections");
     }
 }

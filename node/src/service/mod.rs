@@ -497,19 +497,15 @@ impl NodeService {
         let mut changes: Vec<(usize, Vec<u8>)> = Vec::new();
         for (i, (section, edit, _)) in edits.iter().enumerate() {
             if !docs.contains_key(section) {
-                let stored = self.store.read_section(&as_read(&permits[i])).await?;
-                if stored.is_none() && plan.home != self.agency {
+                let loaded = self.store.load_doc(&as_read(&permits[i])).await?;
+                if loaded.is_none() && plan.home != self.agency {
                     return Err(Error::FailedPrecondition(format!(
                         "section {section} has not arrived from {} yet; try again once it has",
                         plan.home
                     )));
                 }
-                let (doc, next_chunk, bytes) = match stored {
-                    Some(s) => (
-                        SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?,
-                        s.meta.next_chunk - s.meta.first_chunk,
-                        s.meta.bytes,
-                    ),
+                let (doc, next_chunk, bytes) = match loaded {
+                    Some((doc, meta)) => (doc, meta.next_chunk - meta.first_chunk, meta.bytes),
                     None => (SectionDoc::new(), 0, 0),
                 };
                 docs.insert(section.clone(), (doc, next_chunk, bytes));
@@ -547,8 +543,10 @@ impl NodeService {
 
         self.wake();
         let mut last_seq = 0;
+        let mut section_seq: BTreeMap<&SectionName, u64> = BTreeMap::new();
         for (entry, (section, edit, _)) in committed.feed.iter().zip(&edits) {
             last_seq = entry.seq;
+            section_seq.insert(section, entry.seq);
             let _ = self.events.send(PlanEvent {
                 plan: plan.id,
                 section: section.clone(),
@@ -560,16 +558,19 @@ impl NodeService {
             });
         }
 
-        // Compact sections whose chunk count passed the threshold, while still locked.
+        // Compact sections whose chunk count passed the threshold, while still locked, and
+        // keep each document for the next edit or frame of its section.
         let mut out = BTreeMap::new();
         for (section, (mut doc, chunks, _)) in docs {
             let chunks_now = chunks + edits.iter().filter(|(s, _, _)| *s == section).count() as u64;
-            if chunks_now >= self.options.compact_after_chunks {
-                if let Some(p) = permits.iter().find(|p| p.key().section == section) {
-                    let stored = self.store.read_section(&as_read(p)).await?;
-                    if let Some(s) = stored {
-                        self.store.compact(p, doc.save(), s.meta.next_chunk).await?;
+            if let Some(p) = permits.iter().find(|p| p.key().section == section) {
+                if chunks_now >= self.options.compact_after_chunks {
+                    if let Some(meta) = self.store.section_meta(p.key()).await? {
+                        self.store.compact(p, doc.save(), meta.next_chunk).await?;
                     }
+                }
+                if let Some(seq) = section_seq.get(&section) {
+                    self.store.keep_doc(&as_read(p), *seq, doc.clone()).await?;
                 }
             }
             out.insert(section, doc);

@@ -483,9 +483,6 @@ impl NodeService {
         ) else {
             return Ok(None);
         };
-        let Some(stored) = self.store.read_section(&permit).await? else {
-            return Ok(None);
-        };
         let known = match sent {
             Some(h) => Some(h.to_vec()),
             None => self
@@ -494,15 +491,24 @@ impl NodeService {
                 .await?
                 .map(|b| decode_heads(&b)),
         };
-        let (bytes, heads) = match &known {
+        let (bytes, heads, last_seq) = match &known {
             Some(h) => {
-                let mut doc = SectionDoc::load(stored.snapshot.as_deref(), &stored.chunks)?;
-                (doc.save_after(h), doc.heads())
+                let Some((mut doc, meta)) = self.store.load_doc(&permit).await? else {
+                    return Ok(None);
+                };
+                let out = (doc.save_after(h), doc.heads(), meta.last_seq);
+                self.store.keep_doc(&permit, meta.last_seq, doc).await?;
+                out
             }
             // The peer has nothing: send the stored bytes as they are (a saved document
             // followed by change chunks loads as one), without loading the document. The
             // empty heads tell the receiver to take them from what it loads.
-            None => (stored.concatenated(), Vec::new()),
+            None => {
+                let Some(stored) = self.store.read_section(&permit).await? else {
+                    return Ok(None);
+                };
+                (stored.concatenated(), Vec::new(), stored.meta.last_seq)
+            }
         };
         if bytes.is_empty() {
             return Ok(None);
@@ -535,7 +541,7 @@ impl NodeService {
             section: key.section.clone(),
             bytes,
             heads,
-            feed_seq: stored.meta.last_seq,
+            feed_seq: last_seq,
         })))
     }
 
@@ -685,14 +691,15 @@ impl NodeService {
             }
         };
         let key = permit.key().clone();
-        let stored = self.store.read_section(&gate::downgrade(&permit)).await?;
-        let mut doc = match &stored {
-            Some(s) => SectionDoc::load(s.snapshot.as_deref(), &s.chunks)?,
-            None => SectionDoc::new(),
+        // What is held: its document (a rejected frame drops it, merged or not) and its
+        // bookkeeping.
+        let (mut doc, held) = match self.store.load_doc(&gate::downgrade(&permit)).await? {
+            Some((doc, meta)) => (doc, Some(meta)),
+            None => (SectionDoc::new(), None),
         };
         let before = doc.heads();
         // Empty heads: a whole document; the sender's heads are its own.
-        let sender_heads = if c.heads.is_empty() && stored.is_some() {
+        let sender_heads = if c.heads.is_empty() && held.is_some() {
             match SectionDoc::load(Some(&c.bytes), &[]) {
                 Ok(mut whole) => Some(whole.heads()),
                 Err(_) => None,
@@ -748,13 +755,13 @@ impl NodeService {
         };
         // Nothing was stored: keep the bytes as received (they loaded cleanly), rather than
         // encoding the document again.
-        let bytes = if stored.is_none() {
+        let bytes = if held.is_none() {
             c.bytes.clone()
         } else {
             doc.save_after(&before)
         };
         if plan.home == self.agency {
-            let held = stored.as_ref().map_or(0, |s| s.meta.bytes);
+            let held = held.as_ref().map_or(0, |m| m.bytes);
             if held + bytes.len() as u64 > crate::catalogue::MAX_SECTION_BYTES as u64 {
                 return self
                     .reject(
@@ -790,6 +797,16 @@ impl NodeService {
             batch.changes = vec![(key.clone(), bytes)];
         }
         let committed = self.store.commit(batch).await?;
+        let current = committed
+            .feed
+            .first()
+            .map(|e| e.seq)
+            .or(held.map(|m| m.last_seq));
+        if let Some(seq) = current {
+            self.store
+                .keep_doc(&gate::downgrade(&permit), seq, doc)
+                .await?;
+        }
         let n = c.bytes.len() as u64;
         self.peers.update(peer, |i| {
             i.sections_received += 1;

@@ -27,6 +27,7 @@ use crate::gate::{ReadPermit, WritePermit};
 use writer::Writer;
 
 use crate::model::{PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp, UserRecord};
+use crate::section::{DocCache, SectionDoc};
 
 /// The trees (key spaces) of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -848,12 +849,15 @@ impl Store {
 
     /// A section's stored size in bytes (0 if absent).
     pub fn section_size(&self, key: &SectionKey) -> Result<u64> {
-        Ok(self
-            .backend
+        Ok(self.section_meta(key)?.map_or(0, |m| m.bytes))
+    }
+
+    /// A section's bookkeeping, without its bytes.
+    pub fn section_meta(&self, key: &SectionKey) -> Result<Option<SectionMeta>> {
+        self.backend
             .get(Tree::Sections, &section_key_bytes(key))?
             .map(|b| from_json::<SectionMeta>(&b, "section"))
-            .transpose()?
-            .map_or(0, |m| m.bytes))
+            .transpose()
     }
 
     fn section_once(&self, key: &SectionKey) -> Result<Option<StoredSection>> {
@@ -975,14 +979,66 @@ impl Store {
 #[derive(Clone)]
 pub struct StoreHandle {
     store: Arc<Store>,
+    docs: Arc<DocCache>,
 }
+
+/// Section documents kept loaded (see [`DocCache`]): ~40 KiB each at most for the catalogue's
+/// sections, so ~40 MiB when full.
+const DOC_CACHE: usize = 1024;
 
 impl StoreHandle {
     /// Wraps a store.
     pub fn new(store: Store) -> Self {
         Self {
             store: Arc::new(store),
+            docs: Arc::new(DocCache::new(DOC_CACHE)),
         }
+    }
+
+    /// A section's document and bookkeeping: the cached document when it is current, else
+    /// loaded from the store. Hand it back with [`StoreHandle::keep_doc`] once done.
+    pub async fn load_doc(&self, permit: &ReadPermit) -> Result<Option<(SectionDoc, SectionMeta)>> {
+        let key = permit.key().clone();
+        let docs = self.docs.clone();
+        self.run(move |s| {
+            let Some(meta) = s.section_meta(&key)? else {
+                docs.forget([&key]);
+                return Ok(None);
+            };
+            if let Some(doc) = docs.take(&key, meta.last_seq) {
+                return Ok(Some((doc, meta)));
+            }
+            let Some(stored) = s.section(&key)? else {
+                return Ok(None);
+            };
+            let doc = SectionDoc::load(stored.snapshot.as_deref(), &stored.chunks)?;
+            Ok(Some((doc, stored.meta)))
+        })
+        .await
+    }
+
+    /// Keeps `doc` in the cache as the section's document at feed sequence `seq`, unless the
+    /// section has changed (or gone) since.
+    pub async fn keep_doc(&self, permit: &ReadPermit, seq: u64, doc: SectionDoc) -> Result<()> {
+        let key = permit.key().clone();
+        let docs = self.docs.clone();
+        self.run(move |s| {
+            let mut failed = None;
+            docs.keep(key.clone(), seq, doc, || match s.section_meta(&key) {
+                Ok(meta) => meta.is_some_and(|m| m.last_seq == seq),
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            });
+            failed.map_or(Ok(()), Err)
+        })
+        .await
+    }
+
+    /// Section documents held in the cache.
+    pub fn docs_cached(&self) -> usize {
+        self.docs.len()
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T>
@@ -1135,13 +1191,25 @@ impl StoreHandle {
 
     /// Purges sections the gate no longer allows this node to hold.
     pub async fn purge(&self, keys: Vec<SectionKey>, batch: CommitBatch) -> Result<Committed> {
-        self.run(move |s| s.purge(&keys, &batch)).await
+        let docs = self.docs.clone();
+        self.run(move |s| {
+            let committed = s.purge(&keys, &batch)?;
+            docs.forget(&keys);
+            Ok(committed)
+        })
+        .await
     }
 
     /// A section's stored size in bytes.
     pub async fn section_size(&self, key: &SectionKey) -> Result<u64> {
         let key = key.clone();
         self.run(move |s| s.section_size(&key)).await
+    }
+
+    /// See [`Store::section_meta`] (bookkeeping only, no section bytes).
+    pub async fn section_meta(&self, key: &SectionKey) -> Result<Option<SectionMeta>> {
+        let key = key.clone();
+        self.run(move |s| s.section_meta(&key)).await
     }
 
     /// Reads a family-page key.

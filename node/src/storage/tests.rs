@@ -396,6 +396,10 @@ fn queued_commits_share_one_transaction_and_a_failing_one_fails_alone() {
         );
         let stored = store.section(&key(&shared, "goals")).unwrap().unwrap();
         assert_eq!(stored.chunks, vec![vec![0xee; 8]], "{name}");
-        assert_eq!(store.plan(shared.id).unwrap(), Some(shared.clone()), "{name}");
+        assert_eq!(
+            store.plan(shared.id).unwrap(),
+            Some(shared.clone()),
+            "{name}"
+        );
     }
 }
