@@ -797,11 +797,9 @@ impl NodeService {
             batch.changes = vec![(key.clone(), bytes)];
         }
         let committed = self.store.commit(batch).await?;
-        let current = committed
-            .feed
-            .first()
-            .map(|e| e.seq)
-            .or(held.map(|m| m.last_seq));
+        // Keep the document for the next change of a section already held; a first arrival
+        // (cold replication, a new grant's backlog) is rarely changed again soon.
+        let current = held.map(|m| committed.feed.first().map_or(m.last_seq, |e| e.seq));
         if let Some(seq) = current {
             self.store
                 .keep_doc(&gate::downgrade(&permit), seq, doc)
