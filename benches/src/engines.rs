@@ -480,133 +480,6 @@ impl Backend for Counted {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Batched transactions (an experiment for a proposed store fix)
-
-/// Pending writes: `None` removes the key.
-type Writes = std::collections::BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>;
-
-/// Wraps an engine so that a transaction only records its writes in memory, and `sync`
-/// applies every pending transaction in ONE engine transaction before syncing the engine.
-/// It keeps the `Backend` contract (atomic, visible to later reads, durable at the next sync)
-/// and shows what batching the transactions (not only the syncs) of a group commit buys.
-pub struct Batched {
-    inner: Arc<dyn Backend>,
-    pending: std::sync::Mutex<Writes>,
-}
-
-impl Batched {
-    fn new(inner: Arc<dyn Backend>) -> Self {
-        Self {
-            inner,
-            pending: Default::default(),
-        }
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Writes>> {
-        self.pending
-            .lock()
-            .map_err(|_| Error::internal("batched writes poisoned"))
-    }
-
-    /// Applies every pending write in one engine transaction.
-    fn apply(&self) -> Result<()> {
-        let mut pending = self.lock()?;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        self.inner.transact(&|txn| {
-            for ((tree, key), value) in pending.iter() {
-                match value {
-                    Some(v) => txn.put(*tree, key, v)?,
-                    None => txn.remove(*tree, key)?,
-                }
-            }
-            Ok(())
-        })?;
-        pending.clear();
-        Ok(())
-    }
-}
-
-struct BatchedTxn<'a> {
-    pending: &'a Writes,
-    inner: &'a dyn Backend,
-    writes: RefCell<Writes>,
-}
-
-impl Txn for BatchedTxn<'_> {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let k = (tree, key.to_vec());
-        if let Some(v) = self.writes.borrow().get(&k) {
-            return Ok(v.clone());
-        }
-        if let Some(v) = self.pending.get(&k) {
-            return Ok(v.clone());
-        }
-        self.inner.get(tree, key)
-    }
-
-    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
-        self.writes
-            .borrow_mut()
-            .insert((tree, key.to_vec()), Some(value.to_vec()));
-        Ok(())
-    }
-
-    fn remove(&self, tree: Tree, key: &[u8]) -> Result<()> {
-        self.writes.borrow_mut().insert((tree, key.to_vec()), None);
-        Ok(())
-    }
-}
-
-impl Backend for Batched {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.lock()?.get(&(tree, key.to_vec())) {
-            return Ok(v.clone());
-        }
-        self.inner.get(tree, key)
-    }
-
-    fn scan(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.apply()?;
-        self.inner.scan(tree, prefix, after, limit)
-    }
-
-    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
-        let mut pending = self.lock()?;
-        let txn = BatchedTxn {
-            pending: &pending,
-            inner: self.inner.as_ref(),
-            writes: RefCell::new(Writes::new()),
-        };
-        f(&txn)?;
-        let writes = txn.writes.into_inner();
-        pending.extend(writes);
-        Ok(())
-    }
-
-    fn sync(&self) -> Result<()> {
-        self.apply()?;
-        self.inner.sync()
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk()
-    }
-
-    fn len(&self, tree: Tree) -> Result<u64> {
-        self.apply()?;
-        self.inner.len(tree)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The run
 
 /// One engine under test.
@@ -666,43 +539,6 @@ impl Engine {
     }
 }
 
-/// An engine, on its own or with [`Batched`] transactions.
-#[derive(Clone, Copy, Debug)]
-struct Variant {
-    engine: Engine,
-    batched: bool,
-}
-
-impl Variant {
-    fn name(self) -> String {
-        if self.batched {
-            format!("{} batched", self.engine.name())
-        } else {
-            self.engine.name().to_string()
-        }
-    }
-
-    fn durability(self) -> String {
-        if self.batched {
-            format!(
-                "{}; EXPERIMENT: txns buffered in memory, applied as one engine txn per sync",
-                self.engine.durability()
-            )
-        } else {
-            self.engine.durability().to_string()
-        }
-    }
-
-    fn open(self, dir: &Path) -> Result<Arc<dyn Backend>> {
-        let inner = self.engine.open(dir)?;
-        Ok(if self.batched {
-            Arc::new(Batched::new(inner))
-        } else {
-            inner
-        })
-    }
-}
-
 /// A ~300 B change chunk: pseudo-random bytes (incompressible, like a compressed change).
 fn payload(seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -755,7 +591,7 @@ fn batch(key: &SectionKey, n: u64) -> CommitBatch {
 
 /// What one engine did.
 struct Measured {
-    engine: Variant,
+    engine: Engine,
     appends: u64,
     target: u64,
     secs: f64,
@@ -790,7 +626,7 @@ fn allocated_bytes(dir: &Path) -> u64 {
 }
 
 fn measure(
-    engine: Variant,
+    engine: Engine,
     n: u64,
     budget: Option<Duration>,
     dir: &Path,
@@ -880,7 +716,7 @@ fn measure(
     drop(counted);
     drop(rt);
 
-    let reopen_ms = if matches!(engine.engine, Engine::Memory) {
+    let reopen_ms = if matches!(engine, Engine::Memory) {
         0.0
     } else {
         reopen(engine, dir, appends)?
@@ -908,7 +744,7 @@ fn measure(
 }
 
 /// Reopens the store and checks every append is there; returns the time it took in ms.
-fn reopen(engine: Variant, dir: &Path, appends: u64) -> anyhow::Result<f64> {
+fn reopen(engine: Engine, dir: &Path, appends: u64) -> anyhow::Result<f64> {
     let t = Instant::now();
     let store = Store::open(engine.open(dir)?)?;
     let reopened = store.stats()?;
@@ -938,7 +774,7 @@ impl Measured {
         };
         let base = format!("{}; {size}, {WRITERS} writers", self.engine.durability());
         let metric = |m: &str| format!("{name}: {m}");
-        let memory = matches!(self.engine.engine, Engine::Memory);
+        let memory = matches!(self.engine, Engine::Memory);
         let mut out = vec![
             Figure::new(
                 SCENARIO,
@@ -1021,29 +857,16 @@ pub fn run(quick: bool, work: &Path) -> anyhow::Result<Vec<Figure>> {
     } else {
         (1_000_000, Some(FULL_BUDGET))
     };
-    // WEFT_BENCH_ENGINES=sled,redb runs only those (for profiling); `sled batched` etc. run
-    // the batched-transaction experiment, which is not part of the default run.
+    // WEFT_BENCH_ENGINES=sled,redb runs only those (for profiling).
     let only = std::env::var("WEFT_BENCH_ENGINES").unwrap_or_default();
     let mut figures = Vec::new();
-    let variants = Engine::ALL
-        .into_iter()
-        .flat_map(|engine| [false, true].map(|batched| Variant { engine, batched }));
-    for engine in variants {
-        let chosen = if only.is_empty() {
-            !engine.batched
-        } else {
-            only.split(',').any(|e| e.trim() == engine.name())
-        };
+    for engine in Engine::ALL {
+        let chosen = only.is_empty() || only.split(',').any(|e| e.trim() == engine.name());
         if !chosen {
             continue;
         }
         eprintln!("scenario 6: {} ({n} appends)...", engine.name());
-        let m = measure(
-            engine,
-            n,
-            budget,
-            &work.join(engine.name().replace(' ', "-")),
-        )?;
+        let m = measure(engine, n, budget, &work.join(engine.name()))?;
         eprintln!(
             "scenario 6: {}: {} appends in {:.1} s",
             engine.name(),
@@ -1102,11 +925,8 @@ mod tests {
     #[test]
     fn engines_keep_the_backend_contract() {
         let dir = std::env::temp_dir().join(format!("weft-bench-engines-{}", std::process::id()));
-        let variants = Engine::DISK
-            .into_iter()
-            .flat_map(|engine| [false, true].map(|batched| Variant { engine, batched }));
-        for engine in variants {
-            let d = dir.join(engine.name().replace(' ', "-"));
+        for engine in Engine::DISK {
+            let d = dir.join(engine.name());
             contract(engine.open(&d).unwrap());
             let store = Store::open(engine.open(&d).unwrap()).unwrap();
             let key = &section_keys().unwrap()[0];
