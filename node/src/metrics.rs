@@ -130,6 +130,11 @@ impl Metrics {
                     "Section documents loaded (decoded) since the node started.",
                     crate::section::documents_loaded(),
                 ),
+                (
+                    "weft_documents_cached",
+                    "Section documents held in the document cache.",
+                    svc.store().docs_cached() as u64,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
             }

@@ -136,6 +136,13 @@ async fn metrics_count_requests_denials_and_store_without_student_data() -> anyh
             "`{line}` missing from:\n{text}"
         );
     }
+    // Creating the plan wrote its profile, whose document the cache keeps.
+    let cached: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_documents_cached "))
+        .and_then(|v| v.parse().ok())
+        .expect("weft_documents_cached in the metrics");
+    assert!(cached >= 1, "{text}");
     assert!(!text.contains(&plan), "a plan id leaked into metrics");
     assert!(!text.contains("Maya"));
     cluster.stop().await

@@ -570,7 +570,7 @@ impl NodeService {
                     }
                 }
                 if let Some(seq) = section_seq.get(&section) {
-                    self.store.keep_doc(&as_read(p), *seq, doc.clone()).await?;
+                    self.store.keep_doc(&as_read(p), *seq, doc.clone()).await;
                 }
             }
             out.insert(section, doc);

@@ -497,7 +497,7 @@ impl NodeService {
                     return Ok(None);
                 };
                 let out = (doc.save_after(h), doc.heads(), meta.last_seq);
-                self.store.keep_doc(&permit, meta.last_seq, doc).await?;
+                self.store.keep_doc(&permit, meta.last_seq, doc).await;
                 out
             }
             // The peer has nothing: send the stored bytes as they are (a saved document
@@ -803,7 +803,7 @@ impl NodeService {
         if let Some(seq) = current {
             self.store
                 .keep_doc(&gate::downgrade(&permit), seq, doc)
-                .await?;
+                .await;
         }
         let n = c.bytes.len() as u64;
         self.peers.update(peer, |i| {

@@ -1018,22 +1018,27 @@ impl StoreHandle {
     }
 
     /// Keeps `doc` in the cache as the section's document at feed sequence `seq`, unless the
-    /// section has changed (or gone) since.
-    pub async fn keep_doc(&self, permit: &ReadPermit, seq: u64, doc: SectionDoc) -> Result<()> {
+    /// section has changed (or gone) since. Best effort: the caller's work is done (often
+    /// committed), so a failure here only costs a later load, and is logged.
+    pub async fn keep_doc(&self, permit: &ReadPermit, seq: u64, doc: SectionDoc) {
         let key = permit.key().clone();
         let docs = self.docs.clone();
-        self.run(move |s| {
-            let mut failed = None;
-            docs.keep(key.clone(), seq, doc, || match s.section_meta(&key) {
-                Ok(meta) => meta.is_some_and(|m| m.last_seq == seq),
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            });
-            failed.map_or(Ok(()), Err)
-        })
-        .await
+        let kept = self
+            .run(move |s| {
+                let mut failed = None;
+                docs.keep(key.clone(), seq, doc, || match s.section_meta(&key) {
+                    Ok(meta) => meta.is_some_and(|m| m.last_seq == seq),
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                });
+                failed.map_or(Ok(()), Err)
+            })
+            .await;
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "could not keep a section document in the cache");
+        }
     }
 
     /// Section documents held in the cache.
