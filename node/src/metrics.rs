@@ -126,11 +126,6 @@ impl Metrics {
                     stats.bytes,
                 ),
                 (
-                    "weft_documents_loaded_total",
-                    "Section documents loaded (decoded) since the node started.",
-                    crate::section::documents_loaded(),
-                ),
-                (
                     "weft_documents_cached",
                     "Section documents held in the document cache.",
                     svc.store().docs_cached() as u64,
@@ -138,6 +133,11 @@ impl Metrics {
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
             }
+            let _ = writeln!(
+                out,
+                "# HELP weft_documents_loaded_total Section documents loaded (decoded) since the node started.\n# TYPE weft_documents_loaded_total counter\nweft_documents_loaded_total {}",
+                crate::section::documents_loaded()
+            );
             let head = stats.feed_seq;
             let peers = svc.peer_status();
             type PeerField = fn(&crate::service::replica::PeerInfo, u64) -> u64;
