@@ -930,7 +930,7 @@ mod tests {
             contract(engine.open(&d).unwrap());
             let store = Store::open(engine.open(&d).unwrap()).unwrap();
             let key = &section_keys().unwrap()[0];
-            store.commit(&batch(key, 1)).unwrap();
+            store.commit(batch(key, 1)).unwrap();
             assert_eq!(store.section(key).unwrap().unwrap().chunks.len(), 1);
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -224,7 +224,7 @@ pub fn bootstrap_user(
     };
     let mut batch = crate::storage::CommitBatch::audit_only(audit);
     batch.new_user = Some(user.clone());
-    store.blocking().commit(&batch)?;
+    store.blocking().commit(batch)?;
     Ok((user, token))
 }
 

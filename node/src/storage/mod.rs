@@ -521,10 +521,9 @@ impl Store {
     }
 
     /// Writes a batch atomically and durably, sealing its audit entry into the chain.
-    pub fn commit(&self, batch: &CommitBatch) -> Result<Committed> {
+    pub fn commit(&self, batch: CommitBatch) -> Result<Committed> {
         // The job may run on another writer's thread (combined with its transaction): it owns
-        // a copy of the batch and leaves its results behind shared slots.
-        let batch = batch.clone();
+        // the batch and leaves its results behind shared slots.
         let out = Arc::new(Mutex::new(None));
         let added = Arc::new(AtomicU64::new(0));
         let (job_out, job_added) = (out.clone(), added.clone());
@@ -1094,7 +1093,7 @@ impl StoreHandle {
             family: vec![],
             audit,
         };
-        self.run(move |s| s.commit(&batch)).await
+        self.run(move |s| s.commit(batch)).await
     }
 
     /// Folds a section's chunks into a snapshot (the caller holds the section's lock).
@@ -1120,12 +1119,12 @@ impl StoreHandle {
             family: vec![],
             audit,
         };
-        self.run(move |s| s.commit(&batch)).await
+        self.run(move |s| s.commit(batch)).await
     }
 
     /// Appends an audit entry on its own (reads, denials).
     pub async fn audit(&self, draft: AuditDraft) -> Result<AuditEntry> {
-        self.run(move |s| s.commit(&CommitBatch::audit_only(draft)).map(|c| c.audit))
+        self.run(move |s| s.commit(CommitBatch::audit_only(draft)).map(|c| c.audit))
             .await
     }
 
@@ -1157,7 +1156,7 @@ impl StoreHandle {
     ) -> Result<Committed> {
         let mut batch = CommitBatch::audit_only(audit);
         batch.consent_entries = entries;
-        self.run(move |s| s.commit(&batch)).await
+        self.run(move |s| s.commit(batch)).await
     }
 
     /// Every user.
@@ -1191,7 +1190,7 @@ impl StoreHandle {
 
     /// Commits any batch (replication paths build their own).
     pub async fn commit(&self, batch: CommitBatch) -> Result<Committed> {
-        self.run(move |s| s.commit(&batch)).await
+        self.run(move |s| s.commit(batch)).await
     }
 
     /// Purges sections the gate no longer allows this node to hold.

@@ -65,7 +65,7 @@ fn commits_write_chunks_feed_and_audit_together() {
             family: vec![],
             audit: draft(1),
         };
-        let c = store.commit(&batch).unwrap();
+        let c = store.commit(batch.clone()).unwrap();
         assert_eq!(
             c.feed.iter().map(|f| f.seq).collect::<Vec<_>>(),
             vec![1, 2],
@@ -73,7 +73,7 @@ fn commits_write_chunks_feed_and_audit_together() {
         );
         assert_eq!(c.audit.index, 1, "{name}");
         store
-            .commit(&CommitBatch {
+            .commit(CommitBatch {
                 new_plans: vec![],
                 changes: vec![(goals.clone(), b"three".to_vec())],
                 new_user: None,
@@ -130,10 +130,10 @@ fn a_failed_commit_writes_nothing() {
             family: vec![],
             audit: draft(1),
         };
-        store.commit(&batch).unwrap();
+        store.commit(batch.clone()).unwrap();
         let before = store.stats().unwrap();
         // The same plan again: rejected, and its chunk, feed entry and audit entry with it.
-        let err = store.commit(&CommitBatch {
+        let err = store.commit(CommitBatch {
             new_plans: vec![p.clone()],
             changes: vec![(k.clone(), b"b".to_vec())],
             new_user: None,
@@ -175,9 +175,9 @@ fn users_are_unique_by_name() {
             family: vec![],
             audit: draft(1),
         };
-        store.commit(&batch).unwrap();
+        store.commit(batch.clone()).unwrap();
         assert!(
-            matches!(store.commit(&batch), Err(Error::AlreadyExists(_))),
+            matches!(store.commit(batch.clone()), Err(Error::AlreadyExists(_))),
             "{name}"
         );
         assert_eq!(store.users().unwrap(), vec![user], "{name}");
@@ -201,7 +201,7 @@ fn consent_entries_are_filed_by_subject_and_never_overwritten() {
             entry(a, ConsentKind::Revocation, "v-1"),
             entry(b, ConsentKind::Consent, "c-2"),
         ];
-        store.commit(&batch).unwrap();
+        store.commit(batch.clone()).unwrap();
         let of_a = store.consent_entries(Some(a)).unwrap();
         assert_eq!(
             of_a.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
@@ -215,7 +215,7 @@ fn consent_entries_are_filed_by_subject_and_never_overwritten() {
         let mut again = CommitBatch::audit_only(draft(2));
         again.consent_entries = vec![entry(a, ConsentKind::Consent, "c-1")];
         assert!(
-            matches!(store.commit(&again), Err(Error::AlreadyExists(_))),
+            matches!(store.commit(again), Err(Error::AlreadyExists(_))),
             "{name}"
         );
         assert_eq!(store.stats().unwrap(), before, "{name}");
@@ -230,7 +230,7 @@ fn compaction_replaces_chunks_with_a_snapshot() {
         let k = key(&p, "profile");
         for i in 0..5u8 {
             store
-                .commit(&CommitBatch {
+                .commit(CommitBatch {
                     new_plans: vec![],
                     changes: vec![(k.clone(), vec![i])],
                     new_user: None,
@@ -259,7 +259,7 @@ fn sled_keeps_everything_across_reopen() {
     {
         let store = Store::open(Arc::new(sled::SledBackend::open(dir.path()).unwrap())).unwrap();
         store
-            .commit(&CommitBatch {
+            .commit(CommitBatch {
                 new_plans: vec![p.clone()],
                 changes: vec![(k.clone(), b"x".to_vec())],
                 new_user: None,
@@ -356,8 +356,8 @@ fn queued_commits_share_one_transaction_and_a_failing_one_fails_alone() {
                         ..CommitBatch::audit_only(draft(100 + i as i64))
                     };
                     barrier.wait();
-                    let own = store.commit(&own_batch).map(|_| ());
-                    let shared = store.commit(&shared_batch).map(|_| ());
+                    let own = store.commit(own_batch).map(|_| ());
+                    let shared = store.commit(shared_batch).map(|_| ());
                     (own, shared)
                 })
             })
