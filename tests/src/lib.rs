@@ -854,34 +854,45 @@ impl WeftProcess {
         Ok(out)
     }
 
-    /// Starts `weft serve --config FILE` and waits until the API answers.
+    /// Starts `weft serve --config FILE` and waits until the API answers. A process that exits
+    /// before answering is started again (twice at most): its port, found free when the
+    /// config was written, can be held for a moment as another process's ephemeral source port.
     pub async fn start(config: &Path, addr: SocketAddr, ca: &Path) -> anyhow::Result<Self> {
-        let child = Command::new(weft_bin()?)
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut p = WeftProcess {
-            child,
-            addr,
-            config: config.to_path_buf(),
-            ca: ca.to_path_buf(),
-        };
-        let ca = ca.to_path_buf();
-        let up = eventually("weft serve to answer", DEADLINE, || {
-            let ca = ca.clone();
-            async move { Ok(channel(addr, &ca, None).await.ok().map(|_| ())) }
-        })
-        .await;
-        if let Err(e) = up {
-            let _ = p.child.kill();
-            return Err(e);
+        let mut exits = Vec::new();
+        while exits.len() < 3 {
+            let mut child = Command::new(weft_bin()?)
+                .args(["serve", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let started = std::time::Instant::now();
+            loop {
+                if channel(addr, ca, None).await.is_ok() {
+                    return Ok(WeftProcess {
+                        child,
+                        addr,
+                        config: config.to_path_buf(),
+                        ca: ca.to_path_buf(),
+                    });
+                }
+                if let Some(status) = child.try_wait()? {
+                    exits.push(status.to_string());
+                    break;
+                }
+                if started.elapsed() > DEADLINE {
+                    let _ = child.kill();
+                    bail!("timed out after {DEADLINE:?} waiting for weft serve to answer");
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if let Some(status) = p.child.try_wait()? {
-            bail!("weft serve exited early: {status}");
-        }
-        Ok(p)
+        bail!(
+            "weft serve exited before answering, {} times: {}",
+            exits.len(),
+            exits.join(", ")
+        )
     }
 
     /// Runs the `weft` CLI with `args` against this node as `token`; returns stdout or an
