@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_tests::{channel, weft_bin, Chan, TestPki, WeftProcess};
+use weft_tests::{channel, free_addr, weft_bin, Chan, TestPki, WeftProcess};
 
 /// One agency of the benchmark federation.
 pub struct Agency {
@@ -51,10 +51,6 @@ pub struct Federation {
     /// Bytes on every peer link.
     pub wire: Wire,
     _pki: TestPki,
-}
-
-fn free() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 async fn pipe(
@@ -103,8 +99,10 @@ impl Federation {
     pub async fn new(dir: &Path, ids: &[&str], offline_peers: &[String]) -> anyhow::Result<Self> {
         let pki = TestPki::new()?;
         let wire = Wire::default();
-        let peer_ports: Vec<SocketAddr> =
-            ids.iter().map(|_| free()).collect::<anyhow::Result<_>>()?;
+        let peer_ports: Vec<SocketAddr> = ids
+            .iter()
+            .map(|_| free_addr())
+            .collect::<anyhow::Result<_>>()?;
         // A relay in front of each agency's peer listener.
         let mut relays = Vec::new();
         for port in &peer_ports {
@@ -118,7 +116,7 @@ impl Federation {
             let tls = pki.issue(&agency)?;
             let home = dir.join(id);
             std::fs::create_dir_all(&home)?;
-            let (api, metrics) = (free()?, free()?);
+            let (api, metrics) = (free_addr()?, free_addr()?);
             let mut peers: Vec<weft_node::config::PeerConfig> = ids
                 .iter()
                 .enumerate()
@@ -132,7 +130,7 @@ impl Federation {
             for p in offline_peers {
                 peers.push(weft_node::config::PeerConfig {
                     agency: weft_node::model::AgencyId::parse(p)?,
-                    endpoint: format!("https://{}", free()?),
+                    endpoint: format!("https://{}", free_addr()?),
                     name: None,
                 });
             }
@@ -276,7 +274,10 @@ impl Agency {
         Ok(body)
     }
 
-    /// Waits until `f(metrics page)` holds, polling every 5 ms; returns when it did.
+    /// Waits until `f(metrics page)` holds, polling every 5 ms; returns when it did. Fails
+    /// after `deadline`, or sooner when the node stalls: its change feed and the bytes it
+    /// received from peers have not moved for [`STALL`] while `f` still does not hold (a
+    /// full run's 100,000 sections take minutes; a stuck one should not take an hour).
     pub async fn wait_until(
         &self,
         what: &str,
@@ -284,22 +285,62 @@ impl Agency {
         f: impl Fn(&str) -> bool,
     ) -> anyhow::Result<Instant> {
         let start = Instant::now();
+        let mut progress = (f64::NAN, start);
+        let mut last_page = String::new();
         loop {
             if let Ok(page) = self.metrics().await {
                 if f(&page) {
                     return Ok(Instant::now());
                 }
+                let moved = value(&page, "weft_feed_sequence")
+                    + sum(&page, "weft_replication_bytes_received_total");
+                if moved != progress.0 {
+                    progress = (moved, Instant::now());
+                }
+                last_page = page;
             }
-            if start.elapsed() > deadline {
+            let stalled = progress.1.elapsed() > STALL;
+            if start.elapsed() > deadline || stalled {
                 bail!(
-                    "{}: timed out after {:?} waiting for {what}",
+                    "{}: {} after {:.0?} waiting for {what}\n{}\nits log ends:\n{}",
                     self.id,
-                    deadline
+                    if stalled { "stalled" } else { "timed out" },
+                    start.elapsed(),
+                    state(&last_page),
+                    WeftProcess::log_tail(&self.config, 30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// How long a node may make no progress while a benchmark waits for it to receive.
+pub const STALL: Duration = Duration::from_secs(120);
+
+/// The replication lines of a metrics page (peers, feed, bytes), for a failure's message.
+fn state(page: &str) -> String {
+    page.lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && [
+                    "weft_peer_connected",
+                    "weft_feed_sequence",
+                    "weft_replication_",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The sum of every series of `name` (all label values).
+pub fn sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A value from a metrics page (first series starting with `series`, labels included).

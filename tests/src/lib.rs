@@ -34,6 +34,40 @@ pub use weft_proto;
 /// How long `eventually` waits by default.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// A free address on 127.0.0.1 for a process that binds it later (a separate process cannot
+/// share a pre-bound listener). The port comes from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), so no outgoing connection can take it as its source
+/// port in the meantime (a port found by binding port 0 is an ephemeral one, and a
+/// long-lived connection of another node could hold it for good), and this process never
+/// hands out the same port twice.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_low.max(12_000));
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..1_000 {
+        // A random start per call, so processes started side by side rarely meet.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = low + (h.finish() % u64::from(high - low)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            given.push(port);
+            return Ok(addr);
+        }
+    }
+    bail!("no free port below {high} on 127.0.0.1")
+}
+
 /// Polls `check` until it returns `Ok(Some(value))` or the deadline passes.
 pub async fn eventually<T, F, Fut>(
     what: &str,
@@ -792,10 +826,7 @@ impl WeftProcess {
     ) -> anyhow::Result<(PathBuf, SocketAddr, PathBuf)> {
         let agency = AgencyId::parse(agency)?;
         let tls = pki.issue(&agency)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = free_addr()?;
         let config = dir.join("weft.toml");
         std::fs::write(
             &config,
@@ -805,19 +836,15 @@ impl WeftProcess {
     }
 
     /// Writes configs for `agencies` federated with each other, each in `dir/<agency>/`, on
-    /// free ports (found by binding port 0 and letting go: separate processes cannot share
-    /// pre-bound listeners). Returns (config, client API address, CA) per agency.
+    /// free ports ([`free_addr`]). Returns (config, client API address, CA) per agency.
     pub fn configure_federation(
         pki: &TestPki,
         agencies: &[&str],
         dir: &Path,
     ) -> anyhow::Result<Vec<(PathBuf, SocketAddr, PathBuf)>> {
-        let free = || -> anyhow::Result<SocketAddr> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-        };
         let addrs: Vec<(SocketAddr, SocketAddr)> = agencies
             .iter()
-            .map(|_| Ok((free()?, free()?)))
+            .map(|_| Ok((free_addr()?, free_addr()?)))
             .collect::<anyhow::Result<_>>()?;
         let mut out = Vec::new();
         for (i, a) in agencies.iter().enumerate() {
@@ -854,17 +881,35 @@ impl WeftProcess {
         Ok(out)
     }
 
-    /// Starts `weft serve --config FILE` and waits until the API answers. A process that exits
-    /// before answering is started again (twice at most): its port, found free when the
-    /// config was written, can be held for a moment as another process's ephemeral source port.
+    /// Where a node started by [`WeftProcess::start`] with `config` writes its log (appended
+    /// to across restarts): `weft.log` beside the config.
+    pub fn log_path(config: &Path) -> PathBuf {
+        config.with_file_name("weft.log")
+    }
+
+    /// The last `lines` lines of this node's log, for a failure's message.
+    pub fn log_tail(config: &Path, lines: usize) -> String {
+        let text = std::fs::read_to_string(Self::log_path(config)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Starts `weft serve --config FILE` and waits until the API answers; its log goes to
+    /// [`WeftProcess::log_path`]. A process that exits before answering is started again
+    /// (twice at most): another process may have bound its port since the config was
+    /// written.
     pub async fn start(config: &Path, addr: SocketAddr, ca: &Path) -> anyhow::Result<Self> {
         let mut exits = Vec::new();
         while exits.len() < 3 {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(Self::log_path(config))?;
             let mut child = Command::new(weft_bin()?)
                 .args(["serve", "--config"])
                 .arg(config)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()?;
             let started = std::time::Instant::now();
             loop {
@@ -889,9 +934,10 @@ impl WeftProcess {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         bail!(
-            "weft serve exited before answering, {} times: {}",
+            "weft serve exited before answering, {} times: {}; its log ends:\n{}",
             exits.len(),
-            exits.join(", ")
+            exits.join(", "),
+            Self::log_tail(config, 20)
         )
     }
 

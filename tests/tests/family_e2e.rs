@@ -34,9 +34,7 @@ async fn start_driver() -> anyhow::Result<Driver> {
             "{bin} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = weft_tests::free_addr()?.port();
     let child = tokio::process::Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
