@@ -72,9 +72,19 @@ async fn pipe(
     let _ = w.shutdown().await;
 }
 
-/// Forwards every connection to `to`, counting bytes both ways.
+/// Forwards every connection to `to`, counting bytes both ways. A failed accept (a
+/// connection reset before it was taken, no file descriptor left) is reported and the relay
+/// goes on: a relay that stopped would leave its agency unreachable for the rest of the run.
 async fn relay(listener: TcpListener, to: SocketAddr, wire: Wire) {
-    while let Ok((mut inbound, _)) = listener.accept().await {
+    loop {
+        let mut inbound = match listener.accept().await {
+            Ok((inbound, _)) => inbound,
+            Err(e) => {
+                eprintln!("relay to {to}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let wire = wire.clone();
         tokio::spawn(async move {
             let Ok(mut outbound) = TcpStream::connect(to).await else {
@@ -264,14 +274,19 @@ impl Agency {
         channel(self.api, &self.ca, Some(&self.token)).await
     }
 
-    /// The metrics page.
+    /// The metrics page (a scrape that takes over 10 s fails).
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let mut s = TcpStream::connect(self.metrics).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-            .await?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await?;
-        Ok(body)
+        let scrape = async {
+            let mut s = TcpStream::connect(self.metrics).await?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+                .await?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).await?;
+            anyhow::Ok(body)
+        };
+        tokio::time::timeout(Duration::from_secs(10), scrape)
+            .await
+            .with_context(|| format!("{}: the metrics page did not answer in 10 s", self.id))?
     }
 
     /// Waits until `f(metrics page)` holds, polling every 5 ms; returns when it did. Fails
@@ -300,11 +315,18 @@ impl Agency {
                 last_page = page;
             }
             let stalled = progress.1.elapsed() > STALL;
-            if start.elapsed() > deadline || stalled {
+            let exited = self.pid().is_some_and(|pid| !alive(pid));
+            if start.elapsed() > deadline || stalled || exited {
                 bail!(
                     "{}: {} after {:.0?} waiting for {what}\n{}\nits log ends:\n{}",
                     self.id,
-                    if stalled { "stalled" } else { "timed out" },
+                    if exited {
+                        "the node exited"
+                    } else if stalled {
+                        "stalled"
+                    } else {
+                        "timed out"
+                    },
                     start.elapsed(),
                     state(&last_page),
                     WeftProcess::log_tail(&self.config, 30)
@@ -313,6 +335,16 @@ impl Agency {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// Whether process `pid` is running (not gone, not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) state ...": the state follows the last ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+    })
 }
 
 /// How long a node may make no progress while a benchmark waits for it to receive.

@@ -335,8 +335,13 @@ async fn run_session(
                 },
                 _ = shutdown.wait_for(|s| *s) => break Ok(()),
             };
-            let Some(frame) = next else { break Ok(()) };
-            let frame = match frame.and_then(from_pb) {
+            let frame = match next {
+                None => break Ok(()),
+                // The stream itself failed (the connection broke): end the session.
+                Some(Err(e)) => break Err(e),
+                Some(Ok(f)) => f,
+            };
+            let frame = match from_pb(frame) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(peer = %peer, error = %e, "malformed frame from peer");
