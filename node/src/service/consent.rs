@@ -666,19 +666,30 @@ impl NodeService {
         Ok(crate::fhir::bundle(&plan, &views))
     }
 
-    /// Records, once, that each consent whose provisions have all ended has expired. Run
-    /// periodically and before consent reads; federation will purge copies from here.
+    /// Records, once, that each consent whose provisions have all ended has expired, and
+    /// purges held copies a consent no longer covers. Looks only at the children with a
+    /// provision that ended since the last sweep (the store schedules every end), so a sweep
+    /// costs O(consents ended), not O(consents). Run periodically and before consent reads.
     pub async fn sweep_expiries(&self) -> Result<usize> {
         let now = self.now();
-        let entries = self.store.consent_entries(None).await?;
-        let marked: BTreeSet<(SubjectId, String)> = entries
-            .iter()
-            .filter(|e| e.kind == ConsentKind::ExpiryMark)
-            .map(|e| (e.subject, e.id.clone()))
-            .collect();
-        let subjects: BTreeSet<SubjectId> = entries.iter().map(|e| e.subject).collect();
+        let (subjects, swept_to) = self.store.consents_ended(now).await?;
+        if subjects.is_empty() {
+            self.store.consents_swept(swept_to).await?;
+            return Ok(0);
+        }
+        let mut marked: BTreeSet<(SubjectId, String)> = BTreeSet::new();
+        for subject in &subjects {
+            marked.extend(
+                self.store
+                    .consent_entries(Some(*subject))
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.kind == ConsentKind::ExpiryMark)
+                    .map(|e| (e.subject, e.id)),
+            );
+        }
         let mut recorded = 0;
-        for subject in subjects {
+        for &subject in &subjects {
             let set = self.consents_for(subject).await?;
             for record in set.consents() {
                 if marked.contains(&(subject, record.id.to_string()))
@@ -720,7 +731,8 @@ impl NodeService {
             }
         }
         // Expiry is revocation at a known time: a holder purges by its own clock.
-        self.purge_unconsented().await?;
+        self.purge_unconsented(&subjects).await?;
+        self.store.consents_swept(swept_to).await?;
         Ok(recorded)
     }
 

@@ -28,7 +28,9 @@ use super::NodeService;
 use crate::audit::{AuditAction, AuditDraft, Outcome};
 use crate::error::{Error, Result};
 use crate::gate;
-use crate::model::{parse_actor, AgencyId, PlanId, PlanRecord, SectionKey, SectionName, Timestamp};
+use crate::model::{
+    parse_actor, AgencyId, PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp,
+};
 use crate::section::SectionDoc;
 use crate::storage::{section_key_bytes, CommitBatch, ConsentEntry, ConsentKind};
 
@@ -969,7 +971,7 @@ impl NodeService {
             )
             .await?;
         if new {
-            self.purge_unconsented().await?;
+            self.purge_unconsented(&[subject]).await?;
         }
         Ok(vec![])
     }
@@ -1090,12 +1092,17 @@ impl NodeService {
             .collect())
     }
 
-    /// Deletes every section of a plan homed elsewhere that this node may no longer hold,
-    /// and queues a signed purge receipt for each to its home. Returns how many it purged.
-    pub async fn purge_unconsented(&self) -> Result<usize> {
+    /// Deletes every section of these children's plans homed elsewhere that this node may no
+    /// longer hold, and queues a signed purge receipt for each to its home. Returns how many
+    /// it purged.
+    pub async fn purge_unconsented(&self, subjects: &[SubjectId]) -> Result<usize> {
         let now = self.now();
         let mut purged = 0;
-        for plan in self.store.plans(None, usize::MAX).await? {
+        let mut plans = Vec::new();
+        for subject in subjects {
+            plans.extend(self.store.plans_of_subject(*subject).await?);
+        }
+        for plan in plans {
             if plan.home == self.agency {
                 continue;
             }

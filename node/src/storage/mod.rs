@@ -143,6 +143,46 @@ const KEY_CONSENT_SEQ: &[u8] = b"consent_seq";
 /// a peer's pump can look at only what changed since it last looked.
 const CONSENT_LOG: &[u8] = b"consent_log/";
 
+/// Meta keys `consent_end/<end ms, u64 BE><subject>` → empty: when a provision of a stored
+/// consent ends, so the expiry sweep looks only at the children whose consents ended since it
+/// last looked, not at every consent. Times come from the record's unverified bytes: they
+/// only schedule a check, which decides on the verified consents.
+const CONSENT_END: &[u8] = b"consent_end/";
+const KEY_CONSENT_ENDS_INDEXED: &[u8] = b"consent_ends_indexed";
+/// Meta key: every consent end up to this time (ms) has been swept.
+const KEY_CONSENTS_SWEPT: &[u8] = b"consents_swept_to";
+
+fn consent_end_key(end: u64, subject: Option<SubjectId>) -> Vec<u8> {
+    let mut k = CONSENT_END.to_vec();
+    k.extend_from_slice(&end.to_be_bytes());
+    match subject {
+        Some(s) => k.extend_from_slice(s.0.as_bytes()),
+        None => k.extend_from_slice(&[0xff; 16]),
+    }
+    k
+}
+
+/// Schedules the ends of a stored consent's provisions for the expiry sweep. An end the sweep
+/// has already passed (a consent that arrives expired) is scheduled for its next run.
+fn index_consent_ends(txn: &dyn Txn, e: &ConsentEntry) -> Result<()> {
+    if e.kind != ConsentKind::Consent {
+        return Ok(());
+    }
+    let Ok(record) =
+        weft_consent::SignedConsent::from_bytes(&e.bytes).and_then(|s| s.unverified_record())
+    else {
+        return Ok(());
+    };
+    let swept = read_u64(txn, KEY_CONSENTS_SWEPT)?;
+    for p in &record.provisions {
+        if let Some(until) = p.valid_until {
+            let end = u64::try_from(until.as_millis()).unwrap_or(0).max(swept + 1);
+            txn.put(Tree::Meta, &consent_end_key(end, Some(e.subject)), &[])?;
+        }
+    }
+    Ok(())
+}
+
 fn consent_log_key(seq: u64) -> Vec<u8> {
     let mut k = CONSENT_LOG.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
@@ -380,6 +420,13 @@ fn log_consent_changes(txn: &dyn Txn, subjects: impl Iterator<Item = SubjectId>)
     txn.put(Tree::Meta, KEY_CONSENT_SEQ, &seq.to_be_bytes())
 }
 
+fn read_u64_backend(backend: &dyn Backend, key: &[u8]) -> Result<u64> {
+    Ok(backend
+        .get(Tree::Meta, key)?
+        .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0))
+}
+
 fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
     Ok(txn
         .get(Tree::Meta, key)?
@@ -422,7 +469,77 @@ impl Store {
             .store(store.backend.len(Tree::Plans)?, Ordering::Relaxed);
         store.index_subjects()?;
         store.log_existing_consents()?;
+        store.index_existing_consent_ends()?;
         Ok(store)
+    }
+
+    /// Schedules the ends of the consents of a store written before the schedule existed,
+    /// once.
+    fn index_existing_consent_ends(&self) -> Result<()> {
+        if self
+            .backend
+            .get(Tree::Meta, KEY_CONSENT_ENDS_INDEXED)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .backend
+                .scan(Tree::Consents, &[], after.as_deref(), 10_000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let entries = page
+                .into_iter()
+                .map(|(k, v)| parse_consent_key(&k, v))
+                .collect::<Result<Vec<_>>>()?;
+            self.write(move |txn| {
+                for e in &entries {
+                    index_consent_ends(txn, e)?;
+                }
+                Ok(())
+            })?;
+        }
+        self.write(|txn| txn.put(Tree::Meta, KEY_CONSENT_ENDS_INDEXED, &[1]))
+    }
+
+    /// The subjects with a consent provision that ended after the last sweep and by `now`,
+    /// and the time to pass to [`Store::consents_swept`] once they are dealt with.
+    pub fn consents_ended(&self, now: Timestamp) -> Result<(Vec<SubjectId>, u64)> {
+        let now = u64::try_from(now.as_millis()).unwrap_or(0);
+        let swept = read_u64_backend(self.backend.as_ref(), KEY_CONSENTS_SWEPT)?;
+        let mut subjects = std::collections::BTreeSet::new();
+        let mut cursor = Some(consent_end_key(swept, None));
+        'pages: loop {
+            let page = self
+                .backend
+                .scan(Tree::Meta, CONSENT_END, cursor.as_deref(), 10_000)?;
+            let Some((k, _)) = page.last() else { break };
+            cursor = Some(k.clone());
+            for (k, _) in &page {
+                let bad = || Error::Storage("malformed consent end key".into());
+                let at = k
+                    .get(CONSENT_END.len()..CONSENT_END.len() + 8)
+                    .ok_or_else(bad)?;
+                if u64::from_be_bytes(at.try_into().map_err(|_| bad())?) > now {
+                    break 'pages;
+                }
+                let id = k.get(CONSENT_END.len() + 8..).ok_or_else(bad)?;
+                subjects.insert(SubjectId(uuid::Uuid::from_slice(id).map_err(|_| bad())?));
+            }
+        }
+        Ok((subjects.into_iter().collect(), now.max(swept)))
+    }
+
+    /// Records that every consent end up to `to` (from [`Store::consents_ended`]) was swept.
+    pub fn consents_swept(&self, to: u64) -> Result<()> {
+        self.write(move |txn| {
+            if to > read_u64(txn, KEY_CONSENTS_SWEPT)? {
+                txn.put(Tree::Meta, KEY_CONSENTS_SWEPT, &to.to_be_bytes())?;
+            }
+            Ok(())
+        })
     }
 
     /// Starts the consent log of a store written before it existed: every subject with a
@@ -574,6 +691,7 @@ impl Store {
                     return Err(Error::AlreadyExists(format!("consent entry `{}`", e.id)));
                 }
                 txn.put(Tree::Consents, &key, &e.bytes)?;
+                index_consent_ends(txn, e)?;
             }
             log_consent_changes(txn, batch.consent_entries.iter().map(|e| e.subject))?;
             let mut seq = read_u64(txn, KEY_FEED_SEQ)?;
@@ -1146,6 +1264,16 @@ impl StoreHandle {
     /// The consent entries of a subject, or of every subject.
     pub async fn consent_entries(&self, subject: Option<SubjectId>) -> Result<Vec<ConsentEntry>> {
         self.run(move |s| s.consent_entries(subject)).await
+    }
+
+    /// See [`Store::consents_ended`].
+    pub async fn consents_ended(&self, now: Timestamp) -> Result<(Vec<SubjectId>, u64)> {
+        self.run(move |s| s.consents_ended(now)).await
+    }
+
+    /// See [`Store::consents_swept`].
+    pub async fn consents_swept(&self, to: u64) -> Result<()> {
+        self.run(move |s| s.consents_swept(to)).await
     }
 
     /// Stores consent entries with their audit entry.

@@ -403,3 +403,124 @@ fn queued_commits_share_one_transaction_and_a_failing_one_fails_alone() {
         );
     }
 }
+
+/// A signed consent for `subject` whose two provisions end at `ends` (ms).
+fn consent_ending(subject: SubjectId, id: &str, ends: [i64; 2]) -> ConsentEntry {
+    use weft_consent::{
+        Access, CollectionMethod, ConsentId, ConsentRecord, Grantor, Provision, Purpose, Recorder,
+        Relationship,
+    };
+    let home = AgencyId::parse("school.test").unwrap();
+    let provision = |grantee: &str, until: i64| Provision {
+        grantee: AgencyId::parse(grantee).unwrap(),
+        sections: vec!["goals".into()],
+        access: Access::Read,
+        purpose: Purpose::CareCoordination,
+        valid_from: Timestamp::from_millis(1),
+        valid_until: Some(Timestamp::from_millis(until)),
+    };
+    let record = ConsentRecord {
+        id: ConsentId::parse(id).unwrap(),
+        subject: subject.to_string(),
+        grantor: Grantor {
+            name: "A. Guardian".into(),
+            relationship: Relationship::Parent,
+        },
+        disclosing_agency: home.clone(),
+        recorded_by: Recorder {
+            agency: home.clone(),
+            user: "coordinator".into(),
+        },
+        recorded_at: Timestamp::from_millis(1),
+        collection_method: CollectionMethod::ESignature,
+        provisions: vec![
+            provision("clinic.test", ends[0]),
+            provision("nutrition.test", ends[1]),
+        ],
+    };
+    let key = weft_consent::ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    ConsentEntry {
+        subject,
+        kind: ConsentKind::Consent,
+        id: id.into(),
+        bytes: weft_consent::sign_consent(&record, &home, &key)
+            .unwrap()
+            .to_bytes(),
+    }
+}
+
+#[test]
+fn the_expiry_schedule_names_each_child_once_per_ended_provision_and_only_after_it_ends() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend.clone()).unwrap();
+        let (a, b, c) = (
+            SubjectId::random(),
+            SubjectId::random(),
+            SubjectId::random(),
+        );
+        let mut batch = CommitBatch::audit_only(draft(1));
+        batch.consent_entries = vec![
+            consent_ending(a, "c-a", [1_000, 5_000]),
+            consent_ending(b, "c-b", [2_000, 2_000]),
+            consent_ending(c, "c-c", [9_000, 9_000]),
+        ];
+        store.commit(batch).unwrap();
+        let ended = |now: i64| {
+            let (mut subjects, to) = store.consents_ended(Timestamp::from_millis(now)).unwrap();
+            subjects.sort();
+            (subjects, to)
+        };
+        let sorted = |mut v: Vec<SubjectId>| {
+            v.sort();
+            v
+        };
+        assert_eq!(ended(999), (vec![], 999), "{name}: nothing ended yet");
+        assert_eq!(ended(2_000), (sorted(vec![a, b]), 2_000), "{name}");
+        // Until the sweep says it is done, the same ends are named again.
+        assert_eq!(ended(2_500).0, sorted(vec![a, b]), "{name}");
+        store.consents_swept(2_500).unwrap();
+        assert_eq!(ended(4_999), (vec![], 4_999), "{name}");
+        // a's second provision ends later: a is named again then, c not before its end.
+        assert_eq!(ended(6_000).0, vec![a], "{name}");
+        store.consents_swept(6_000).unwrap();
+        // A sweep that finished late never moves the schedule back.
+        store.consents_swept(3_000).unwrap();
+        assert_eq!(ended(8_999).0, Vec::<SubjectId>::new(), "{name}");
+        // A consent stored with an end the sweep has passed is named by the next sweep.
+        let d = SubjectId::random();
+        let mut late = CommitBatch::audit_only(draft(2));
+        late.consent_entries = vec![consent_ending(d, "c-d", [10, 20])];
+        store.commit(late).unwrap();
+        assert_eq!(ended(7_000).0, vec![d], "{name}");
+        assert_eq!(ended(9_500).0, sorted(vec![c, d]), "{name}");
+        // A store written before the schedule existed gets one at open.
+        drop(store);
+        let store = Store::open(backend.clone()).unwrap();
+        backend
+            .transact(&|txn| {
+                txn.remove(Tree::Meta, KEY_CONSENT_ENDS_INDEXED)?;
+                txn.remove(Tree::Meta, KEY_CONSENTS_SWEPT)?;
+                for s in [a, b, c, d] {
+                    for end in [10, 20, 1_000, 2_000, 5_000, 6_001, 9_000] {
+                        txn.remove(Tree::Meta, &consent_end_key(end, Some(s)))?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            store
+                .consents_ended(Timestamp::from_millis(9_500))
+                .unwrap()
+                .0
+                .len(),
+            0,
+            "{name}: the schedule was removed"
+        );
+        drop(store);
+        let store = Store::open(backend).unwrap();
+        let (mut subjects, _) = store.consents_ended(Timestamp::from_millis(9_500)).unwrap();
+        subjects.sort();
+        assert_eq!(subjects, sorted(vec![a, b, c, d]), "{name}");
+    }
+}
