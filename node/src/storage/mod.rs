@@ -476,32 +476,39 @@ impl Store {
     /// Schedules the ends of the consents of a store written before the schedule existed,
     /// once.
     fn index_existing_consent_ends(&self) -> Result<()> {
-        if self
-            .backend
-            .get(Tree::Meta, KEY_CONSENT_ENDS_INDEXED)?
-            .is_some()
-        {
+        self.migrate_once(
+            KEY_CONSENT_ENDS_INDEXED,
+            Tree::Consents,
+            |page| {
+                page.into_iter()
+                    .map(|(k, v)| parse_consent_key(&k, v))
+                    .collect::<Result<Vec<_>>>()
+            },
+            |txn, entries| entries.iter().try_for_each(|e| index_consent_ends(txn, e)),
+        )
+    }
+
+    /// A one-time migration: unless `flag` is set in Meta, hands each page of `tree` to
+    /// `parse` and writes what `apply` makes of it (one write per page), then sets `flag`.
+    fn migrate_once<T: Send + Sync + 'static>(
+        &self,
+        flag: &'static [u8],
+        tree: Tree,
+        parse: impl Fn(Vec<(Vec<u8>, Vec<u8>)>) -> Result<T>,
+        apply: fn(&dyn Txn, &T) -> Result<()>,
+    ) -> Result<()> {
+        if self.backend.get(Tree::Meta, flag)?.is_some() {
             return Ok(());
         }
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self
-                .backend
-                .scan(Tree::Consents, &[], after.as_deref(), 10_000)?;
+            let page = self.backend.scan(tree, &[], after.as_deref(), 10_000)?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
-            let entries = page
-                .into_iter()
-                .map(|(k, v)| parse_consent_key(&k, v))
-                .collect::<Result<Vec<_>>>()?;
-            self.write(move |txn| {
-                for e in &entries {
-                    index_consent_ends(txn, e)?;
-                }
-                Ok(())
-            })?;
+            let items = parse(page)?;
+            self.write(move |txn| apply(txn, &items))?;
         }
-        self.write(|txn| txn.put(Tree::Meta, KEY_CONSENT_ENDS_INDEXED, &[1]))
+        self.write(move |txn| txn.put(Tree::Meta, flag, &[1]))
     }
 
     /// The subjects with a consent provision that ended after the last sweep and by `now`,
@@ -598,32 +605,20 @@ impl Store {
     /// Builds the subject index of a store written before it existed (or restored from such
     /// a backup), once.
     fn index_subjects(&self) -> Result<()> {
-        if self
-            .backend
-            .get(Tree::Meta, KEY_SUBJECTS_INDEXED)?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self
-                .backend
-                .scan(Tree::Plans, &[], after.as_deref(), 10_000)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            let plans = page
-                .iter()
-                .map(|(_, v)| from_json::<PlanRecord>(v, "plan"))
-                .collect::<Result<Vec<_>>>()?;
-            self.write(move |txn| {
-                for p in &plans {
-                    txn.put(Tree::Subjects, &subject_key(p), &[])?;
-                }
-                Ok(())
-            })?;
-        }
-        self.write(|txn| txn.put(Tree::Meta, KEY_SUBJECTS_INDEXED, &[1]))
+        self.migrate_once(
+            KEY_SUBJECTS_INDEXED,
+            Tree::Plans,
+            |page| {
+                page.iter()
+                    .map(|(_, v)| from_json::<PlanRecord>(v, "plan"))
+                    .collect::<Result<Vec<_>>>()
+            },
+            |txn, plans| {
+                plans
+                    .iter()
+                    .try_for_each(|p| txn.put(Tree::Subjects, &subject_key(p), &[]))
+            },
+        )
     }
 
     /// Runs `f` as one transaction (combined with other queued writes) and returns once it
