@@ -26,6 +26,7 @@ use weft_node::model::{now, AgencyId, Role, Timestamp};
 use weft_node::server::{open_store, Node};
 use weft_node::service::replica::PeerInfo;
 use weft_node::service::{bootstrap_user, Clock};
+use weft_node::storage::{Backend, Store, StoreHandle, Tree};
 use weft_proto::v1 as pb;
 
 pub use weft_node;
@@ -234,17 +235,24 @@ impl TestNode {
         }
     }
 
-    /// Starts a node with a coordinator and an admin user, on pre-bound listeners.
+    /// Starts a node with a coordinator and an admin user, on pre-bound listeners; its store
+    /// fails as `faults` says.
     pub async fn start(
         pki: &TestPki,
         agency: &str,
         data_dir: PathBuf,
         api: tokio::net::TcpListener,
         federation: Option<(tokio::net::TcpListener, FederationConfig)>,
+        faults: Faults,
     ) -> anyhow::Result<Self> {
         let agency = AgencyId::parse(agency)?;
         let tls = pki.issue(&agency)?;
-        let store = open_store(&DataLocation::Dir(data_dir.clone()))?;
+        std::fs::create_dir_all(&data_dir)?;
+        let backend = Arc::new(FaultyBackend {
+            inner: Arc::new(weft_node::storage::sled::SledBackend::open(&data_dir)?),
+            faults,
+        });
+        let store = StoreHandle::new(Store::open(backend)?);
         let (_, coordinator_token) =
             bootstrap_user(&store, &agency, "coordinator", Role::Coordinator, now())?;
         let (_, admin_token) = bootstrap_user(&store, &agency, "admin", Role::Admin, now())?;
@@ -537,6 +545,7 @@ pub struct ClusterBuilder {
     agencies: Vec<String>,
     foreign: Vec<String>,
     played: Vec<String>,
+    faults: Vec<(String, Faults)>,
 }
 
 impl Cluster {
@@ -546,6 +555,7 @@ impl Cluster {
             agencies: vec!["school.test".into()],
             foreign: vec![],
             played: vec![],
+            faults: vec![],
         }
     }
 
@@ -600,6 +610,12 @@ impl ClusterBuilder {
     /// refused).
     pub fn foreign_ca<I: IntoIterator<Item = S>, S: Into<String>>(mut self, agencies: I) -> Self {
         self.foreign = agencies.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Store faults the test can turn on in `agency`'s node.
+    pub fn faults(mut self, agency: &str, faults: Faults) -> Self {
+        self.faults.push((agency.into(), faults));
         self
     }
 
@@ -660,12 +676,19 @@ impl ClusterBuilder {
             } else {
                 &pki
             };
+            let faults = self
+                .faults
+                .iter()
+                .find(|(agency, _)| agency == a)
+                .map(|(_, f)| f.clone())
+                .unwrap_or_default();
             let node = TestNode::start(
                 issuer,
                 a,
                 dir.path().join(a),
                 api,
                 federation.map(|f| (fed, f)),
+                faults,
             )
             .await?;
             nodes.push(node);
@@ -676,6 +699,77 @@ impl ClusterBuilder {
             _other_pki: other_pki,
             nodes,
         })
+    }
+}
+
+/// Store faults a test turns on and off while a node runs: reads of the keys of one tree
+/// that start with a prefix fail.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<std::sync::Mutex<Option<FailingReads>>>);
+
+/// The tree, and the key prefix whose reads fail.
+type FailingReads = (Tree, Vec<u8>);
+
+impl Faults {
+    /// From now on, reads of `tree` keys starting with `prefix` fail.
+    pub fn fail_reads(&self, tree: Tree, prefix: &[u8]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((tree, prefix.to_vec()));
+    }
+
+    /// From now on, nothing fails.
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn check(&self, tree: Tree, key: &[u8]) -> weft_node::error::Result<()> {
+        match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((t, prefix)) if *t == tree && key.starts_with(prefix) => Err(
+                weft_node::error::Error::Storage("injected read failure".into()),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A store backend that fails as its [`Faults`] say.
+struct FaultyBackend {
+    inner: Arc<dyn Backend>,
+    faults: Faults,
+}
+
+impl Backend for FaultyBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> weft_node::error::Result<Option<Vec<u8>>> {
+        self.faults.check(tree, key)?;
+        self.inner.get(tree, key)
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> weft_node::error::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan(tree, prefix, after, limit)
+    }
+
+    fn transact(
+        &self,
+        f: &dyn Fn(&dyn weft_node::storage::Txn) -> weft_node::error::Result<()>,
+    ) -> weft_node::error::Result<()> {
+        self.inner.transact(f)
+    }
+
+    fn sync(&self) -> weft_node::error::Result<()> {
+        self.inner.sync()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+
+    fn len(&self, tree: Tree) -> weft_node::error::Result<u64> {
+        self.inner.len(tree)
     }
 }
 

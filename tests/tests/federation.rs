@@ -570,3 +570,48 @@ async fn a_later_edit_flows_after_a_backlog_larger_than_a_feed_page() -> anyhow:
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_section_the_home_could_not_read_for_a_peer_is_sent_once_it_can() -> anyhow::Result<()> {
+    let faults = weft_tests::Faults::default();
+    let cluster = Cluster::builder()
+        .agencies(["school.test", "clinic.test"])
+        .faults("school.test", faults.clone())
+        .start()
+        .await?;
+    let (school, clinic) = (cluster.node("school.test"), cluster.node("clinic.test"));
+    let plan = school.create_plan("Maya", "Example").await?;
+    let first = marker("FIRST");
+    add_goal(school, &plan, &first).await?;
+    school
+        .grant_as_coordinator(&plan, "clinic.test", &["goals"], "read", "2027-06-30")
+        .await?;
+    wait_for_goal(clinic, &plan, &first).await?;
+
+    // The school's store fails to read what the clinic holds of each section: the frame for
+    // the next change cannot be prepared.
+    faults.fail_reads(
+        weft_tests::weft_node::storage::Tree::Replication,
+        b"heads/clinic.test/",
+    );
+    let second = marker("SECOND");
+    add_goal(school, &plan, &second).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let goals = try_read(clinic, &plan, "goals").await.unwrap_or_default();
+    assert!(
+        !goals.to_string().contains(&second),
+        "the fault must keep the change from going: {goals}"
+    );
+    let status = school.peers();
+    let head = status[&clinic.agency].acked_seq;
+    // The store recovers; nothing changes at the school, yet the change goes.
+    faults.clear();
+    wait_for_goal(clinic, &plan, &second).await?;
+    eventually(
+        "the clinic to acknowledge past the change",
+        DEADLINE,
+        || async { Ok((school.peers()[&clinic.agency].acked_seq > head).then_some(())) },
+    )
+    .await?;
+    cluster.stop().await
+}

@@ -490,6 +490,19 @@ async fn pump(
     // The feed sequence of what this session sent per section.
     let mut sent_seq: std::collections::HashMap<SectionKey, u64> = Default::default();
     let mut consent_pos = svc.consent_position(&peer).await?;
+    // Sections whose frame could not be prepared (a store error), with the feed sequence of
+    // their change (0 when unknown): retried until they go, and the cursor the peer
+    // acknowledges stays before the earliest, so a reconnect reads them again.
+    let mut failed: std::collections::HashMap<SectionKey, u64> = Default::default();
+    let mut retry_in = RETRY_FIRST;
+    // The last cursor sent to the peer.
+    let mut acked_from = cursor;
+    let capped = |cursor: u64, failed: &std::collections::HashMap<SectionKey, u64>| {
+        failed
+            .values()
+            .map(|seq| seq.saturating_sub(1))
+            .fold(cursor, u64::min)
+    };
     // Sends the consent records and revocations changed since `consent_pos` that the peer
     // has not had in this session. Called before any section the gate allowed under
     // consents newer than the last call, so the peer never sees a section before the
@@ -541,6 +554,13 @@ async fn pump(
                     .unwrap_or(false)
             })
             .collect();
+        keys.extend(
+            failed
+                .keys()
+                .filter(|k| !keys.contains(k))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         loop {
             let page = if keys.is_empty() {
                 svc.feed_page(cursor, 256).await?
@@ -576,13 +596,26 @@ async fn pump(
             while let Some((key, frame)) = prepared.next().await {
                 let frame = match frame {
                     Ok(Some(f)) => f,
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        failed.remove(&key);
+                        continue;
+                    }
                     Err(e) => {
-                        // One unreadable section must not stall the peer's whole feed.
-                        tracing::error!(peer = %peer, error = %e, "could not prepare a section for a peer");
+                        // One unreadable section must not stall the peer's whole feed, nor be
+                        // skipped for good: it is retried, and the cursor waits for it.
+                        tracing::error!(peer = %peer, error = %e, "could not prepare a section for a peer; will retry");
+                        // The change's feed sequence when it came from this page; a backlog
+                        // section's is unknown here (0: the whole feed is read again after
+                        // a reconnect, which finds it).
+                        let seq = newest.get(&key).copied();
+                        let at = failed.entry(key).or_insert(seq.unwrap_or(0));
+                        if let Some(seq) = seq {
+                            *at = (*at).min(seq);
+                        }
                         continue;
                     }
                 };
+                failed.remove(&key);
                 let generation = svc.consent_generation();
                 if consents_at != Some(generation) {
                     // Only the records here; the next round takes the backlog and moves the
@@ -606,19 +639,28 @@ async fn pump(
             }
             if let Some(last) = last {
                 cursor = last;
-                send(Frame::Cursor(cursor)).await?;
+                acked_from = capped(cursor, &failed);
+                send(Frame::Cursor(acked_from)).await?;
                 cursors_sent += 1;
                 need_marker = false;
             }
         }
-        if need_marker {
-            send(Frame::Cursor(cursor)).await?;
+        // A retried section that went lifts the cap: say so.
+        if need_marker || capped(cursor, &failed) != acked_from {
+            acked_from = capped(cursor, &failed);
+            send(Frame::Cursor(acked_from)).await?;
             cursors_sent += 1;
         }
         if consents_at.is_none() {
             continue;
         }
+        if failed.is_empty() {
+            retry_in = RETRY_FIRST;
+        }
         tokio::select! {
+            _ = tokio::time::sleep(retry_in), if !failed.is_empty() => {
+                retry_in = (retry_in * 2).min(RETRY_MAX);
+            }
             r = changes.changed() => { if r.is_err() { return Ok(()); } }
             r = acks.changed() => {
                 if r.is_err() { return Ok(()); }
@@ -639,6 +681,10 @@ async fn pump(
         }
     }
 }
+
+/// How soon a pump first retries sections it could not prepare, and the longest it waits.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Dials a peer and keeps a session up, reconnecting with backoff, until shutdown. Each
 /// attempt runs in its own task, so even a panic ends in a reconnect.
