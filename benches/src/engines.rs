@@ -18,7 +18,7 @@ use weft_node::audit::{AuditAction, AuditDraft, Outcome};
 use weft_node::error::{Error, Result};
 use weft_node::model::{PlanId, SectionKey, SectionName};
 use weft_node::storage::sled::SledBackend;
-use weft_node::storage::{Backend, CommitBatch, Store, StoreHandle, Tree, Txn};
+use weft_node::storage::{Backend, CommitBatch, Layer, Store, StoreHandle, Tree, Txn};
 
 use crate::report::{self, Figure};
 
@@ -336,36 +336,14 @@ fn fsync_tree(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-impl Backend for SledFsyncBackend {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get(tree, key)
-    }
-
-    fn scan(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan(tree, prefix, after, limit)
-    }
-
-    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
-        self.inner.transact(f)
+impl Layer for SledFsyncBackend {
+    fn inner(&self) -> &dyn Backend {
+        &self.inner
     }
 
     fn sync(&self) -> Result<()> {
         self.inner.sync()?;
         fsync_tree(&self.dir).map_err(Error::storage)
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk()
-    }
-
-    fn len(&self, tree: Tree) -> Result<u64> {
-        self.inner.len(tree)
     }
 }
 
@@ -432,19 +410,9 @@ impl Txn for CountedTxn<'_> {
     }
 }
 
-impl Backend for Counted {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get(tree, key)
-    }
-
-    fn scan(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan(tree, prefix, after, limit)
+impl Layer for Counted {
+    fn inner(&self) -> &dyn Backend {
+        self.inner.as_ref()
     }
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
@@ -468,14 +436,6 @@ impl Backend for Counted {
         self.sync_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         r
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk()
-    }
-
-    fn len(&self, tree: Tree) -> Result<u64> {
-        self.inner.len(tree)
     }
 }
 
@@ -708,8 +668,8 @@ fn measure(
         / counted.transacts.load(Ordering::Relaxed).max(1) as f64;
     let sync_total_s = counted.sync_ns.load(Ordering::Relaxed) as f64 / 1e9;
     // Every acknowledged append is durable already; sync once more so nothing is pending.
-    counted.sync()?;
-    let engine_bytes = counted.size_on_disk();
+    Backend::sync(counted.as_ref())?;
+    let engine_bytes = Backend::size_on_disk(counted.as_ref());
     let disk_bytes = report::dir_bytes(dir);
     let allocated = allocated_bytes(dir);
     drop(handle);

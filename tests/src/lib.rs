@@ -26,7 +26,7 @@ use weft_node::model::{now, AgencyId, Role, Timestamp};
 use weft_node::server::{open_store, Node};
 use weft_node::service::replica::PeerInfo;
 use weft_node::service::{bootstrap_user, Clock};
-use weft_node::storage::{Backend, Store, StoreHandle, Tree};
+use weft_node::storage::{Backend, Layer, Store, StoreHandle, Tree};
 use weft_proto::v1 as pb;
 
 pub use weft_node;
@@ -737,39 +737,14 @@ struct FaultyBackend {
     faults: Faults,
 }
 
-impl Backend for FaultyBackend {
+impl Layer for FaultyBackend {
+    fn inner(&self) -> &dyn Backend {
+        self.inner.as_ref()
+    }
+
     fn get(&self, tree: Tree, key: &[u8]) -> weft_node::error::Result<Option<Vec<u8>>> {
         self.faults.check(tree, key)?;
         self.inner.get(tree, key)
-    }
-
-    fn scan(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> weft_node::error::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan(tree, prefix, after, limit)
-    }
-
-    fn transact(
-        &self,
-        f: &dyn Fn(&dyn weft_node::storage::Txn) -> weft_node::error::Result<()>,
-    ) -> weft_node::error::Result<()> {
-        self.inner.transact(f)
-    }
-
-    fn sync(&self) -> weft_node::error::Result<()> {
-        self.inner.sync()
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk()
-    }
-
-    fn len(&self, tree: Tree) -> weft_node::error::Result<u64> {
-        self.inner.len(tree)
     }
 }
 

@@ -131,6 +131,71 @@ pub trait Backend: Send + Sync + 'static {
     fn len(&self, tree: Tree) -> Result<u64>;
 }
 
+/// A backend over another that changes part of what it does (the benchmark's fsync and
+/// counting variants, delays and faults in tests): every method a layer does not override
+/// goes to [`Layer::inner`]. Every layer is a [`Backend`].
+pub trait Layer: Send + Sync + 'static {
+    /// The backend underneath.
+    fn inner(&self) -> &dyn Backend;
+    /// See [`Backend::get`].
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner().get(tree, key)
+    }
+    /// See [`Backend::scan`].
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner().scan(tree, prefix, after, limit)
+    }
+    /// See [`Backend::transact`].
+    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        self.inner().transact(f)
+    }
+    /// See [`Backend::sync`].
+    fn sync(&self) -> Result<()> {
+        self.inner().sync()
+    }
+    /// See [`Backend::size_on_disk`].
+    fn size_on_disk(&self) -> u64 {
+        self.inner().size_on_disk()
+    }
+    /// See [`Backend::len`].
+    fn len(&self, tree: Tree) -> Result<u64> {
+        self.inner().len(tree)
+    }
+}
+
+impl<L: Layer> Backend for L {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Layer::get(self, tree, key)
+    }
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Layer::scan(self, tree, prefix, after, limit)
+    }
+    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        Layer::transact(self, f)
+    }
+    fn sync(&self) -> Result<()> {
+        Layer::sync(self)
+    }
+    fn size_on_disk(&self) -> u64 {
+        Layer::size_on_disk(self)
+    }
+    fn len(&self, tree: Tree) -> Result<u64> {
+        Layer::len(self, tree)
+    }
+}
+
 /// The storage format version this binary writes.
 pub const FORMAT_VERSION: u32 = 1;
 

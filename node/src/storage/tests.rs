@@ -297,32 +297,14 @@ struct Slow {
     transactions: std::sync::atomic::AtomicU64,
 }
 
-impl Backend for Slow {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get(tree, key)
-    }
-    fn scan(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan(tree, prefix, after, limit)
+impl Layer for Slow {
+    fn inner(&self) -> &dyn Backend {
+        self.inner.as_ref()
     }
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
         self.transactions.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(20));
         self.inner.transact(f)
-    }
-    fn sync(&self) -> Result<()> {
-        self.inner.sync()
-    }
-    fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk()
-    }
-    fn len(&self, tree: Tree) -> Result<u64> {
-        self.inner.len(tree)
     }
 }
 
