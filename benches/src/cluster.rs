@@ -367,19 +367,20 @@ fn state(page: &str) -> String {
         .join("\n")
 }
 
-/// The sum of every series of `name` (all label values).
-pub fn sum(page: &str, name: &str) -> f64 {
+/// The sample values of the series of a metrics page that start with `series` (a name, or a
+/// name with its labels), in page order.
+fn samples<'a>(page: &'a str, series: &'a str) -> impl Iterator<Item = f64> + 'a {
     page.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .filter(move |l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The sum of every series of `name` (all label values).
+fn sum(page: &str, name: &str) -> f64 {
+    samples(page, name).sum()
 }
 
 /// A value from a metrics page (first series starting with `series`, labels included).
 pub fn value(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    samples(page, series).next().unwrap_or(0.0)
 }

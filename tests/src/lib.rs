@@ -996,7 +996,10 @@ impl WeftProcess {
                 }
                 if started.elapsed() > DEADLINE {
                     let _ = child.kill();
-                    bail!("timed out after {DEADLINE:?} waiting for weft serve to answer");
+                    bail!(
+                        "timed out after {DEADLINE:?} waiting for weft serve to answer; its log ends:\n{}",
+                        Self::log_tail(config, 20)
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }

@@ -674,7 +674,8 @@ impl NodeService {
         let now = self.now();
         let (subjects, swept_to) = self.store.consents_ended(now).await?;
         if subjects.is_empty() {
-            self.store.consents_swept(swept_to).await?;
+            // Nothing ended: the position need not move (the next sweep scans the same empty
+            // range), and a consent listing pays no write.
             return Ok(0);
         }
         let mut marked: BTreeSet<(SubjectId, String)> = BTreeSet::new();

@@ -485,18 +485,15 @@ fn log_consent_changes(txn: &dyn Txn, subjects: impl Iterator<Item = SubjectId>)
     txn.put(Tree::Meta, KEY_CONSENT_SEQ, &seq.to_be_bytes())
 }
 
-fn read_u64_backend(backend: &dyn Backend, key: &[u8]) -> Result<u64> {
-    Ok(backend
-        .get(Tree::Meta, key)?
-        .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])))
-        .unwrap_or(0))
+/// A `u64` Meta value (0 when absent), read through a transaction or from the backend.
+fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
+    Ok(decode_u64(txn.get(Tree::Meta, key)?))
 }
 
-fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
-    Ok(txn
-        .get(Tree::Meta, key)?
+fn decode_u64(value: Option<Vec<u8>>) -> u64 {
+    value
         .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])))
-        .unwrap_or(0))
+        .unwrap_or(0)
 }
 
 /// The store: all of the storage logic, over any [`Backend`].
@@ -580,7 +577,7 @@ impl Store {
     /// and the time to pass to [`Store::consents_swept`] once they are dealt with.
     pub fn consents_ended(&self, now: Timestamp) -> Result<(Vec<SubjectId>, u64)> {
         let now = u64::try_from(now.as_millis()).unwrap_or(0);
-        let swept = read_u64_backend(self.backend.as_ref(), KEY_CONSENTS_SWEPT)?;
+        let swept = decode_u64(self.backend.get(Tree::Meta, KEY_CONSENTS_SWEPT)?);
         let mut subjects = std::collections::BTreeSet::new();
         let mut cursor = Some(consent_end_key(swept, None));
         'pages: loop {
