@@ -13,7 +13,6 @@ use std::time::Duration;
 use automerge::ChangeHash;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::v1 as pb;
@@ -156,6 +155,7 @@ pub fn from_pb(frame: pb::Frame) -> Result<Frame> {
                 },
                 reason: r.reason.chars().take(500).collect(),
             },
+            Kind::Batch(_) => return Err(Error::invalid("a batch inside a batch")),
         },
     )
 }
@@ -213,15 +213,13 @@ impl Federation for FederationApi {
             ));
         }
         let (out, outbound) = outbound();
-        let inbound = req
-            .into_inner()
-            .map(|r| r.map_err(|s| Error::Internal(format!("stream: {}", s.message()))));
+        let inbound = unbatch(req.into_inner());
         let svc = self.svc.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let span = tracing::info_span!("peer", agency = %peer, side = "accept");
             let _ = tracing::Instrument::instrument(
-                run_session(svc, peer, Box::pin(inbound), out, shutdown),
+                run_session(svc, peer, inbound, out, shutdown),
                 span,
             )
             .await;
@@ -250,11 +248,82 @@ struct Outbound {
 fn outbound() -> (Outbound, impl Stream<Item = pb::Frame> + Send + 'static) {
     let (replies, replies_rx) = mpsc::unbounded_channel();
     let (pump, pump_rx) = mpsc::channel(256);
-    let stream = tokio_stream::StreamExt::merge(
-        tokio_stream::wrappers::UnboundedReceiverStream::new(replies_rx),
-        ReceiverStream::new(pump_rx),
+    let batches = futures::stream::unfold(
+        (replies_rx, pump_rx, None),
+        |(mut replies, mut pump, held)| async move {
+            let frames = next_batch(&mut replies, &mut pump, held).await?;
+            let (frames, held) = frames;
+            Some((batch_of(frames), (replies, pump, held)))
+        },
     );
-    (Outbound { replies, pump }, stream)
+    (Outbound { replies, pump }, batches)
+}
+
+/// The most a batch carries, encoded: a frame that does not fit goes in the next one (a
+/// frame bigger than this goes alone).
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The most frames in a batch.
+const BATCH_FRAMES: usize = 512;
+
+/// Waits for a frame (`held`, left over from the last batch, first), then takes every
+/// frame already waiting, replies before the pump's, up to the batch limits. Returns the
+/// frames and the one that did not fit; `None` once both senders are gone.
+async fn next_batch(
+    replies: &mut mpsc::UnboundedReceiver<pb::Frame>,
+    pump: &mut mpsc::Receiver<pb::Frame>,
+    held: Option<pb::Frame>,
+) -> Option<(Vec<pb::Frame>, Option<pb::Frame>)> {
+    use prost::Message;
+    let first = match held {
+        Some(f) => f,
+        None => tokio::select! {
+            biased;
+            Some(f) = replies.recv() => f,
+            Some(f) = pump.recv() => f,
+            else => return None,
+        },
+    };
+    let mut bytes = first.encoded_len();
+    let mut frames = vec![first];
+    while frames.len() < BATCH_FRAMES {
+        let Some(f) = replies.try_recv().ok().or_else(|| pump.try_recv().ok()) else {
+            break;
+        };
+        bytes += f.encoded_len();
+        if bytes > BATCH_BYTES {
+            return Some((frames, Some(f)));
+        }
+        frames.push(f);
+    }
+    Some((frames, None))
+}
+
+/// One message for frames that were ready together: the frame itself when alone.
+fn batch_of(mut frames: Vec<pb::Frame>) -> pb::Frame {
+    if frames.len() == 1 {
+        return frames.remove(0);
+    }
+    pb::Frame {
+        kind: Some(pb::frame::Kind::Batch(pb::Batch { frames })),
+    }
+}
+
+/// A peer's messages as single frames: batches are opened here, and the first error (the
+/// connection broke) ends the stream.
+fn unbatch(
+    messages: impl Stream<Item = std::result::Result<pb::Frame, Status>> + Send + 'static,
+) -> Inbound {
+    Box::pin(messages.flat_map(|m| {
+        let frames: Vec<Result<pb::Frame>> = match m {
+            Ok(pb::Frame {
+                kind: Some(pb::frame::Kind::Batch(b)),
+            }) => b.frames.into_iter().map(Ok).collect(),
+            Ok(f) => vec![Ok(f)],
+            Err(s) => vec![Err(Error::Internal(format!("stream: {}", s.message())))],
+        };
+        futures::stream::iter(frames)
+    }))
 }
 
 fn closed() -> Error {
@@ -751,6 +820,8 @@ async fn dial_once(
         .await
         .map_err(|e| Error::Internal(format!("connect: {e}")))?;
     let mut client = pb::federation_client::FederationClient::new(channel)
+        .send_compressed(COMPRESSION)
+        .accept_compressed(COMPRESSION)
         .max_decoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8)
         .max_encoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8);
     let (out, outbound) = outbound();
@@ -764,15 +835,20 @@ async fn dial_once(
                 s.code()
             ))
         })?
-        .into_inner()
-        .map(|r| r.map_err(|s| Error::Internal(format!("stream: {}", s.message()))));
+        .into_inner();
+    let inbound = unbatch(inbound);
     let span = tracing::info_span!("peer", agency = %peer.agency, side = "dial");
     tracing::Instrument::instrument(
-        run_session(svc, peer.agency.clone(), Box::pin(inbound), out, shutdown),
+        run_session(svc, peer.agency.clone(), inbound, out, shutdown),
         span,
     )
     .await
 }
+
+/// How peer streams are compressed: zstd, per message. Batches make that worthwhile (one
+/// section's saved document is already compressed; many sections with their plan records,
+/// consents and acknowledgements share a great deal).
+pub const COMPRESSION: tonic::codec::CompressionEncoding = tonic::codec::CompressionEncoding::Zstd;
 
 /// Server-side keepalives for the federation listener.
 pub fn server_keepalive(builder: tonic::transport::Server) -> tonic::transport::Server {
@@ -780,4 +856,107 @@ pub fn server_keepalive(builder: tonic::transport::Server) -> tonic::transport::
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE / 2))
         .tcp_keepalive(Some(KEEPALIVE * 3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(seq: u64) -> pb::Frame {
+        to_pb(Frame::Cursor(seq))
+    }
+
+    fn seqs(frame: &pb::Frame) -> Vec<u64> {
+        match &frame.kind {
+            Some(pb::frame::Kind::Batch(b)) => b.frames.iter().flat_map(seqs).collect(),
+            Some(pb::frame::Kind::Cursor(c)) | Some(pb::frame::Kind::CursorAck(c)) => vec![c.seq],
+            _ => panic!("unexpected frame {frame:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_ready_together_go_as_one_batch_replies_first_and_a_lone_frame_alone() {
+        let (out, stream) = outbound();
+        tokio::pin!(stream);
+        out.pump.send(cursor(1)).await.unwrap();
+        out.pump.send(cursor(2)).await.unwrap();
+        out.replies.send(to_pb(Frame::CursorAck(9))).unwrap();
+        let batch = stream.next().await.unwrap();
+        assert!(matches!(batch.kind, Some(pb::frame::Kind::Batch(_))));
+        assert_eq!(seqs(&batch), vec![9, 1, 2]);
+        out.pump.send(cursor(3)).await.unwrap();
+        let alone = stream.next().await.unwrap();
+        assert!(matches!(alone.kind, Some(pb::frame::Kind::Cursor(_))));
+        assert_eq!(seqs(&alone), vec![3]);
+        drop(out);
+        assert!(stream.next().await.is_none(), "ends when both senders are gone");
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_its_byte_limit_and_the_next_frame_starts_the_following_one() {
+        let (out, stream) = outbound();
+        tokio::pin!(stream);
+        let big = |seq: u64| {
+            to_pb(Frame::Changes(SectionChanges {
+                plan: PlanRecord {
+                    id: PlanId::random(),
+                    subject: SubjectId::random(),
+                    home: AgencyId::parse("school.test").unwrap(),
+                    created_at: Timestamp::from_millis(1),
+                },
+                section: SectionName::parse("goals").unwrap(),
+                bytes: vec![7; BATCH_BYTES / 3],
+                heads: vec![],
+                feed_seq: seq,
+            }))
+        };
+        for seq in 1..=4 {
+            out.pump.send(big(seq)).await.unwrap();
+        }
+        let mut batches = Vec::new();
+        for _ in 0..2 {
+            let Some(pb::Frame {
+                kind: Some(pb::frame::Kind::Batch(b)),
+            }) = stream.next().await
+            else {
+                panic!("expected a batch");
+            };
+            let feed: Vec<u64> = b
+                .frames
+                .iter()
+                .map(|f| match &f.kind {
+                    Some(pb::frame::Kind::Changes(c)) => c.feed_seq,
+                    _ => panic!("expected changes"),
+                })
+                .collect();
+            batches.push(feed);
+        }
+        assert_eq!(batches, vec![vec![1, 2], vec![3, 4]]);
+    }
+
+    #[tokio::test]
+    async fn batches_are_opened_in_order_and_a_batch_inside_a_batch_is_malformed() {
+        let nested = pb::Frame {
+            kind: Some(pb::frame::Kind::Batch(pb::Batch {
+                frames: vec![cursor(2)],
+            })),
+        };
+        let outer = pb::Frame {
+            kind: Some(pb::frame::Kind::Batch(pb::Batch {
+                frames: vec![cursor(1), nested],
+            })),
+        };
+        let messages = futures::stream::iter(vec![
+            Ok(outer),
+            Ok(cursor(3)),
+            Err(Status::unavailable("gone")),
+        ]);
+        let frames: Vec<Result<pb::Frame>> = unbatch(messages).collect().await;
+        assert_eq!(frames.len(), 4);
+        assert_eq!(from_pb(frames[0].clone().unwrap()).unwrap(), Frame::Cursor(1));
+        let err = from_pb(frames[1].clone().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("a batch inside a batch"), "{err}");
+        assert_eq!(from_pb(frames[2].clone().unwrap()).unwrap(), Frame::Cursor(3));
+        assert!(frames[3].is_err());
+    }
 }
