@@ -388,8 +388,28 @@ async fn run_session(
                 }
                 Ok(())
             };
+        // Acknowledged heads, held while more frames are already waiting and written as one
+        // hint (a peer acknowledges every section it stores: one write each was a
+        // transaction and two thread hand-offs per section).
+        let mut held_acks: Vec<(SectionKey, Vec<ChangeHash>)> = Vec::new();
         let outcome = loop {
-            let next = tokio::select! {
+            let ready = if held_acks.is_empty() {
+                None
+            } else {
+                futures::FutureExt::now_or_never(inbound.next())
+            };
+            if ready.is_none() && !held_acks.is_empty() {
+                if let Err(e) = svc
+                    .acknowledged(&peer, std::mem::take(&mut held_acks))
+                    .await
+                {
+                    break Err(e);
+                }
+            }
+            let next = if let Some(next) = ready {
+                next
+            } else {
+                tokio::select! {
                 f = inbound.next() => f,
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
                     match finish(done, &mut keys_in_flight) {
@@ -403,6 +423,7 @@ async fn run_session(
                     Err(e) => Err(Error::internal(format!("replication pump failed: {e}"))),
                 },
                 _ = shutdown.wait_for(|s| *s) => break Ok(()),
+                }
             };
             let frame = match next {
                 None => break Ok(()),
@@ -421,6 +442,26 @@ async fn run_session(
                     continue;
                 }
             };
+            if let Frame::Ack { key, heads } = frame {
+                held_acks.push((key, heads));
+                if held_acks.len() >= HELD_ACKS {
+                    if let Err(e) = svc
+                        .acknowledged(&peer, std::mem::take(&mut held_acks))
+                        .await
+                    {
+                        break Err(e);
+                    }
+                }
+                continue;
+            }
+            if !held_acks.is_empty() {
+                if let Err(e) = svc
+                    .acknowledged(&peer, std::mem::take(&mut held_acks))
+                    .await
+                {
+                    break Err(e);
+                }
+            }
             let receipt = match &frame {
                 Frame::CursorAck(_) => {
                     acks += 1;
@@ -527,6 +568,9 @@ async fn run_session(
 
 /// A finished frame handler: the section and its replies, or a panic.
 type Handled = std::result::Result<(SectionKey, Result<Vec<Frame>>), tokio::task::JoinError>;
+
+/// The most acknowledgements held for one write.
+const HELD_ACKS: usize = 512;
 
 /// Changes frames from one peer handled concurrently.
 const RECEIVE_AHEAD: usize = 32;
@@ -889,7 +933,10 @@ mod tests {
         assert!(matches!(alone.kind, Some(pb::frame::Kind::Cursor(_))));
         assert_eq!(seqs(&alone), vec![3]);
         drop(out);
-        assert!(stream.next().await.is_none(), "ends when both senders are gone");
+        assert!(
+            stream.next().await.is_none(),
+            "ends when both senders are gone"
+        );
     }
 
     #[tokio::test]
@@ -953,10 +1000,16 @@ mod tests {
         ]);
         let frames: Vec<Result<pb::Frame>> = unbatch(messages).collect().await;
         assert_eq!(frames.len(), 4);
-        assert_eq!(from_pb(frames[0].clone().unwrap()).unwrap(), Frame::Cursor(1));
+        assert_eq!(
+            from_pb(frames[0].clone().unwrap()).unwrap(),
+            Frame::Cursor(1)
+        );
         let err = from_pb(frames[1].clone().unwrap()).unwrap_err();
         assert!(err.to_string().contains("a batch inside a batch"), "{err}");
-        assert_eq!(from_pb(frames[2].clone().unwrap()).unwrap(), Frame::Cursor(3));
+        assert_eq!(
+            from_pb(frames[2].clone().unwrap()).unwrap(),
+            Frame::Cursor(3)
+        );
         assert!(frames[3].is_err());
     }
 }

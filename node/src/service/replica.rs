@@ -565,6 +565,22 @@ impl NodeService {
             .await
     }
 
+    /// Notes the heads `peer` acknowledged for these sections, in one write (a hint: losing
+    /// it only means sending more next time).
+    pub async fn acknowledged(
+        &self,
+        peer: &AgencyId,
+        acks: Vec<(SectionKey, Vec<ChangeHash>)>,
+    ) -> Result<()> {
+        self.peers
+            .update(peer, |i| i.last_sync_ms = self.now().as_millis());
+        let writes = acks
+            .iter()
+            .map(|(key, heads)| (heads_key(peer, key), Some(encode_heads(heads))))
+            .collect();
+        self.store.replication_hint(writes).await
+    }
+
     /// Handles one frame from `peer`; returns the frames to send back.
     pub async fn handle_frame(&self, peer: &AgencyId, frame: Frame) -> Result<Vec<Frame>> {
         self.peers
@@ -573,9 +589,7 @@ impl NodeService {
             Frame::Hello { .. } => Err(Error::invalid("a second hello")),
             Frame::Changes(c) => self.receive_changes(peer, c).await,
             Frame::Ack { key, heads } => {
-                self.store
-                    .replication_hint(vec![(heads_key(peer, &key), Some(encode_heads(&heads)))])
-                    .await?;
+                self.acknowledged(peer, vec![(key, heads)]).await?;
                 Ok(vec![])
             }
             Frame::Consent(bytes) => self.receive_consent(peer, bytes).await,
