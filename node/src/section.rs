@@ -234,10 +234,11 @@ impl SectionDoc {
 
     /// The actor and hash of every change not in the history of `heads`.
     pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<(automerge::ActorId, ChangeHash)> {
+        // The metadata only: building whole changes re-encodes every operation.
         self.doc
-            .get_changes(heads)
+            .get_changes_meta(heads)
             .into_iter()
-            .map(|c| (c.actor_id().clone(), c.hash()))
+            .map(|c| (c.actor.into_owned(), c.hash))
             .collect()
     }
 

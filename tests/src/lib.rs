@@ -582,10 +582,7 @@ impl Cluster {
         &self,
         as_agency: &str,
         to: &str,
-    ) -> anyhow::Result<(
-        tokio::sync::mpsc::Sender<pb::Frame>,
-        tonic::Streaming<pb::Frame>,
-    )> {
+    ) -> anyhow::Result<(tokio::sync::mpsc::Sender<pb::Frame>, PeerFrames)> {
         let files = self.pki.issue(&AgencyId::parse(as_agency)?)?;
         peer_stream(&files, self.node(to)).await
     }
@@ -752,10 +749,7 @@ impl Layer for FaultyBackend {
 pub async fn peer_stream(
     files: &TlsFiles,
     node: &TestNode,
-) -> anyhow::Result<(
-    tokio::sync::mpsc::Sender<pb::Frame>,
-    tonic::Streaming<pb::Frame>,
-)> {
+) -> anyhow::Result<(tokio::sync::mpsc::Sender<pb::Frame>, PeerFrames)> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(&files.ca)?))
         .identity(tonic::transport::Identity::from_pem(
@@ -776,7 +770,38 @@ pub async fn peer_stream(
         .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
-    Ok((tx, inbound))
+    Ok((
+        tx,
+        PeerFrames {
+            inner: inbound,
+            queued: Default::default(),
+        },
+    ))
+}
+
+/// What a node sends a raw peer stream, one frame at a time: a node sends the frames that
+/// were ready together as one batch, opened here.
+#[derive(Debug)]
+pub struct PeerFrames {
+    inner: tonic::Streaming<pb::Frame>,
+    queued: std::collections::VecDeque<pb::Frame>,
+}
+
+impl PeerFrames {
+    /// The next frame; `None` when the stream ends.
+    pub async fn message(&mut self) -> Result<Option<pb::Frame>, tonic::Status> {
+        loop {
+            if let Some(f) = self.queued.pop_front() {
+                return Ok(Some(f));
+            }
+            match self.inner.message().await? {
+                Some(pb::Frame {
+                    kind: Some(pb::frame::Kind::Batch(b)),
+                }) => self.queued.extend(b.frames),
+                other => return Ok(other),
+            }
+        }
+    }
 }
 
 /// A consent request as a coordinator records a parent's paper form, for `care_coordination`.

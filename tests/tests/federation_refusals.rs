@@ -19,7 +19,7 @@ fn frame(kind: pb::frame::Kind) -> pb::Frame {
 
 /// Waits for the next frame matching `pick`, skipping others.
 async fn next<T>(
-    rx: &mut tonic::Streaming<pb::Frame>,
+    rx: &mut weft_tests::PeerFrames,
     mut pick: impl FnMut(pb::frame::Kind) -> Option<T>,
 ) -> anyhow::Result<T> {
     tokio::time::timeout(DEADLINE, async {
