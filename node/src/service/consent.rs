@@ -27,6 +27,70 @@ use crate::storage::{ConsentEntry, ConsentKind};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// Consent records and revocations whose signatures verified, by a hash of the signer's key
+/// and the envelope's bytes: a subject's set is verified again on every refresh (a grant,
+/// a consent or revocation from a peer, a cache miss), and an Ed25519 check costs far more
+/// than the hash. Only successes are kept, so different bytes or another key are always
+/// checked. Bounded: emptied when full.
+#[derive(Default)]
+pub(crate) struct Verified {
+    consents: std::sync::Mutex<std::collections::HashMap<[u8; 32], ConsentRecord>>,
+    revocations: std::sync::Mutex<std::collections::HashMap<[u8; 32], Revocation>>,
+}
+
+/// The most envelopes of each kind [`Verified`] keeps.
+const VERIFIED_KEPT: usize = 8192;
+
+impl Verified {
+    fn digest(key: &VerifyingKey, bytes: &[u8]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(key.as_bytes());
+        h.update(bytes);
+        h.finalize().into()
+    }
+
+    fn remember<T: Clone, E>(
+        memo: &std::sync::Mutex<std::collections::HashMap<[u8; 32], T>>,
+        key: &VerifyingKey,
+        bytes: &[u8],
+        verify: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let digest = Self::digest(key, bytes);
+        if let Some(known) = memo.lock().ok().and_then(|m| m.get(&digest).cloned()) {
+            return Ok(known);
+        }
+        let verified = verify()?;
+        if let Ok(mut m) = memo.lock() {
+            if m.len() >= VERIFIED_KEPT {
+                m.clear();
+            }
+            m.insert(digest, verified.clone());
+        }
+        Ok(verified)
+    }
+
+    /// `signed.verify(key)`, or its earlier success for the same key and bytes.
+    pub(crate) fn consent(
+        &self,
+        signed: &SignedConsent,
+        bytes: &[u8],
+        key: &VerifyingKey,
+    ) -> std::result::Result<ConsentRecord, weft_consent::SignatureError> {
+        Self::remember(&self.consents, key, bytes, || signed.verify(key))
+    }
+
+    /// `signed.verify(key)`, or its earlier success for the same key and bytes.
+    pub(crate) fn revocation(
+        &self,
+        signed: &SignedRevocation,
+        bytes: &[u8],
+        key: &VerifyingKey,
+    ) -> std::result::Result<Revocation, weft_consent::SignatureError> {
+        Self::remember(&self.revocations, key, bytes, || signed.verify(key))
+    }
+}
+
 /// Where a consent stands at a given time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsentState {
@@ -195,7 +259,10 @@ impl NodeService {
         for e in entries {
             match e.kind {
                 ConsentKind::Consent => match SignedConsent::from_bytes(&e.bytes) {
-                    Ok(signed) => match self.key_of(&signed.signer).map(|k| signed.verify(&k)) {
+                    Ok(signed) => match self
+                        .key_of(&signed.signer)
+                        .map(|k| self.verified.consent(&signed, &e.bytes, &k))
+                    {
                         Some(Ok(record)) => {
                             set.add_consent(record);
                         }
@@ -209,7 +276,10 @@ impl NodeService {
                     Err(err) => tracing::warn!(consent = %e.id, %err, "consent ignored: malformed"),
                 },
                 ConsentKind::Revocation => match SignedRevocation::from_bytes(&e.bytes) {
-                    Ok(signed) => match self.key_of(&signed.signer).map(|k| signed.verify(&k)) {
+                    Ok(signed) => match self
+                        .key_of(&signed.signer)
+                        .map(|k| self.verified.revocation(&signed, &e.bytes, &k))
+                    {
                         Some(Ok(r)) => revocations.push((signed.signer.clone(), r)),
                         Some(Err(err)) => {
                             tracing::warn!(revocation = %e.id, %err, "revocation ignored: does not verify")
@@ -794,5 +864,44 @@ impl NodeService {
         draft.detail = format!("{} entries", out.len());
         self.store.audit(draft).await?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_consent::ed25519_dalek::SigningKey;
+
+    #[test]
+    fn a_verified_envelope_is_remembered_only_for_the_same_key_and_bytes() {
+        let entry = crate::storage::tests::consent_ending(SubjectId::random(), "c-1", [10, 20]);
+        let key = SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        let signed = SignedConsent::from_bytes(&entry.bytes).unwrap();
+        let memo = Verified::default();
+        let first = memo.consent(&signed, &entry.bytes, &key).unwrap();
+        assert_eq!(memo.consent(&signed, &entry.bytes, &key).unwrap(), first);
+        assert_eq!(memo.consents.lock().unwrap().len(), 1);
+        assert!(
+            memo.consent(&signed, &entry.bytes, &other).is_err(),
+            "another key is checked, not remembered"
+        );
+        let mut tampered = entry.bytes.clone();
+        let at = tampered
+            .windows(11)
+            .position(|w| w == b"A. Guardian")
+            .expect("the grantor's name is in the envelope");
+        tampered[at] = b'B';
+        assert_ne!(tampered, entry.bytes);
+        let forged = SignedConsent::from_bytes(&tampered).unwrap();
+        assert!(
+            memo.consent(&forged, &tampered, &key).is_err(),
+            "other bytes are checked, not remembered"
+        );
+        assert_eq!(
+            memo.consents.lock().unwrap().len(),
+            1,
+            "failures are not kept"
+        );
     }
 }

@@ -164,6 +164,8 @@ pub struct NodeService {
     /// Bumped before every change to the consent cache, so replication can tell whether a
     /// section the gate just allowed may rest on a consent the peer has not been sent yet.
     consent_generation: std::sync::atomic::AtomicU64,
+    /// Consent envelopes already verified (see [`consent::Verified`]).
+    verified: consent::Verified,
     /// The node certificate in use, once the server has loaded it (status reads its expiry).
     certificate: std::sync::OnceLock<Arc<crate::tls::ReloadingCert>>,
     /// Refusals by rule, for metrics.
@@ -261,6 +263,7 @@ impl NodeService {
             signing_key,
             consents: RwLock::new(HashMap::new()),
             consent_generation: std::sync::atomic::AtomicU64::new(0),
+            verified: Default::default(),
             denials: Default::default(),
             certificate: std::sync::OnceLock::new(),
             family_lock: tokio::sync::Mutex::new(()),

@@ -858,7 +858,7 @@ impl NodeService {
                     .await
             }
         };
-        let record = match signed.verify(&key) {
+        let record = match self.verified.consent(&signed, &bytes, &key) {
             Ok(r) if signed.signer == *peer && r.disclosing_agency == *peer => r,
             Ok(_) => {
                 return self
@@ -929,7 +929,7 @@ impl NodeService {
                     .await
             }
         };
-        let revocation = match signed.verify(&key) {
+        let revocation = match self.verified.revocation(&signed, &bytes, &key) {
             Ok(r) if signed.signer == *peer => r,
             Ok(_) => {
                 return self

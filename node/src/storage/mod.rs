@@ -1441,4 +1441,4 @@ impl StoreHandle {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

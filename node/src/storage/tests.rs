@@ -387,7 +387,7 @@ fn queued_commits_share_one_transaction_and_a_failing_one_fails_alone() {
 }
 
 /// A signed consent for `subject` whose two provisions end at `ends` (ms).
-fn consent_ending(subject: SubjectId, id: &str, ends: [i64; 2]) -> ConsentEntry {
+pub(crate) fn consent_ending(subject: SubjectId, id: &str, ends: [i64; 2]) -> ConsentEntry {
     use weft_consent::{
         Access, CollectionMethod, ConsentId, ConsentRecord, Grantor, Provision, Purpose, Recorder,
         Relationship,
