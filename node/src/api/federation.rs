@@ -251,8 +251,7 @@ fn outbound() -> (Outbound, impl Stream<Item = pb::Frame> + Send + 'static) {
     let batches = futures::stream::unfold(
         (replies_rx, pump_rx, None),
         |(mut replies, mut pump, held)| async move {
-            let frames = next_batch(&mut replies, &mut pump, held).await?;
-            let (frames, held) = frames;
+            let (frames, held) = next_batch(&mut replies, &mut pump, held).await?;
             Some((batch_of(frames), (replies, pump, held)))
         },
     );
@@ -388,12 +387,12 @@ async fn run_session(
                 }
                 Ok(())
             };
-        // Acknowledged heads, held while more frames are already waiting and written as one
-        // hint (a peer acknowledges every section it stores: one write each was a
-        // transaction and two thread hand-offs per section).
+        // Acknowledged heads, held while more frames are already waiting (up to HELD_ACKS)
+        // and written as one hint (a peer acknowledges every section it stores: one write
+        // each was a transaction and two thread hand-offs per section).
         let mut held_acks: Vec<(SectionKey, Vec<ChangeHash>)> = Vec::new();
         let outcome = loop {
-            let ready = if held_acks.is_empty() {
+            let ready = if held_acks.is_empty() || held_acks.len() >= HELD_ACKS {
                 None
             } else {
                 futures::FutureExt::now_or_never(inbound.next())
@@ -444,14 +443,6 @@ async fn run_session(
             };
             if let Frame::Ack { key, heads } = frame {
                 held_acks.push((key, heads));
-                if held_acks.len() >= HELD_ACKS {
-                    if let Err(e) = svc
-                        .acknowledged(&peer, std::mem::take(&mut held_acks))
-                        .await
-                    {
-                        break Err(e);
-                    }
-                }
                 continue;
             }
             if !held_acks.is_empty() {
