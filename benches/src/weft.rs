@@ -270,8 +270,11 @@ pub async fn edit_plans(agency: &Agency, plans: &[String], tag: &str) -> anyhow:
 #[derive(Debug, Default, Clone)]
 pub struct CatchUp {
     pub changed: usize,
-    /// From spawning the clinic's process until it is caught up.
+    /// From the clinic's replication stream starting (hellos exchanged) until it is caught
+    /// up: the catch-up itself.
     pub seconds: f64,
+    /// From spawning the clinic's process until it is caught up.
+    pub from_start_seconds: f64,
     /// Of which until its API answered (store open, listeners).
     pub start_seconds: f64,
     pub wire_bytes: u64,
@@ -296,8 +299,9 @@ pub async fn catch_up(fed: &mut Federation, plans: &[String], m: usize) -> anyho
     edit_plans(school, &plans[..m], &format!("catch-up {m}")).await?;
     let head = value(&school.metrics().await?, "weft_feed_sequence");
     let loaded0 = value(&school.metrics().await?, "weft_documents_loaded_total");
-    // Timed from the clinic's process start: its dial (and maybe the whole catch-up) can
-    // finish before its API answers.
+    // The catch-up is timed from the clinic's stream starting (its dial, and maybe the whole
+    // catch-up, can finish before its API answers); the time from its process start is
+    // reported beside it.
     let wire0 = fed.wire.bytes();
     let t0 = Instant::now();
     let start_seconds = fed.agency(CLINIC).start().await?.as_secs_f64();
@@ -322,10 +326,18 @@ pub async fn catch_up(fed: &mut Federation, plans: &[String], m: usize) -> anyho
             },
         )
         .await?;
-    let seconds = done.duration_since(t0).as_secs_f64();
+    let done_unix_ms = std::time::SystemTime::now()
+        .checked_sub(done.elapsed())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let session_ms = value(
+        &clinic.metrics().await?,
+        &school_series("weft_peer_connected_since_milliseconds"),
+    );
     Ok(CatchUp {
         changed: m,
-        seconds,
+        seconds: (done_unix_ms - session_ms).max(0.0) / 1e3,
+        from_start_seconds: done.duration_since(t0).as_secs_f64(),
         start_seconds,
         wire_bytes: fed.wire.bytes() - wire0,
         loaded_sender: (value(&school.metrics().await?, "weft_documents_loaded_total") - loaded0)

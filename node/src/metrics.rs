@@ -141,12 +141,18 @@ impl Metrics {
             let head = stats.feed_seq;
             let peers = svc.peer_status();
             type PeerField = fn(&crate::service::replica::PeerInfo, u64) -> u64;
-            let series: [(&str, &str, &str, PeerField); 8] = [
+            let series: [(&str, &str, &str, PeerField); 9] = [
                 (
                     "weft_peer_connected",
                     "gauge",
                     "1 while a replication stream with the peer is up.",
                     |p, _| p.connected as u64,
+                ),
+                (
+                    "weft_peer_connected_since_milliseconds",
+                    "gauge",
+                    "When the current (or last) stream with the peer started, unix milliseconds.",
+                    |p, _| p.connected_since_ms.max(0) as u64,
                 ),
                 (
                     "weft_replication_lag",

@@ -353,10 +353,7 @@ async fn run_session(
             Frame::Hello { key, .. } => svc.accept_hello(&peer, &key).await?,
             _ => return Err(Error::invalid("the first frame must be a hello")),
         }
-        svc.peer_update(&peer, |i| {
-            i.connected = true;
-            i.last_error.clear();
-        });
+        svc.peer_connected(&peer);
         tracing::info!(peer = %peer, "peer connected");
         let (acks_tx, acks_rx) = watch::channel(0u64);
         let mut acks = 0u64;
@@ -368,25 +365,34 @@ async fn run_session(
             acks_rx,
             sent.clone(),
         ));
-        // Changes for different sections are handled concurrently (their commits share
-        // syncs); any other frame waits for them, so a cursor is acknowledged only after
-        // everything before it is stored, and consents land before the sections they allow.
-        let mut in_flight: tokio::task::JoinSet<(SectionKey, Result<Vec<Frame>>)> =
+        // Changes for different sections, and consents, are handled concurrently (their
+        // commits share syncs). A section waits for the consents before it (they may be what
+        // lets it in); any other frame waits for everything before it, so a cursor is
+        // acknowledged only after all that came before it is stored.
+        let mut in_flight: tokio::task::JoinSet<(InFlight, Result<Vec<Frame>>)> =
             tokio::task::JoinSet::new();
         let mut keys_in_flight: HashSet<SectionKey> = HashSet::new();
-        let finish =
-            |done: Option<Handled>, keys_in_flight: &mut HashSet<SectionKey>| -> Result<()> {
-                let Some(done) = done else { return Ok(()) };
-                let (key, replies) =
-                    done.map_err(|e| Error::internal(format!("handling a frame failed: {e}")))?;
-                keys_in_flight.remove(&key);
-                for r in replies? {
-                    if out.replies.send(to_pb(r)).is_err() {
-                        break;
-                    }
+        let mut consents_in_flight = 0usize;
+        let finish = |done: Option<Handled>,
+                      keys_in_flight: &mut HashSet<SectionKey>,
+                      consents_in_flight: &mut usize|
+         -> Result<()> {
+            let Some(done) = done else { return Ok(()) };
+            let (what, replies) =
+                done.map_err(|e| Error::internal(format!("handling a frame failed: {e}")))?;
+            match what {
+                InFlight::Section(key) => {
+                    keys_in_flight.remove(&key);
                 }
-                Ok(())
-            };
+                InFlight::Consent => *consents_in_flight -= 1,
+            }
+            for r in replies? {
+                if out.replies.send(to_pb(r)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        };
         // Acknowledged heads, held while more frames are already waiting (up to HELD_ACKS)
         // and written as one hint (a peer acknowledges every section it stores: one write
         // each was a transaction and two thread hand-offs per section).
@@ -411,7 +417,7 @@ async fn run_session(
                 tokio::select! {
                 f = inbound.next() => f,
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
-                    match finish(done, &mut keys_in_flight) {
+                    match finish(done, &mut keys_in_flight, &mut consents_in_flight) {
                         Ok(()) => continue,
                         Err(e) => break Err(e),
                     }
@@ -488,38 +494,48 @@ async fn run_session(
                 }
                 _ => None,
             };
-            if let Frame::Changes(c) = frame {
-                let key = SectionKey {
-                    plan: c.plan.id,
-                    section: c.section.clone(),
-                };
-                let mut failed = None;
-                while keys_in_flight.contains(&key) || in_flight.len() >= RECEIVE_AHEAD {
-                    if let Err(e) = finish(in_flight.join_next().await, &mut keys_in_flight) {
-                        failed = Some(e);
-                        break;
-                    }
+            // What this frame waits for, and what it is in flight as.
+            let (what, waits) = match &frame {
+                Frame::Changes(c) => {
+                    let key = SectionKey {
+                        plan: c.plan.id,
+                        section: c.section.clone(),
+                    };
+                    (
+                        Some(InFlight::Section(key.clone())),
+                        Waits::ConsentsAnd(key),
+                    )
                 }
-                if let Some(e) = failed {
-                    break Err(e);
-                }
-                keys_in_flight.insert(key.clone());
-                let (svc, peer) = (svc.clone(), peer.clone());
-                in_flight.spawn(async move {
-                    let replies = svc.handle_frame(&peer, Frame::Changes(c)).await;
-                    (key, replies)
-                });
-                continue;
-            }
+                Frame::Consent(_) => (Some(InFlight::Consent), Waits::Room),
+                _ => (None, Waits::Everything),
+            };
             let mut failed = None;
-            while !in_flight.is_empty() {
-                if let Err(e) = finish(in_flight.join_next().await, &mut keys_in_flight) {
+            while waits.blocked(in_flight.len(), consents_in_flight, &keys_in_flight) {
+                if let Err(e) = finish(
+                    in_flight.join_next().await,
+                    &mut keys_in_flight,
+                    &mut consents_in_flight,
+                ) {
                     failed = Some(e);
                     break;
                 }
             }
             if let Some(e) = failed {
                 break Err(e);
+            }
+            if let Some(what) = what {
+                match &what {
+                    InFlight::Section(key) => {
+                        keys_in_flight.insert(key.clone());
+                    }
+                    InFlight::Consent => consents_in_flight += 1,
+                }
+                let (svc, peer) = (svc.clone(), peer.clone());
+                in_flight.spawn(async move {
+                    let replies = svc.handle_frame(&peer, frame).await;
+                    (what, replies)
+                });
+                continue;
             }
             match svc.handle_frame(&peer, frame).await {
                 Ok(replies) => {
@@ -557,13 +573,42 @@ async fn run_session(
     result
 }
 
-/// A finished frame handler: the section and its replies, or a panic.
-type Handled = std::result::Result<(SectionKey, Result<Vec<Frame>>), tokio::task::JoinError>;
+/// A frame being handled beside others.
+enum InFlight {
+    /// Changes to this section.
+    Section(SectionKey),
+    /// A consent record.
+    Consent,
+}
+
+/// What a frame waits for before it is handled.
+enum Waits {
+    /// Only for room among the frames in flight.
+    Room,
+    /// The consents before it, and earlier changes to this section.
+    ConsentsAnd(SectionKey),
+    /// Every frame before it.
+    Everything,
+}
+
+impl Waits {
+    fn blocked(&self, in_flight: usize, consents: usize, sections: &HashSet<SectionKey>) -> bool {
+        in_flight >= RECEIVE_AHEAD
+            || match self {
+                Waits::Room => false,
+                Waits::ConsentsAnd(key) => consents > 0 || sections.contains(key),
+                Waits::Everything => in_flight > 0,
+            }
+    }
+}
+
+/// A finished frame handler: what it was and its replies, or a panic.
+type Handled = std::result::Result<(InFlight, Result<Vec<Frame>>), tokio::task::JoinError>;
 
 /// The most acknowledgements held for one write.
 const HELD_ACKS: usize = 512;
 
-/// Changes frames from one peer handled concurrently.
+/// Changes and consent frames from one peer handled concurrently.
 const RECEIVE_AHEAD: usize = 32;
 
 /// Section frames a pump prepares concurrently.

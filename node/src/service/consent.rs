@@ -313,6 +313,7 @@ impl NodeService {
     pub(crate) async fn refresh_consents(&self, subject: SubjectId) -> Result<Arc<ConsentSet>> {
         self.consent_generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _refresh = self.consent_refresh.lock().await;
         let entries = self.store.consent_entries(Some(subject)).await?;
         let set = Arc::new(self.verified_set(&entries));
         if let Ok(mut cache) = self.consents.write() {

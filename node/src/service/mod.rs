@@ -161,6 +161,10 @@ pub struct NodeService {
     options: ServiceOptions,
     signing_key: SigningKey,
     consents: RwLock<HashMap<SubjectId, Arc<ConsentSet>>>,
+    /// Held from reading a subject's consent entries until their set is in `consents`, so
+    /// two refreshes (consents received side by side, say) cannot finish out of order and
+    /// leave the older set cached.
+    consent_refresh: tokio::sync::Mutex<()>,
     /// Bumped before every change to the consent cache, so replication can tell whether a
     /// section the gate just allowed may rest on a consent the peer has not been sent yet.
     consent_generation: std::sync::atomic::AtomicU64,
@@ -262,6 +266,7 @@ impl NodeService {
             options,
             signing_key,
             consents: RwLock::new(HashMap::new()),
+            consent_refresh: tokio::sync::Mutex::new(()),
             consent_generation: std::sync::atomic::AtomicU64::new(0),
             verified: Default::default(),
             denials: Default::default(),

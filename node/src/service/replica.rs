@@ -105,6 +105,8 @@ pub struct PeerInfo {
     pub endpoint: String,
     /// A stream is up.
     pub connected: bool,
+    /// When the current stream's hellos were exchanged, unix ms (0 before the first).
+    pub connected_since_ms: i64,
     /// Last frame exchanged, unix ms.
     pub last_sync_ms: i64,
     /// What the peer acknowledged of our feed.
@@ -293,6 +295,16 @@ impl NodeService {
         self.peers.update(peer, f)
     }
 
+    /// Notes that a stream with `peer` is up (its hello was accepted).
+    pub fn peer_connected(&self, peer: &AgencyId) {
+        let now = self.now().as_millis();
+        self.peers.update(peer, |i| {
+            i.connected = true;
+            i.connected_since_ms = now;
+            i.last_error.clear();
+        });
+    }
+
     /// This node's current feed head.
     pub async fn feed_head(&self) -> Result<u64> {
         Ok(self.store.stats().await?.feed_seq)
@@ -388,6 +400,8 @@ impl NodeService {
             backlog: Vec::new(),
         };
         for subject in subjects {
+            // Held until this set is cached (see `consent_refresh`).
+            let refresh = self.consent_refresh.lock().await;
             let entries = self.store.consent_entries(Some(subject)).await?;
             let mut named: BTreeSet<String> = BTreeSet::new();
             // Our own records from our own store: the peer verifies each signature, and the
@@ -434,6 +448,7 @@ impl NodeService {
             if let Ok(mut cache) = self.consents.write() {
                 cache.insert(subject, set.clone());
             }
+            drop(refresh);
             let Some(plan) = self.plan_of_subject(subject, &self.agency).await? else {
                 continue;
             };
@@ -1007,10 +1022,9 @@ impl NodeService {
         }
         let plan = self
             .store
-            .plans(None, usize::MAX)
+            .plans_of_subject(subject)
             .await?
-            .into_iter()
-            .find(|p| p.subject == subject)
+            .first()
             .map(|p| p.id);
         let draft = AuditDraft {
             time: self.now(),
