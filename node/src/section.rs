@@ -406,26 +406,38 @@ impl DocCache {
 
     /// Keeps `doc` as `key`'s document at `seq` if `current()` (run under the cache's lock,
     /// so a purge that forgets the section cannot slip between check and insert) says so.
-    pub fn keep(&self, key: SectionKey, seq: u64, doc: SectionDoc, current: impl FnOnce() -> bool) {
+    /// Returns what it did not keep: `doc` or the documents it evicted, for the caller to
+    /// drop outside the lock.
+    #[must_use]
+    pub fn keep(
+        &self,
+        key: SectionKey,
+        seq: u64,
+        doc: SectionDoc,
+        current: impl FnOnce() -> bool,
+    ) -> Vec<SectionDoc> {
         if self.capacity == 0 {
-            return;
+            return vec![doc];
         }
         let mut inner = self.lock();
         if !current() {
-            return;
+            return vec![doc];
         }
         inner.tick += 1;
         let tick = inner.tick;
-        if let Some((_, old, _)) = inner.docs.insert(key.clone(), (seq, tick, doc)) {
+        let mut out = Vec::new();
+        if let Some((_, old, replaced)) = inner.docs.insert(key.clone(), (seq, tick, doc)) {
             inner.by_use.remove(&old);
+            out.push(replaced);
         }
         inner.by_use.insert(tick, key);
         while inner.docs.len() > self.capacity {
             let Some((_, oldest)) = inner.by_use.pop_first() else {
                 break;
             };
-            inner.docs.remove(&oldest);
+            out.extend(inner.docs.remove(&oldest).map(|(_, _, d)| d));
         }
+        out
     }
 
     /// Forgets these sections' documents.
@@ -603,24 +615,32 @@ mod tests {
             section: crate::model::SectionName::parse("goals").unwrap(),
         };
         let cache = DocCache::new(2);
-        cache.keep(key(1), 7, SectionDoc::new(), || true);
+        assert!(cache.keep(key(1), 7, SectionDoc::new(), || true).is_empty());
         assert!(
             cache.take(&key(1), 8).is_none(),
             "a newer change makes it stale"
         );
         assert!(cache.take(&key(1), 7).is_none(), "a stale entry is dropped");
 
-        cache.keep(key(1), 7, SectionDoc::new(), || false);
+        assert_eq!(
+            cache.keep(key(1), 7, SectionDoc::new(), || false).len(),
+            1,
+            "a document not kept is handed back"
+        );
         assert!(
             cache.is_empty(),
             "not kept when the section moved on meanwhile"
         );
 
-        cache.keep(key(1), 1, SectionDoc::new(), || true);
-        cache.keep(key(2), 2, SectionDoc::new(), || true);
+        assert!(cache.keep(key(1), 1, SectionDoc::new(), || true).is_empty());
+        assert!(cache.keep(key(2), 2, SectionDoc::new(), || true).is_empty());
         assert!(cache.take(&key(1), 1).is_some());
-        cache.keep(key(1), 1, SectionDoc::new(), || true);
-        cache.keep(key(3), 3, SectionDoc::new(), || true);
+        assert!(cache.keep(key(1), 1, SectionDoc::new(), || true).is_empty());
+        assert_eq!(
+            cache.keep(key(3), 3, SectionDoc::new(), || true).len(),
+            1,
+            "the evicted document is handed back, to be dropped outside the lock"
+        );
         assert_eq!(cache.len(), 2);
         assert!(
             cache.take(&key(2), 2).is_none(),
@@ -628,7 +648,14 @@ mod tests {
         );
         assert!(cache.take(&key(1), 1).is_some());
 
-        cache.keep(key(1), 1, SectionDoc::new(), || true);
+        assert!(cache.keep(key(1), 1, SectionDoc::new(), || true).is_empty());
+        assert_eq!(
+            cache.keep(key(1), 2, SectionDoc::new(), || true).len(),
+            1,
+            "a newer document of the same section replaces the older"
+        );
+        assert!(cache.take(&key(1), 2).is_some());
+        assert!(cache.keep(key(1), 1, SectionDoc::new(), || true).is_empty());
         cache.forget([&key(1), &key(3)]);
         assert!(cache.is_empty(), "a purge forgets its sections");
     }

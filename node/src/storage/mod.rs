@@ -1173,15 +1173,16 @@ impl StoreHandle {
     /// loaded from the store. Hand it back with [`StoreHandle::keep_doc`] once done.
     pub async fn load_doc(&self, permit: &ReadPermit) -> Result<Option<(SectionDoc, SectionMeta)>> {
         let key = permit.key().clone();
-        let docs = self.docs.clone();
+        // The metadata and a cached document on this thread; only a load goes to a
+        // blocking thread.
+        let Some(meta) = self.read_now(|s| s.section_meta(&key))? else {
+            self.docs.forget([&key]);
+            return Ok(None);
+        };
+        if let Some(doc) = self.docs.take(&key, meta.last_seq) {
+            return Ok(Some((doc, meta)));
+        }
         self.run(move |s| {
-            let Some(meta) = s.section_meta(&key)? else {
-                docs.forget([&key]);
-                return Ok(None);
-            };
-            if let Some(doc) = docs.take(&key, meta.last_seq) {
-                return Ok(Some((doc, meta)));
-            }
             let Some(stored) = s.section(&key)? else {
                 return Ok(None);
             };
@@ -1195,22 +1196,21 @@ impl StoreHandle {
     /// section has changed (or gone) since. Best effort: the caller's work is done (often
     /// committed), so a failure here only costs a later load, and is logged.
     pub async fn keep_doc(&self, permit: &ReadPermit, seq: u64, doc: SectionDoc) {
-        let key = permit.key().clone();
-        let docs = self.docs.clone();
-        let kept = self
-            .run(move |s| {
-                let mut failed = None;
-                docs.keep(key.clone(), seq, doc, || match s.section_meta(&key) {
-                    Ok(meta) => meta.is_some_and(|m| m.last_seq == seq),
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                });
-                failed.map_or(Ok(()), Err)
-            })
-            .await;
-        if let Err(e) = kept {
+        let key = permit.key();
+        let mut failed = None;
+        // A point read, on this thread (see `read_now`).
+        let evicted = self.docs.keep(key.clone(), seq, doc, || {
+            match self.read_now(|s| s.section_meta(key)) {
+                Ok(meta) => meta.is_some_and(|m| m.last_seq == seq),
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        });
+        // Dropped outside the cache's lock.
+        drop(evicted);
+        if let Some(e) = failed {
             tracing::warn!(error = %e, "could not keep a section document in the cache");
         }
     }
