@@ -377,6 +377,8 @@ struct CacheInner {
     docs: std::collections::HashMap<SectionKey, (u64, u64, SectionDoc)>,
     by_use: std::collections::BTreeMap<u64, SectionKey>,
     tick: u64,
+    /// Bumped by every forget.
+    forgets: u64,
 }
 
 impl DocCache {
@@ -398,29 +400,33 @@ impl DocCache {
 
     /// Takes the document of `key` if it is current at `seq` (a stale one is dropped).
     pub fn take(&self, key: &SectionKey, seq: u64) -> Option<SectionDoc> {
-        let mut inner = self.lock();
-        let (at, tick, doc) = inner.docs.remove(key)?;
-        inner.by_use.remove(&tick);
+        let (at, _, doc) = {
+            let mut inner = self.lock();
+            let entry = inner.docs.remove(key)?;
+            inner.by_use.remove(&entry.1);
+            entry
+        };
+        // A stale document drops here, outside the lock.
         (at == seq).then_some(doc)
     }
 
-    /// Keeps `doc` as `key`'s document at `seq` if `current()` (run under the cache's lock,
-    /// so a purge that forgets the section cannot slip between check and insert) says so.
-    /// Returns what it did not keep: `doc` or the documents it evicted, for the caller to
-    /// drop outside the lock.
+    /// The number of forgets so far: take it before checking that a document is current,
+    /// and hand it to [`DocCache::keep`].
+    pub fn ticket(&self) -> u64 {
+        self.lock().forgets
+    }
+
+    /// Keeps `doc` as `key`'s document at `seq`, which the caller found current after taking
+    /// `ticket`, unless sections were forgotten since (a purge cannot slip between the
+    /// caller's check and the insert). Returns what it did not keep: `doc` or the documents
+    /// it evicted, for the caller to drop outside the lock.
     #[must_use]
-    pub fn keep(
-        &self,
-        key: SectionKey,
-        seq: u64,
-        doc: SectionDoc,
-        current: impl FnOnce() -> bool,
-    ) -> Vec<SectionDoc> {
+    pub fn keep(&self, key: SectionKey, seq: u64, doc: SectionDoc, ticket: u64) -> Vec<SectionDoc> {
         if self.capacity == 0 {
             return vec![doc];
         }
         let mut inner = self.lock();
-        if !current() {
+        if inner.forgets != ticket {
             return vec![doc];
         }
         inner.tick += 1;
@@ -440,14 +446,21 @@ impl DocCache {
         out
     }
 
-    /// Forgets these sections' documents.
+    /// Forgets these sections' documents (a purge), and refuses every [`DocCache::keep`]
+    /// whose ticket was taken before.
     pub fn forget<'a>(&self, keys: impl IntoIterator<Item = &'a SectionKey>) {
-        let mut inner = self.lock();
-        for key in keys {
-            if let Some((_, tick, _)) = inner.docs.remove(key) {
-                inner.by_use.remove(&tick);
+        let mut gone = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.forgets += 1;
+            for key in keys {
+                if let Some((_, tick, doc)) = inner.docs.remove(key) {
+                    inner.by_use.remove(&tick);
+                    gone.push(doc);
+                }
             }
         }
+        drop(gone);
     }
 
     /// Documents held.
@@ -615,29 +628,29 @@ mod tests {
             section: crate::model::SectionName::parse("goals").unwrap(),
         };
         let cache = DocCache::new(2);
-        assert!(cache.keep(key(1), 7, SectionDoc::new(), || true).is_empty());
+        let keep = |n: u8, seq: u64| cache.keep(key(n), seq, SectionDoc::new(), cache.ticket());
+        assert!(keep(1, 7).is_empty());
         assert!(
             cache.take(&key(1), 8).is_none(),
             "a newer change makes it stale"
         );
         assert!(cache.take(&key(1), 7).is_none(), "a stale entry is dropped");
 
+        let ticket = cache.ticket();
+        cache.forget([&key(2)]);
         assert_eq!(
-            cache.keep(key(1), 7, SectionDoc::new(), || false).len(),
+            cache.keep(key(1), 7, SectionDoc::new(), ticket).len(),
             1,
-            "a document not kept is handed back"
+            "a document checked before a purge is handed back, not kept"
         );
-        assert!(
-            cache.is_empty(),
-            "not kept when the section moved on meanwhile"
-        );
+        assert!(cache.is_empty());
 
-        assert!(cache.keep(key(1), 1, SectionDoc::new(), || true).is_empty());
-        assert!(cache.keep(key(2), 2, SectionDoc::new(), || true).is_empty());
+        assert!(keep(1, 1).is_empty());
+        assert!(keep(2, 2).is_empty());
         assert!(cache.take(&key(1), 1).is_some());
-        assert!(cache.keep(key(1), 1, SectionDoc::new(), || true).is_empty());
+        assert!(keep(1, 1).is_empty());
         assert_eq!(
-            cache.keep(key(3), 3, SectionDoc::new(), || true).len(),
+            keep(3, 3).len(),
             1,
             "the evicted document is handed back, to be dropped outside the lock"
         );
@@ -648,14 +661,14 @@ mod tests {
         );
         assert!(cache.take(&key(1), 1).is_some());
 
-        assert!(cache.keep(key(1), 1, SectionDoc::new(), || true).is_empty());
+        assert!(keep(1, 1).is_empty());
         assert_eq!(
-            cache.keep(key(1), 2, SectionDoc::new(), || true).len(),
+            keep(1, 2).len(),
             1,
             "a newer document of the same section replaces the older"
         );
         assert!(cache.take(&key(1), 2).is_some());
-        assert!(cache.keep(key(1), 1, SectionDoc::new(), || true).is_empty());
+        assert!(keep(1, 1).is_empty());
         cache.forget([&key(1), &key(3)]);
         assert!(cache.is_empty(), "a purge forgets its sections");
     }

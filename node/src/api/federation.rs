@@ -608,10 +608,10 @@ type Handled = std::result::Result<(InFlight, Result<Vec<Frame>>), tokio::task::
 /// The most acknowledgements held for one write.
 const HELD_ACKS: usize = 512;
 
-/// Changes and consent frames from one peer handled concurrently. More share each group
-/// commit: at N = 20,000, 128 gave 931-1,219 cold docs/s where 32 gave 940 (same day; runs
-/// vary by ±20% here), and catch-up of 5,000 sections 5.3-5.9 s where 32 took 6.1 s.
-const RECEIVE_AHEAD: usize = 128;
+/// Changes and consent frames from one peer handled concurrently (their commits share
+/// syncs). 128 was tried: at N = 100,000 it replicated no faster (858 cold docs/s, against
+/// 923 with 32 the same evening).
+const RECEIVE_AHEAD: usize = 32;
 
 /// Section frames a pump prepares concurrently.
 const PREPARE_AHEAD: usize = 32;

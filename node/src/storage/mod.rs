@@ -1176,7 +1176,6 @@ impl StoreHandle {
         // The metadata and a cached document on this thread; only a load goes to a
         // blocking thread.
         let Some(meta) = self.read_now(|s| s.section_meta(&key))? else {
-            self.docs.forget([&key]);
             return Ok(None);
         };
         if let Some(doc) = self.docs.take(&key, meta.last_seq) {
@@ -1197,21 +1196,17 @@ impl StoreHandle {
     /// committed), so a failure here only costs a later load, and is logged.
     pub async fn keep_doc(&self, permit: &ReadPermit, seq: u64, doc: SectionDoc) {
         let key = permit.key();
-        let mut failed = None;
-        // A point read, on this thread (see `read_now`).
-        let evicted = self.docs.keep(key.clone(), seq, doc, || {
-            match self.read_now(|s| s.section_meta(key)) {
-                Ok(meta) => meta.is_some_and(|m| m.last_seq == seq),
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
+        // The ticket first: a purge between the check and the insert makes `keep` refuse.
+        let ticket = self.docs.ticket();
+        // A point read, on this thread (see `read_now`), outside the cache's lock.
+        match self.read_now(|s| s.section_meta(key)) {
+            Ok(Some(meta)) if meta.last_seq == seq => {
+                // What is not kept (the document, or those it evicted) drops here, outside
+                // the cache's lock.
+                drop(self.docs.keep(key.clone(), seq, doc, ticket));
             }
-        });
-        // Dropped outside the cache's lock.
-        drop(evicted);
-        if let Some(e) = failed {
-            tracing::warn!(error = %e, "could not keep a section document in the cache");
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not keep a section document in the cache"),
         }
     }
 
