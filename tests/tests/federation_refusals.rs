@@ -200,3 +200,125 @@ async fn a_certificate_for_an_unlisted_agency_is_refused() -> anyhow::Result<()>
     assert!(status.message().contains("not a configured peer"));
     cluster.stop().await
 }
+
+/// A consent from the test's own (home) key for `subject`, naming the school for `section`.
+fn consent_for(id: &str, subject: &str, section: &str, key: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
+    use weft_consent::*;
+    let home = AgencyId::parse("clinic.test")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let record = ConsentRecord {
+        id: ConsentId::parse(id)?,
+        subject: subject.into(),
+        grantor: Grantor {
+            name: "A. Guardian".into(),
+            relationship: Relationship::Guardian,
+        },
+        disclosing_agency: home.clone(),
+        recorded_by: Recorder {
+            agency: home.clone(),
+            user: "coordinator".into(),
+        },
+        recorded_at: Timestamp(now - 60_000),
+        collection_method: CollectionMethod::ESignature,
+        provisions: vec![Provision {
+            grantee: AgencyId::parse("school.test")?,
+            sections: vec![section.into()],
+            access: Access::Read,
+            purpose: Purpose::CareCoordination,
+            valid_from: Timestamp(now - 60_000),
+            valid_until: Some(Timestamp(now + 86_400_000)),
+        }],
+    };
+    let signing = ed25519_dalek::SigningKey::from_bytes(key);
+    Ok(sign_consent(&record, &home, &signing)?.to_bytes())
+}
+
+/// A receiver handles consents side by side, but a section still waits for the consents sent
+/// before it: two consents of one subject and the two sections each allows, all in one
+/// message, are all stored (a section checked before its consent, or a consent set refreshed
+/// out of order, would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consents_and_the_sections_they_allow_in_one_batch_are_all_stored() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .agencies(["school.test"])
+        .played_by_test(["clinic.test"])
+        .start()
+        .await?;
+    let school = cluster.node("school.test");
+    let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
+    let key = [9u8; 32];
+    let vk = weft_consent::ed25519_dalek::SigningKey::from_bytes(&key).verifying_key();
+    tx.send(frame(pb::frame::Kind::Hello(pb::Hello {
+        consent_key: vk.to_bytes().to_vec(),
+        feed_seq: 0,
+    })))
+    .await?;
+    next(&mut rx, |k| {
+        matches!(k, pb::frame::Kind::Hello(_)).then_some(())
+    })
+    .await?;
+
+    let plan = uuid::Uuid::new_v4().to_string();
+    let subject = uuid::Uuid::new_v4().to_string();
+    let section = |name: &str, text: &str| -> anyhow::Result<pb::Frame> {
+        let mut doc = AutoCommit::new();
+        doc.set_actor(ActorId::from(b"clinic.test|coordinator".to_vec()));
+        doc.put(ROOT, "text", text)?;
+        doc.commit();
+        Ok(frame(pb::frame::Kind::Changes(pb::SectionChanges {
+            plan_id: plan.clone(),
+            subject_id: subject.clone(),
+            home_agency: "clinic.test".into(),
+            plan_created_at_ms: 1,
+            section: name.into(),
+            changes: doc.save(),
+            feed_seq: 1,
+            heads: vec![],
+        })))
+    };
+    let record = |bytes: Vec<u8>| {
+        frame(pb::frame::Kind::Consent(pb::SignedRecord {
+            envelope: bytes,
+        }))
+    };
+    tx.send(frame(pb::frame::Kind::Batch(pb::Batch {
+        frames: vec![
+            record(consent_for("c-goals", &subject, "goals", &key)?),
+            record(consent_for("c-strengths", &subject, "strengths", &key)?),
+            section("goals", "read daily")?,
+            section("strengths", "prefers mornings")?,
+        ],
+    })))
+    .await?;
+    let mut acked = Vec::new();
+    while acked.len() < 2 {
+        let outcome = next(&mut rx, |k| match k {
+            pb::frame::Kind::Ack(a) => Some(Ok(a.section)),
+            pb::frame::Kind::Rejected(r) => Some(Err(r.reason)),
+            _ => None,
+        })
+        .await?;
+        match outcome {
+            Ok(section) => acked.push(section),
+            Err(reason) => panic!("the school refused a frame: {reason}"),
+        }
+    }
+    acked.sort();
+    assert_eq!(acked, ["goals", "strengths"]);
+    let stored = school
+        .node()
+        .service()
+        .store()
+        .sections_of(weft_node::model::PlanId(plan.parse()?))
+        .await?;
+    assert_eq!(
+        stored.len(),
+        2,
+        "both sections are on the school's disk: {stored:?}"
+    );
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    cluster.stop().await
+}
