@@ -226,8 +226,21 @@ pub async fn propagation(
 }
 
 /// Scenario 2 on a running federation: 10/s and 500/s.
+/// How long scenario 2 lets the nodes rest after the cold copy before it measures.
+const SETTLE: Duration = Duration::from_secs(10);
+
 pub async fn one_edit(fed: &Federation, quick: bool) -> anyhow::Result<Vec<Latency>> {
     let (school, clinic) = (&fed.agencies[0], &fed.agencies[1]);
+    // Measured on a settled federation: the clinic has acknowledged the whole cold copy, and
+    // both stores have had a moment for the background work it leaves (sled's flushes).
+    school
+        .wait_until(
+            "the clinic to acknowledge the cold copy",
+            Duration::from_secs(600),
+            |p| value(p, &format!("weft_replication_lag{{peer=\"{CLINIC}\"}}")) == 0.0,
+        )
+        .await?;
+    tokio::time::sleep(SETTLE).await;
     let plans = plan_ids(school, 500).await?;
     let slow = propagation(
         school,
