@@ -36,6 +36,17 @@ async fn next<T>(
     .await?
 }
 
+/// The played clinic's first frame: a hello with the consent key made from `key`.
+async fn hello(tx: &tokio::sync::mpsc::Sender<pb::Frame>, key: &[u8; 32]) -> anyhow::Result<()> {
+    let vk = weft_consent::ed25519_dalek::SigningKey::from_bytes(key).verifying_key();
+    tx.send(frame(pb::frame::Kind::Hello(pb::Hello {
+        consent_key: vk.to_bytes().to_vec(),
+        feed_seq: 0,
+    })))
+    .await?;
+    Ok(())
+}
+
 fn heads(h: &[ChangeHash]) -> Vec<Vec<u8>> {
     h.iter().map(|h| h.0.to_vec()).collect()
 }
@@ -66,12 +77,7 @@ async fn the_home_refuses_read_only_and_forged_changes_and_accepts_honest_ones(
 
     let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
     let key = [7u8; 32];
-    let vk = weft_consent::ed25519_dalek::SigningKey::from_bytes(&key).verifying_key();
-    tx.send(frame(pb::frame::Kind::Hello(pb::Hello {
-        consent_key: vk.to_bytes().to_vec(),
-        feed_seq: 0,
-    })))
-    .await?;
+    hello(&tx, &key).await?;
     // The school sends the consent, then the goals it allows.
     next(&mut rx, |k| {
         matches!(k, pb::frame::Kind::Consent(_)).then_some(())
@@ -249,12 +255,7 @@ async fn consents_and_the_sections_they_allow_in_one_batch_are_all_stored() -> a
     let school = cluster.node("school.test");
     let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
     let key = [9u8; 32];
-    let vk = weft_consent::ed25519_dalek::SigningKey::from_bytes(&key).verifying_key();
-    tx.send(frame(pb::frame::Kind::Hello(pb::Hello {
-        consent_key: vk.to_bytes().to_vec(),
-        feed_seq: 0,
-    })))
-    .await?;
+    hello(&tx, &key).await?;
     next(&mut rx, |k| {
         matches!(k, pb::frame::Kind::Hello(_)).then_some(())
     })
