@@ -26,6 +26,10 @@ pub enum Error {
     /// The operation cannot run in the current state (e.g. a section not yet replicated).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The operation stopped part way and the caller should start it again (a watch that
+    /// fell behind the node's events).
+    #[error("aborted: {0}")]
+    Aborted(String),
     /// The store failed; the detail is for logs only.
     #[error("storage error: {0}")]
     Storage(String),

@@ -240,6 +240,7 @@ fn code_name(code: &str) -> &'static str {
         Ok(tonic::Code::FailedPrecondition) => "FAILED_PRECONDITION",
         Ok(tonic::Code::Unavailable) => "UNAVAILABLE",
         Ok(tonic::Code::Internal) => "INTERNAL",
+        Ok(tonic::Code::Aborted) => "ABORTED",
         Ok(tonic::Code::OutOfRange) => "OUT_OF_RANGE",
         Ok(tonic::Code::ResourceExhausted) => "RESOURCE_EXHAUSTED",
         _ => "OTHER",

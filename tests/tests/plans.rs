@@ -276,6 +276,41 @@ async fn data_survives_a_restart_and_compaction() -> anyhow::Result<()> {
     cluster.stop().await
 }
 
+/// A watcher that falls behind the node's events is told so (ABORTED: watch again and
+/// re-read) and its stream ends, rather than going on with changes silently missing.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_told_and_its_stream_ends() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let cluster = Cluster::builder().start().await?;
+    let school = cluster.node("school.test");
+    let plan = school.create_plan("Ada", "Lovelace").await?;
+    let svc = school.node().service().clone();
+    let caller = svc.authenticate(Some(&school.coordinator_token)).await?;
+    let events = svc
+        .watch(&caller, weft_node::model::PlanId(plan.parse()?))
+        .await?;
+    let mut events = Box::pin(events);
+    // More changes than the node keeps events for, while the watcher reads nothing.
+    let mut plans = school.plans(&school.coordinator_token).await?;
+    for i in 0..1_100 {
+        plans
+            .set_fields(pb::SetFieldsRequest {
+                plan_id: plan.clone(),
+                fields: vec![field("profile", "preferred_name", &format!("Ada {i}"))],
+            })
+            .await?;
+    }
+    match events.next().await {
+        Some(Err(weft_node::error::Error::Aborted(m))) => {
+            assert!(m.contains("watch again"), "{m}")
+        }
+        Some(Ok(_)) => panic!("an event, where the watcher had missed some"),
+        other => panic!("not the watch's refusal: {:?}", other.map(|r| r.err())),
+    }
+    assert!(events.next().await.is_none(), "the stream ended");
+    cluster.stop().await
+}
+
 #[tokio::test]
 async fn watchers_see_changes_as_they_happen() -> anyhow::Result<()> {
     let cluster = Cluster::builder().start().await?;

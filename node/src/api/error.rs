@@ -16,6 +16,7 @@ pub fn to_status(err: Error) -> Status {
         Error::NotFound(_) => Code::NotFound,
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::Aborted(_) => Code::Aborted,
         Error::Storage(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
     };

@@ -142,7 +142,8 @@ impl PlanService for PlanApi {
         let who = caller(&self.svc, &req).await?;
         let plan = convert::plan_id(&req.get_ref().plan_id)?;
         let events = self.svc.watch(&who, plan).await?;
-        let stream = events.map(|e| Ok(convert::event(&e)));
+        // An error (the watch fell behind) ends the stream with its status.
+        let stream = events.map(|e| e.map(|e| convert::event(&e)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -170,7 +170,7 @@ fn error_response(c: &Ctx, e: &Error) -> Response {
         Error::InvalidInput(_) | Error::AlreadyExists(_) | Error::FailedPrecondition(_) => {
             message_page(c, StatusCode::BAD_REQUEST, t.error_title, t.bad_form)
         }
-        Error::Storage(_) | Error::Internal(_) => {
+        Error::Storage(_) | Error::Internal(_) | Error::Aborted(_) => {
             tracing::error!(error = %e, "family page: request failed");
             message_page(
                 c,

@@ -144,6 +144,13 @@ impl Default for ServiceOptions {
 
 const LOCK_STRIPES: usize = 256;
 
+/// What a watcher that fell behind the node's events is told.
+fn watch_fell_behind() -> Error {
+    Error::Aborted(
+        "this watch fell behind the node's events; watch again and re-read the plan".into(),
+    )
+}
+
 /// The node's state and operations.
 pub struct NodeService {
     agency: AgencyId,
@@ -1056,7 +1063,7 @@ impl NodeService {
         self: &Arc<Self>,
         caller: &Caller,
         plan: PlanId,
-    ) -> Result<impl futures::Stream<Item = PlanEvent> + Send + 'static> {
+    ) -> Result<impl futures::Stream<Item = Result<PlanEvent>> + Send + 'static> {
         self.require_on(caller, Right::ReadPlan, AuditAction::Watch, Some(plan))
             .await?;
         let plan = self.load_plan(caller, plan, AuditAction::Watch).await?;
@@ -1071,14 +1078,30 @@ impl NodeService {
         let closed = async move {
             let _ = closing.wait_for(|c| *c).await;
         };
-        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |ev| {
-            let ev = ev.ok()?;
-            if ev.plan != plan.id {
-                return None;
+        // Events of this plan the caller may read. A watcher that fell behind the node's
+        // events (they are kept for a while, not forever) gets an error and the stream ends:
+        // it must watch again and re-read the plan, not carry on with a gap it cannot see.
+        let stream = futures::stream::unfold(Some(rx), move |rx| {
+            let (service, caller, plan) = (service.clone(), caller.clone(), plan.clone());
+            async move {
+                let mut rx = rx?;
+                loop {
+                    let ev = match rx.recv().await {
+                        Ok(ev) => ev,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            return Some((Err(watch_fell_behind()), None))
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    };
+                    if ev.plan != plan.id {
+                        continue;
+                    }
+                    let consents = service.cached_consents(plan.subject);
+                    if gate::read(&caller, &plan, &ev.section, &consents, service.now()).is_ok() {
+                        return Some((Ok(ev), Some(rx)));
+                    }
+                }
             }
-            let consents = service.cached_consents(plan.subject);
-            gate::read(&caller, &plan, &ev.section, &consents, service.now()).ok()?;
-            Some(ev)
         });
         Ok(futures::StreamExt::take_until(stream, closed))
     }
@@ -1377,5 +1400,3 @@ pub fn parse_field_edits(
         .map(|(s, f)| (s, Edit::Set(f), Right::WritePlan))
         .collect())
 }
-
-use tokio_stream::StreamExt as _;
