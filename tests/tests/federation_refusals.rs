@@ -17,6 +17,15 @@ fn frame(kind: pb::frame::Kind) -> pb::Frame {
     pb::Frame { kind: Some(kind) }
 }
 
+/// A running school, and the clinic the test plays.
+async fn school_and_played_clinic() -> anyhow::Result<Cluster> {
+    Cluster::builder()
+        .agencies(["school.test"])
+        .played_by_test(["clinic.test"])
+        .start()
+        .await
+}
+
 /// Waits for the next frame matching `pick`, skipping others.
 async fn next<T>(
     rx: &mut weft_tests::PeerFrames,
@@ -54,11 +63,7 @@ fn heads(h: &[ChangeHash]) -> Vec<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_home_refuses_read_only_and_forged_changes_and_accepts_honest_ones(
 ) -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .agencies(["school.test"])
-        .played_by_test(["clinic.test"])
-        .start()
-        .await?;
+    let cluster = school_and_played_clinic().await?;
     let school = cluster.node("school.test");
     let plan = school.create_plan("Maya", "Example").await?;
     school
@@ -192,11 +197,7 @@ async fn the_home_refuses_read_only_and_forged_changes_and_accepts_honest_ones(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_for_an_unlisted_agency_is_refused() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .agencies(["school.test"])
-        .played_by_test(["clinic.test"])
-        .start()
-        .await?;
+    let cluster = school_and_played_clinic().await?;
     let err = cluster
         .peer_stream("library.test", "school.test")
         .await
@@ -247,11 +248,7 @@ fn consent_for(id: &str, subject: &str, section: &str, key: &[u8; 32]) -> anyhow
 /// out of order, would be refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consents_and_the_sections_they_allow_in_one_batch_are_all_stored() -> anyhow::Result<()> {
-    let cluster = Cluster::builder()
-        .agencies(["school.test"])
-        .played_by_test(["clinic.test"])
-        .start()
-        .await?;
+    let cluster = school_and_played_clinic().await?;
     let school = cluster.node("school.test");
     let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
     let key = [9u8; 32];
