@@ -225,10 +225,10 @@ pub async fn propagation(
     })
 }
 
-/// Scenario 2 on a running federation: 10/s and 500/s.
 /// How long scenario 2 lets the nodes rest after the cold copy before it measures.
 const SETTLE: Duration = Duration::from_secs(10);
 
+/// Scenario 2 on a running federation: 10/s and 500/s.
 pub async fn one_edit(fed: &Federation, quick: bool) -> anyhow::Result<Vec<Latency>> {
     let (school, clinic) = (&fed.agencies[0], &fed.agencies[1]);
     // Measured on a settled federation: the clinic has acknowledged the whole cold copy, and

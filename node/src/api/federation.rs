@@ -371,21 +371,12 @@ async fn run_session(
         // acknowledged only after all that came before it is stored.
         let mut in_flight: tokio::task::JoinSet<(InFlight, Result<Vec<Frame>>)> =
             tokio::task::JoinSet::new();
-        let mut keys_in_flight: HashSet<SectionKey> = HashSet::new();
-        let mut consents_in_flight = 0usize;
-        let finish = |done: Option<Handled>,
-                      keys_in_flight: &mut HashSet<SectionKey>,
-                      consents_in_flight: &mut usize|
-         -> Result<()> {
+        let mut pending = Pending::default();
+        let finish = |done: Option<Handled>, pending: &mut Pending| -> Result<()> {
             let Some(done) = done else { return Ok(()) };
             let (what, replies) =
                 done.map_err(|e| Error::internal(format!("handling a frame failed: {e}")))?;
-            match what {
-                InFlight::Section(key) => {
-                    keys_in_flight.remove(&key);
-                }
-                InFlight::Consent => *consents_in_flight -= 1,
-            }
+            pending.done(&what);
             for r in replies? {
                 if out.replies.send(to_pb(r)).is_err() {
                     break;
@@ -417,7 +408,7 @@ async fn run_session(
                 tokio::select! {
                 f = inbound.next() => f,
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
-                    match finish(done, &mut keys_in_flight, &mut consents_in_flight) {
+                    match finish(done, &mut pending) {
                         Ok(()) => continue,
                         Err(e) => break Err(e),
                     }
@@ -494,28 +485,18 @@ async fn run_session(
                 }
                 _ => None,
             };
-            // What this frame waits for, and what it is in flight as.
-            let (what, waits) = match &frame {
-                Frame::Changes(c) => {
-                    let key = SectionKey {
-                        plan: c.plan.id,
-                        section: c.section.clone(),
-                    };
-                    (
-                        Some(InFlight::Section(key.clone())),
-                        Waits::ConsentsAnd(key),
-                    )
-                }
-                Frame::Consent(_) => (Some(InFlight::Consent), Waits::Room),
-                _ => (None, Waits::Everything),
+            // What this frame is in flight as (`None`: it is handled alone).
+            let what = match &frame {
+                Frame::Changes(c) => Some(InFlight::Section(SectionKey {
+                    plan: c.plan.id,
+                    section: c.section.clone(),
+                })),
+                Frame::Consent(_) => Some(InFlight::Consent),
+                _ => None,
             };
             let mut failed = None;
-            while waits.blocked(in_flight.len(), consents_in_flight, &keys_in_flight) {
-                if let Err(e) = finish(
-                    in_flight.join_next().await,
-                    &mut keys_in_flight,
-                    &mut consents_in_flight,
-                ) {
+            while pending.blocks(what.as_ref(), in_flight.len()) {
+                if let Err(e) = finish(in_flight.join_next().await, &mut pending) {
                     failed = Some(e);
                     break;
                 }
@@ -524,12 +505,7 @@ async fn run_session(
                 break Err(e);
             }
             if let Some(what) = what {
-                match &what {
-                    InFlight::Section(key) => {
-                        keys_in_flight.insert(key.clone());
-                    }
-                    InFlight::Consent => consents_in_flight += 1,
-                }
+                pending.add(&what);
                 let (svc, peer) = (svc.clone(), peer.clone());
                 in_flight.spawn(async move {
                     let replies = svc.handle_frame(&peer, frame).await;
@@ -581,23 +557,41 @@ enum InFlight {
     Consent,
 }
 
-/// What a frame waits for before it is handled.
-enum Waits {
-    /// Only for room among the frames in flight.
-    Room,
-    /// The consents before it, and earlier changes to this section.
-    ConsentsAnd(SectionKey),
-    /// Every frame before it.
-    Everything,
+/// The sections and the number of consents in flight.
+#[derive(Default)]
+struct Pending {
+    sections: HashSet<SectionKey>,
+    consents: usize,
 }
 
-impl Waits {
-    fn blocked(&self, in_flight: usize, consents: usize, sections: &HashSet<SectionKey>) -> bool {
+impl Pending {
+    fn add(&mut self, what: &InFlight) {
+        match what {
+            InFlight::Section(key) => {
+                self.sections.insert(key.clone());
+            }
+            InFlight::Consent => self.consents += 1,
+        }
+    }
+
+    fn done(&mut self, what: &InFlight) {
+        match what {
+            InFlight::Section(key) => {
+                self.sections.remove(key);
+            }
+            InFlight::Consent => self.consents -= 1,
+        }
+    }
+
+    /// Whether a frame (`what`: `None` for one handled alone) must wait for some of the
+    /// `in_flight` frames: a consent only for room, a section also for the consents before
+    /// it and an earlier frame of its own, anything else for every frame before it.
+    fn blocks(&self, what: Option<&InFlight>, in_flight: usize) -> bool {
         in_flight >= RECEIVE_AHEAD
-            || match self {
-                Waits::Room => false,
-                Waits::ConsentsAnd(key) => consents > 0 || sections.contains(key),
-                Waits::Everything => in_flight > 0,
+            || match what {
+                Some(InFlight::Consent) => false,
+                Some(InFlight::Section(key)) => self.consents > 0 || self.sections.contains(key),
+                None => in_flight > 0,
             }
     }
 }

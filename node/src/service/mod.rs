@@ -1072,8 +1072,6 @@ impl NodeService {
         self.store
             .audit(self.draft(caller, AuditAction::Watch, Some(plan.id)))
             .await?;
-        let service = self.clone();
-        let caller = caller.clone();
         let mut closing = self.closing.subscribe();
         let closed = async move {
             let _ = closing.wait_for(|c| *c).await;
@@ -1081,25 +1079,23 @@ impl NodeService {
         // Events of this plan the caller may read. A watcher that fell behind the node's
         // events (they are kept for a while, not forever) gets an error and the stream ends:
         // it must watch again and re-read the plan, not carry on with a gap it cannot see.
-        let stream = futures::stream::unfold(Some(rx), move |rx| {
-            let (service, caller, plan) = (service.clone(), caller.clone(), plan.clone());
-            async move {
-                let mut rx = rx?;
-                loop {
-                    let ev = match rx.recv().await {
-                        Ok(ev) => ev,
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            return Some((Err(watch_fell_behind()), None))
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    };
-                    if ev.plan != plan.id {
-                        continue;
+        let state = Some((rx, self.clone(), caller.clone(), plan));
+        let stream = futures::stream::unfold(state, |state| async move {
+            let (mut rx, service, caller, plan) = state?;
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some((Err(watch_fell_behind()), None))
                     }
-                    let consents = service.cached_consents(plan.subject);
-                    if gate::read(&caller, &plan, &ev.section, &consents, service.now()).is_ok() {
-                        return Some((Ok(ev), Some(rx)));
-                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                if ev.plan != plan.id {
+                    continue;
+                }
+                let consents = service.cached_consents(plan.subject);
+                if gate::read(&caller, &plan, &ev.section, &consents, service.now()).is_ok() {
+                    return Some((Ok(ev), Some((rx, service, caller, plan))));
                 }
             }
         });
