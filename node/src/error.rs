@@ -27,7 +27,7 @@ pub enum Error {
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
     /// The operation stopped part way and the caller should start it again (a watch that
-    /// fell behind the node's events).
+    /// fell behind its plan's events).
     #[error("aborted: {0}")]
     Aborted(String),
     /// The store failed; the detail is for logs only.

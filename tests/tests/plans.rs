@@ -290,9 +290,9 @@ async fn a_watcher_that_falls_behind_is_told_and_its_stream_ends() -> anyhow::Re
         .watch(&caller, weft_node::model::PlanId(plan.parse()?))
         .await?;
     let mut events = Box::pin(events);
-    // More changes than the node keeps events for, while the watcher reads nothing.
+    // More changes than the node keeps of a plan's events, while the watcher reads nothing.
     let mut plans = school.plans(&school.coordinator_token).await?;
-    for i in 0..1_100 {
+    for i in 0..weft_node::service::KEPT_PER_PLAN + 20 {
         plans
             .set_fields(pb::SetFieldsRequest {
                 plan_id: plan.clone(),

@@ -28,9 +28,11 @@ use crate::section::{ChangeInfo, Edit, SectionDoc};
 use crate::storage::{StoreHandle, StoreStats};
 
 mod consent;
+mod events;
 pub mod family;
 pub mod replica;
 pub use consent::{ConsentState, ConsentView, GrantInput};
+pub use events::KEPT_PER_PLAN;
 
 /// A source of the current time, injectable for tests.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -144,10 +146,10 @@ impl Default for ServiceOptions {
 
 const LOCK_STRIPES: usize = 256;
 
-/// What a watcher that fell behind the node's events is told.
+/// What a watcher that fell behind its plan's events is told.
 fn watch_fell_behind() -> Error {
     Error::Aborted(
-        "this watch fell behind the node's events; watch again and re-read the plan".into(),
+        "this watch fell behind the plan's events; watch again and re-read the plan".into(),
     )
 }
 
@@ -157,7 +159,7 @@ pub struct NodeService {
     store: StoreHandle,
     users: RwLock<HashMap<String, UserRecord>>,
     locks: Vec<tokio::sync::Mutex<()>>,
-    events: broadcast::Sender<PlanEvent>,
+    events: Arc<events::PlanEvents>,
     /// Bumped on every stored change and consent entry, to wake replication pumps.
     changed: tokio::sync::watch::Sender<u64>,
     /// Replication status per peer.
@@ -256,7 +258,6 @@ impl NodeService {
             .into_iter()
             .map(|u| (u.token_hash.clone(), u))
             .collect();
-        let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Self {
             agency,
             store,
@@ -264,7 +265,7 @@ impl NodeService {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            events,
+            events: Default::default(),
             closing: tokio::sync::watch::channel(false).0,
             changed: tokio::sync::watch::channel(0).0,
             peers: replica::PeerBoard::default(),
@@ -562,7 +563,7 @@ impl NodeService {
         for (entry, (section, edit, _)) in committed.feed.iter().zip(&edits) {
             last_seq = entry.seq;
             section_seq.insert(section, entry.seq);
-            let _ = self.events.send(PlanEvent {
+            self.events.send(PlanEvent {
                 plan: plan.id,
                 section: section.clone(),
                 seq: entry.seq,
@@ -1068,7 +1069,7 @@ impl NodeService {
             .await?;
         let plan = self.load_plan(caller, plan, AuditAction::Watch).await?;
         self.consents_for(plan.subject).await?;
-        let rx = self.events.subscribe();
+        let rx = self.events.subscribe(plan.id);
         self.store
             .audit(self.draft(caller, AuditAction::Watch, Some(plan.id)))
             .await?;
@@ -1076,8 +1077,8 @@ impl NodeService {
         let closed = async move {
             let _ = closing.wait_for(|c| *c).await;
         };
-        // Events of this plan the caller may read. A watcher that fell behind the node's
-        // events (they are kept for a while, not forever) gets an error and the stream ends:
+        // Events of this plan the caller may read. A watcher that fell behind (it left more
+        // than KEPT_PER_PLAN of the plan's events unread) gets an error and the stream ends:
         // it must watch again and re-read the plan, not carry on with a gap it cannot see.
         let state = Some((rx, self.clone(), caller.clone(), plan));
         let stream = futures::stream::unfold(state, |state| async move {
@@ -1090,9 +1091,6 @@ impl NodeService {
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
-                if ev.plan != plan.id {
-                    continue;
-                }
                 let consents = service.cached_consents(plan.subject);
                 if gate::read(&caller, &plan, &ev.section, &consents, service.now()).is_ok() {
                     return Some((Ok(ev), Some((rx, service, caller, plan))));

@@ -843,7 +843,7 @@ impl NodeService {
         });
         if let Some(entry) = committed.feed.first() {
             self.wake();
-            let _ = self.events.send(super::PlanEvent {
+            self.events.send(super::PlanEvent {
                 plan: plan.id,
                 section: c.section.clone(),
                 seq: entry.seq,
