@@ -1217,8 +1217,10 @@ impl StoreHandle {
 
     /// Runs a point read on the caller's thread: a few keys from sled's page cache cost far
     /// less than handing the work to a blocking thread and back (two context switches each,
-    /// the largest cost of replication in the profiles). Scans, loads and writes use
-    /// [`StoreHandle::run`].
+    /// the largest cost of replication in the profiles). So do the short scans a replication
+    /// pump makes for every change it sends (a feed page of at most a few hundred entries, the
+    /// purge receipts waiting for a peer, a plan's receipts, the pinned peer keys). Long scans,
+    /// document loads and writes use [`StoreHandle::run`].
     fn read_now<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
         f(&self.store)
     }
@@ -1368,7 +1370,7 @@ impl StoreHandle {
 
     /// Feed entries after `after`.
     pub async fn feed_since(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
-        self.run(move |s| s.feed_since(after, limit)).await
+        self.read_now(move |s| s.feed_since(after, limit))
     }
 
     /// Counters.
@@ -1416,7 +1418,7 @@ impl StoreHandle {
 
     /// Replication keys with a prefix.
     pub async fn replication_scan(&self, prefix: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.run(move |s| s.replication_scan(&prefix)).await
+        self.read_now(move |s| s.replication_scan(&prefix))
     }
 
     /// Writes replication keys.
