@@ -1,5 +1,5 @@
 //! Scenario 6, storage: 1M appends of ~300 B through the node's [`Store`] with group commit,
-//! over sled (the node's backend), sled with a real fsync, redb and fjall, side by side.
+//! over sled (the node's backend, with its write-ahead log), redb and fjall, side by side.
 //!
 //! redb and fjall live here only, behind the node's `Backend` trait: nothing in `weft-node`
 //! depends on them. Each backend keeps the sled backend's semantics: one table (partition) per
@@ -304,50 +304,6 @@ impl Backend for FjallBackend {
 }
 
 // ---------------------------------------------------------------------------------------------
-// sled + fsync
-
-/// The node's sled backend, with `sync` = sled's `flush()` followed by `fsync` of every file
-/// in the store's directory (and the directory): what real durability costs with sled.
-pub struct SledFsyncBackend {
-    inner: SledBackend,
-    dir: PathBuf,
-}
-
-impl SledFsyncBackend {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
-        Ok(Self {
-            inner: SledBackend::open(dir)?,
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-fn fsync_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            fsync_tree(&entry.path())?;
-        } else if kind.is_file() {
-            std::fs::File::open(entry.path())?.sync_all()?;
-        }
-    }
-    std::fs::File::open(dir)?.sync_all()
-}
-
-impl Layer for SledFsyncBackend {
-    fn inner(&self) -> &dyn Backend {
-        &self.inner
-    }
-
-    fn sync(&self) -> Result<()> {
-        self.inner.sync()?;
-        fsync_tree(&self.dir).map_err(Error::storage)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Counting what the store writes
 
 /// Wraps a backend and counts the key and value bytes the store puts (per tree), and the time
@@ -448,27 +404,19 @@ enum Engine {
     /// No disk: the ceiling of the store itself (JSON, audit hash, writer lock, threads).
     Memory,
     Sled,
-    SledFsync,
     Redb,
     Fjall,
 }
 
 impl Engine {
-    const ALL: [Engine; 5] = [
-        Engine::Memory,
-        Engine::Sled,
-        Engine::SledFsync,
-        Engine::Redb,
-        Engine::Fjall,
-    ];
+    const ALL: [Engine; 4] = [Engine::Memory, Engine::Sled, Engine::Redb, Engine::Fjall];
     #[cfg(test)]
-    const DISK: [Engine; 4] = [Engine::Sled, Engine::SledFsync, Engine::Redb, Engine::Fjall];
+    const DISK: [Engine; 3] = [Engine::Sled, Engine::Redb, Engine::Fjall];
 
     fn name(self) -> &'static str {
         match self {
             Engine::Memory => "memory",
             Engine::Sled => "sled",
-            Engine::SledFsync => "sled+fsync",
             Engine::Redb => "redb",
             Engine::Fjall => "fjall",
         }
@@ -477,8 +425,9 @@ impl Engine {
     fn durability(self) -> &'static str {
         match self {
             Engine::Memory => "reference only: MemoryBackend, nothing on disk, sync is a no-op",
-            Engine::Sled => "sled 0.34.7: sync = flush() = sync_file_range, not fsync",
-            Engine::SledFsync => "sled 0.34.7: sync = flush() + fsync of every file and the dir",
+            Engine::Sled => {
+                "sled 0.34.7 with the node's write-ahead log: sync = fdatasync of the log"
+            }
             Engine::Redb => {
                 "redb 2.6: txn commit Durability::None, sync = empty Durability::Immediate commit (fsync)"
             }
@@ -492,7 +441,6 @@ impl Engine {
         Ok(match self {
             Engine::Memory => Arc::new(weft_node::storage::memory::MemoryBackend::new()),
             Engine::Sled => Arc::new(SledBackend::open(dir)?),
-            Engine::SledFsync => Arc::new(SledFsyncBackend::open(dir)?),
             Engine::Redb => Arc::new(RedbBackend::open(dir)?),
             Engine::Fjall => Arc::new(FjallBackend::open(dir)?),
         })

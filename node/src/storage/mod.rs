@@ -14,6 +14,7 @@
 
 pub mod memory;
 pub mod sled;
+mod wal;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,6 +126,11 @@ pub trait Backend: Send + Sync + 'static {
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()>;
     /// Makes every transaction that returned before this call durable.
     fn sync(&self) -> Result<()>;
+    /// A [`Backend::sync`] that also drops whatever copies the engine keeps besides its own
+    /// files (a write-ahead log): after a purge, so purged values do not linger there.
+    fn checkpoint(&self) -> Result<()> {
+        self.sync()
+    }
     /// Approximate bytes used on disk (0 in memory).
     fn size_on_disk(&self) -> u64;
     /// Number of entries in a tree.
@@ -159,6 +165,10 @@ pub trait Layer: Send + Sync + 'static {
     fn sync(&self) -> Result<()> {
         self.inner().sync()
     }
+    /// See [`Backend::checkpoint`].
+    fn checkpoint(&self) -> Result<()> {
+        self.inner().checkpoint()
+    }
     /// See [`Backend::size_on_disk`].
     fn size_on_disk(&self) -> u64 {
         self.inner().size_on_disk()
@@ -187,6 +197,9 @@ impl<L: Layer> Backend for L {
     }
     fn sync(&self) -> Result<()> {
         Layer::sync(self)
+    }
+    fn checkpoint(&self) -> Result<()> {
+        Layer::checkpoint(self)
     }
     fn size_on_disk(&self) -> u64 {
         Layer::size_on_disk(self)
@@ -904,6 +917,8 @@ impl Store {
             .fetch_sub(empty_plans.len() as u64, Ordering::Relaxed);
         drop(guard);
         self.writer.wait_durable(n, self.backend.as_ref())?;
+        // The purged values are still in the write-ahead log's records before this one.
+        self.backend.checkpoint()?;
         out.into_inner()
             .ok_or_else(|| Error::internal("purge produced no result"))
     }

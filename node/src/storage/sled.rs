@@ -1,18 +1,32 @@
-//! The embedded default [`Backend`]: sled, one tree per [`Tree`].
+//! The embedded default [`Backend`]: sled, one tree per [`Tree`], made durable by a
+//! write-ahead log ([`super::wal`]).
 //!
 //! *Architecture invariant:* this is the only file that imports sled.
 //!
-//! `sync` is sled's `flush()`; the store calls it (group commit) before acknowledging a
-//! write, so an acknowledged write survives the process being killed. (sled's flush uses `sync_file_range`, not a full
-//! `fsync`; see ARCHITECTURE.md for what that means on power loss.)
+//! A transaction is applied to sled and its writes appended to the log, in one order. `sync`
+//! (which the store runs, as group commit, before acknowledging a write) is an `fdatasync` of
+//! the log, not sled's `flush()`, which ends in `sync_file_range` on Linux and so does not
+//! survive a power loss. sled writes its own files in the background; on open, the log's
+//! records after what sled recovered are applied again. A checkpoint (sled's `flush()`) lets
+//! the log start afresh.
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
+use super::wal::{Wal, Writes, CHECKPOINT_BYTES};
 use super::{Backend, Tree, Txn};
 use crate::error::{Error, Result};
+
+/// The number of the last transaction applied, in sled's default tree (which no [`Tree`]
+/// names, so the store and its backups never see it), written by every transaction.
+const APPLIED: &[u8] = b"weft.wal.applied";
+
+/// The position of sled's default tree in a transaction's views (after every [`Tree`]).
+const DEFAULT_VIEW: usize = Tree::ALL.len();
 
 /// sled's page cache, bounded well below sled's 1 GiB default: documents are loaded per
 /// request and the OS page cache keeps hot pages anyway. In the benchmark at 100,000
@@ -20,10 +34,15 @@ use crate::error::{Error, Result};
 /// and the receiving node ended at 352-391 MiB resident instead of 478-579 MiB.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// sled trees.
+/// sled trees and their write-ahead log.
 pub struct SledBackend {
     db: sled::Db,
+    /// One per [`Tree`], then sled's default tree.
     trees: Vec<sled::Tree>,
+    wal: Wal,
+    /// The number of the last transaction: held while one is applied and logged, so the log's
+    /// order is sled's.
+    last: Mutex<u64>,
 }
 
 impl SledBackend {
@@ -48,20 +67,97 @@ impl SledBackend {
                     ))
                 }
             })?;
-        let trees = Tree::ALL
+        let mut trees = Tree::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
             .collect::<sled::Result<Vec<_>>>()
             .map_err(Error::storage)?;
-        Ok(Self { db, trees })
+        trees.push((*db).clone());
+        let mut last = match db.get(APPLIED).map_err(Error::storage)? {
+            Some(b) => u64::from_be_bytes(
+                b.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Storage("malformed write-ahead log position".into()))?,
+            ),
+            None => 0,
+        };
+        // Apply again what sled lost of the log (a crash before its own flush).
+        let (records, files) = Wal::read(dir)?;
+        let recovered = last;
+        for (seq, writes) in records {
+            if seq <= last {
+                continue;
+            }
+            if seq != last + 1 {
+                return Err(Error::Storage(format!(
+                    "the write-ahead log in {} skips from transaction {last} to {seq}",
+                    dir.display()
+                )));
+            }
+            apply(&trees, seq, &|txn| {
+                writes
+                    .iter()
+                    .try_for_each(|(tree, key, value)| match value {
+                        Some(v) => txn.put(*tree, key, v),
+                        None => txn.remove(*tree, key),
+                    })
+            })?;
+            last = seq;
+        }
+        if last > recovered {
+            tracing::info!(
+                transactions = last - recovered,
+                "applied again from the write-ahead log what the store had not written"
+            );
+        }
+        if !files.is_empty() {
+            db.flush().map_err(Error::storage)?;
+        }
+        let wal = Wal::start(dir, &files)?;
+        Ok(Self {
+            db,
+            trees,
+            wal,
+            last: Mutex::new(last),
+        })
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
         &self.trees[tree as usize]
     }
+
+    fn last(&self) -> Result<MutexGuard<'_, u64>> {
+        self.last
+            .lock()
+            .map_err(|_| Error::internal("transaction order poisoned"))
+    }
 }
 
-struct SledTxn<'a>(&'a [TransactionalTree]);
+/// Runs `f` as sled transaction `seq` over `trees` (the [`Tree`]s, then the default tree);
+/// returns its writes. A transaction that writes nothing leaves no trace.
+fn apply(trees: &[sled::Tree], seq: u64, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<Writes> {
+    let log = RefCell::new(Writes::new());
+    let result: std::result::Result<(), TransactionError<Error>> = trees.transaction(|views| {
+        // sled may run the closure again: only the last run's writes count.
+        log.borrow_mut().clear();
+        f(&SledTxn { views, log: &log }).map_err(ConflictableTransactionError::Abort)?;
+        if !log.borrow().is_empty() {
+            views[DEFAULT_VIEW].insert(APPLIED, &seq.to_be_bytes())?;
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => Ok(log.into_inner()),
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(Error::storage(e)),
+    }
+}
+
+/// A transaction's views, recording every write for the log.
+struct SledTxn<'a> {
+    views: &'a [TransactionalTree],
+    log: &'a RefCell<Writes>,
+}
 
 fn abort(e: sled::transaction::UnabortableTransactionError) -> Error {
     Error::storage(e)
@@ -69,19 +165,25 @@ fn abort(e: sled::transaction::UnabortableTransactionError) -> Error {
 
 impl Txn for SledTxn<'_> {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0[tree as usize]
+        Ok(self.views[tree as usize]
             .get(key)
             .map_err(abort)?
             .map(|v| v.to_vec()))
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
-        self.0[tree as usize].insert(key, value).map_err(abort)?;
+        self.views[tree as usize]
+            .insert(key, value)
+            .map_err(abort)?;
+        self.log
+            .borrow_mut()
+            .push((tree, key.to_vec(), Some(value.to_vec())));
         Ok(())
     }
 
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<()> {
-        self.0[tree as usize].remove(key).map_err(abort)?;
+        self.views[tree as usize].remove(key).map_err(abort)?;
+        self.log.borrow_mut().push((tree, key.to_vec(), None));
         Ok(())
     }
 }
@@ -129,27 +231,124 @@ impl Backend for SledBackend {
     }
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
-        let result: std::result::Result<(), TransactionError<Error>> = self
-            .trees
-            .as_slice()
-            .transaction(|views| f(&SledTxn(views)).map_err(ConflictableTransactionError::Abort));
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(Error::storage(e)),
+        let mut last = self.last()?;
+        let seq = *last + 1;
+        let writes = apply(&self.trees, seq, f)?;
+        if !writes.is_empty() {
+            // Applied but not logged (the disk failed): like a write whose sync failed, the
+            // caller is told, and sled may still keep it.
+            self.wal.append(seq, &writes)?;
+            *last = seq;
         }
-    }
-
-    fn sync(&self) -> Result<()> {
-        self.db.flush().map_err(Error::storage)?;
         Ok(())
     }
 
+    fn sync(&self) -> Result<()> {
+        if self.wal.bytes() > CHECKPOINT_BYTES {
+            return self.checkpoint();
+        }
+        self.wal.sync()
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        // New transactions go to a new file; sled's flush covers everything in the old ones
+        // (and what the new one gets meanwhile, which the final sync covers too).
+        let old = {
+            let _order = self.last()?;
+            self.wal.rotate()?
+        };
+        self.db.flush().map_err(Error::storage)?;
+        self.wal.remove_through(old)?;
+        self.wal.sync()
+    }
+
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.wal.size_on_disk()
     }
 
     fn len(&self, tree: Tree) -> Result<u64> {
         Ok(self.tree(tree).len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_bytes(dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(".log") {
+                out.extend(std::fs::read(path).unwrap());
+            }
+        }
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn transactions_sled_lost_are_applied_again_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SledBackend::open(dir.path()).unwrap();
+        b.transact(&|t| t.put(Tree::Plans, b"a", b"1")).unwrap();
+        // A transaction the log has and sled lost (the process died before sled wrote it).
+        let lost: Writes = vec![
+            (Tree::Chunks, b"k".to_vec(), Some(b"v".to_vec())),
+            (Tree::Plans, b"a".to_vec(), None),
+        ];
+        b.wal.append(2, &lost).unwrap();
+        *b.last().unwrap() = 2;
+        b.sync().unwrap();
+        drop(b);
+
+        let b = SledBackend::open(dir.path()).unwrap();
+        assert_eq!(b.get(Tree::Chunks, b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            b.get(Tree::Plans, b"a").unwrap(),
+            None,
+            "removes replay too"
+        );
+        // Numbering goes on after the replayed transaction, in a fresh log.
+        b.transact(&|t| t.put(Tree::Plans, b"b", b"2")).unwrap();
+        b.sync().unwrap();
+        assert_eq!(Wal::read(dir.path()).unwrap().0[0].0, 3);
+        drop(b);
+        let b = SledBackend::open(dir.path()).unwrap();
+        assert_eq!(b.get(Tree::Plans, b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(b.get(Tree::Chunks, b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn a_checkpoint_leaves_no_removed_value_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SledBackend::open(dir.path()).unwrap();
+        let marker = b"purged-marker-7d1e";
+        b.transact(&|t| t.put(Tree::Chunks, b"k", marker)).unwrap();
+        b.sync().unwrap();
+        assert!(
+            contains(&wal_bytes(dir.path()), marker),
+            "the log holds the value (positive control)"
+        );
+        b.transact(&|t| t.remove(Tree::Chunks, b"k")).unwrap();
+        b.checkpoint().unwrap();
+        assert!(!contains(&wal_bytes(dir.path()), marker));
+        drop(b);
+        let b = SledBackend::open(dir.path()).unwrap();
+        assert_eq!(b.get(Tree::Chunks, b"k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_transaction_that_writes_nothing_is_not_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SledBackend::open(dir.path()).unwrap();
+        b.transact(&|t| t.get(Tree::Plans, b"a").map(|_| ()))
+            .unwrap();
+        b.transact(&|t| t.put(Tree::Plans, b"a", b"1")).unwrap();
+        let (records, _) = Wal::read(dir.path()).unwrap();
+        assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), [1]);
     }
 }
