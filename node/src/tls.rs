@@ -166,6 +166,12 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Small frames (an event, an acknowledgement, a one-field change) go out at once:
+            // with Nagle's algorithm a write waits while an earlier one is unacknowledged,
+            // and the other side delays its ACK by up to 40 ms.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(%peer, error = %e, "could not turn off Nagle's algorithm");
+            }
             let (acceptor, sender) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let handshake =
@@ -182,4 +188,44 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    /// Accepted connections answer small writes at once: tonic's own listener turns Nagle's
+    /// algorithm off, and ours must too (with it on, an event written while an earlier one
+    /// is unacknowledged waits for the client's delayed ACK, up to 40 ms).
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::pki::init_ca(dir.path(), "test CA").unwrap();
+        let agency = crate::model::AgencyId::parse("school.test").unwrap();
+        let files = crate::pki::issue(dir.path(), &agency, dir.path(), 1).unwrap();
+        let config = server_config(ReloadingCert::new(&files).unwrap(), None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Box::pin(incoming(listener, config));
+
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&files.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connect = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect("localhost".try_into().unwrap(), tcp);
+        let (client, server) = tokio::join!(connect, accepted.next());
+        client.expect("the handshake succeeds");
+        let server = server.expect("a connection").expect("its handshake");
+        assert!(server.get_ref().0.nodelay().unwrap());
+    }
 }
