@@ -399,7 +399,8 @@ pub async fn memory(agency: &mut Agency, docs: u64, read: usize) -> anyhow::Resu
 }
 
 /// Scenario 3: three agencies; edits at the school at rising rates until p99 passes 100 ms
-/// at the clinic or the nutrition centre.
+/// at the clinic or the nutrition centre, once both have acknowledged the initial copy (plus
+/// [`SETTLE`]).
 pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result<Vec<Latency>> {
     let mut fed = Federation::new(work, &[SCHOOL, CLINIC, NUTRITION], &[]).await?;
     let (docs, _) = fed
@@ -415,6 +416,18 @@ pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result
         })
         .await?;
     }
+    // Measured on a settled federation, as in scenario 2: both peers have acknowledged the
+    // initial copy (until then the school is still writing their acknowledgements).
+    for peer in [CLINIC, NUTRITION] {
+        fed.agencies[0]
+            .wait_until(
+                "the peers to acknowledge the initial copy",
+                Duration::from_secs(600),
+                |p| value(p, &format!("weft_replication_lag{{peer=\"{peer}\"}}")) == 0.0,
+            )
+            .await?;
+    }
+    tokio::time::sleep(SETTLE).await;
     let ids = plan_ids(&fed.agencies[0], plans as usize).await?;
     let mut out = Vec::new();
     for &rate in rates {
