@@ -225,22 +225,29 @@ pub async fn propagation(
     })
 }
 
-/// How long scenario 2 lets the nodes rest after the cold copy before it measures.
+/// How long scenarios 2 and 3 let the nodes rest after the initial copy before they measure.
 const SETTLE: Duration = Duration::from_secs(10);
+
+/// Waits until every one of `peers` has acknowledged all of `home`'s feed (until then `home`
+/// is still writing their acknowledgements), then [`SETTLE`] more for the background work
+/// the copy leaves (sled's flushes): latency is measured on a settled federation.
+async fn settled(home: &Agency, peers: &[&str]) -> anyhow::Result<()> {
+    for peer in peers {
+        home.wait_until(
+            "the peers to acknowledge the initial copy",
+            Duration::from_secs(600),
+            |p| value(p, &format!("weft_replication_lag{{peer=\"{peer}\"}}")) == 0.0,
+        )
+        .await?;
+    }
+    tokio::time::sleep(SETTLE).await;
+    Ok(())
+}
 
 /// Scenario 2 on a running federation: 10/s and 500/s.
 pub async fn one_edit(fed: &Federation, quick: bool) -> anyhow::Result<Vec<Latency>> {
     let (school, clinic) = (&fed.agencies[0], &fed.agencies[1]);
-    // Measured on a settled federation: the clinic has acknowledged the whole cold copy, and
-    // both stores have had a moment for the background work it leaves (sled's flushes).
-    school
-        .wait_until(
-            "the clinic to acknowledge the cold copy",
-            Duration::from_secs(600),
-            |p| value(p, &format!("weft_replication_lag{{peer=\"{CLINIC}\"}}")) == 0.0,
-        )
-        .await?;
-    tokio::time::sleep(SETTLE).await;
+    settled(school, &[CLINIC]).await?;
     let plans = plan_ids(school, 500).await?;
     let slow = propagation(
         school,
@@ -416,18 +423,7 @@ pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result
         })
         .await?;
     }
-    // Measured on a settled federation, as in scenario 2: both peers have acknowledged the
-    // initial copy (until then the school is still writing their acknowledgements).
-    for peer in [CLINIC, NUTRITION] {
-        fed.agencies[0]
-            .wait_until(
-                "the peers to acknowledge the initial copy",
-                Duration::from_secs(600),
-                |p| value(p, &format!("weft_replication_lag{{peer=\"{peer}\"}}")) == 0.0,
-            )
-            .await?;
-    }
-    tokio::time::sleep(SETTLE).await;
+    settled(&fed.agencies[0], &[CLINIC, NUTRITION]).await?;
     let ids = plan_ids(&fed.agencies[0], plans as usize).await?;
     let mut out = Vec::new();
     for &rate in rates {
