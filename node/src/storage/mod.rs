@@ -917,8 +917,11 @@ impl Store {
             .fetch_sub(empty_plans.len() as u64, Ordering::Relaxed);
         drop(guard);
         self.writer.wait_durable(n, self.backend.as_ref())?;
-        // The purged values are still in the write-ahead log's records before this one.
-        self.backend.checkpoint()?;
+        // The purged values are still in the write-ahead log's records before this one. The
+        // purge itself is durable already: a failed checkpoint only leaves them there longer.
+        if let Err(e) = self.backend.checkpoint() {
+            tracing::warn!(error = %e, "could not checkpoint the store after a purge; the purged values stay in its write-ahead log until the next checkpoint");
+        }
         out.into_inner()
             .ok_or_else(|| Error::internal("purge produced no result"))
     }

@@ -40,9 +40,12 @@ pub struct SledBackend {
     /// One per [`Tree`], then sled's default tree.
     trees: Vec<sled::Tree>,
     wal: Wal,
+    dir: std::path::PathBuf,
     /// The number of the last transaction: held while one is applied and logged, so the log's
     /// order is sled's.
     last: Mutex<u64>,
+    /// Held by a checkpoint, so two never interleave.
+    checkpointing: Mutex<()>,
 }
 
 impl SledBackend {
@@ -111,7 +114,7 @@ impl SledBackend {
             );
         }
         if !files.is_empty() {
-            db.flush().map_err(Error::storage)?;
+            make_durable(&db, dir)?;
         }
         let wal = Wal::start(dir, &files)?;
         Ok(Self {
@@ -119,6 +122,8 @@ impl SledBackend {
             trees,
             wal,
             last: Mutex::new(last),
+            checkpointing: Mutex::new(()),
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -131,6 +136,26 @@ impl SledBackend {
             .lock()
             .map_err(|_| Error::internal("transaction order poisoned"))
     }
+}
+
+/// Makes everything sled holds durable, as the log was: `Db::flush` ends in
+/// `sync_file_range`, and sled never syncs its blob files, so every file of the store (not the
+/// log's) and its directories are `fsync`ed after it. Only then may log files go.
+fn make_durable(db: &sled::Db, dir: &Path) -> Result<()> {
+    db.flush().map_err(Error::storage)?;
+    fn sync_tree(dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                sync_tree(&entry.path())?;
+            } else if kind.is_file() && !entry.file_name().to_string_lossy().starts_with("wal-") {
+                std::fs::File::open(entry.path())?.sync_all()?;
+            }
+        }
+        std::fs::File::open(dir)?.sync_all()
+    }
+    sync_tree(dir).map_err(|e| Error::Storage(format!("cannot sync {}: {e}", dir.display())))
 }
 
 /// Runs `f` as sled transaction `seq` over `trees` (the [`Tree`]s, then the default tree);
@@ -231,12 +256,14 @@ impl Backend for SledBackend {
     }
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        // A log that failed takes nothing more, and sled must not get what the log lacks.
+        self.wal.check()?;
         let mut last = self.last()?;
         let seq = *last + 1;
         let writes = apply(&self.trees, seq, f)?;
         if !writes.is_empty() {
             // Applied but not logged (the disk failed): like a write whose sync failed, the
-            // caller is told, and sled may still keep it.
+            // caller is told, sled may still keep it, and the log takes nothing more.
             self.wal.append(seq, &writes)?;
             *last = seq;
         }
@@ -244,20 +271,28 @@ impl Backend for SledBackend {
     }
 
     fn sync(&self) -> Result<()> {
+        self.wal.sync()?;
         if self.wal.bytes() > CHECKPOINT_BYTES {
-            return self.checkpoint();
+            // What was asked is done; a failed checkpoint is retried at the next sync.
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "could not checkpoint the write-ahead log; will retry");
+            }
         }
-        self.wal.sync()
+        Ok(())
     }
 
     fn checkpoint(&self) -> Result<()> {
-        // New transactions go to a new file; sled's flush covers everything in the old ones
-        // (and what the new one gets meanwhile, which the final sync covers too).
+        let _one = self
+            .checkpointing
+            .lock()
+            .map_err(|_| Error::internal("checkpoint poisoned"))?;
+        // New transactions go to a new file (the old one synced); sled, made durable, then
+        // holds everything in the old ones, and what the new one gets meanwhile.
         let old = {
             let _order = self.last()?;
             self.wal.rotate()?
         };
-        self.db.flush().map_err(Error::storage)?;
+        make_durable(&self.db, &self.dir)?;
         self.wal.remove_through(old)?;
         self.wal.sync()
     }

@@ -17,12 +17,16 @@
 //!
 //! File format: `WEFTWAL1`, then records `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload`,
 //! payload `seq: u64 LE` then per write `tree: u8 ‖ key_len: u32 LE ‖ key ‖ present: u8`
-//! (`‖ value_len: u32 LE ‖ value` when present). Reading stops at the first record that is
-//! short or fails its checksum: a torn tail from a crash mid-append, never acknowledged.
+//! (`‖ value_len: u32 LE ‖ value` when present). A record that is short or fails its checksum
+//! at the end of the newest file is a torn append from a crash, never acknowledged, and is
+//! dropped; anywhere else it is damage, and the store does not open. After a failed append or
+//! sync the log refuses everything until the store is opened again, so no record is ever
+//! written after a torn one.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Tree;
@@ -44,6 +48,11 @@ pub(super) const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 pub(super) struct Wal {
     dir: PathBuf,
     current: Mutex<Current>,
+    /// An append or a sync failed: nothing more is logged or acknowledged until the store is
+    /// opened again. (After a failed `fdatasync` the kernel may drop the dirty pages and a
+    /// later one succeed over a hole; after a short append, later records would sit behind a
+    /// torn one that recovery stops at.)
+    failed: AtomicBool,
 }
 
 struct Current {
@@ -61,28 +70,47 @@ fn file_name(number: u64) -> String {
 }
 
 impl Wal {
-    /// Opens the log in `dir`: the records found in its files (oldest first, up to the first
-    /// torn one), and the numbers of those files, which [`Wal::start`] deletes once the
-    /// records are safely elsewhere.
+    /// Opens the log in `dir`: the records found in its files (oldest first), and the numbers
+    /// of those files, which [`Wal::start`] deletes once the records are safely elsewhere. The
+    /// newest file may end in an append a crash cut short (never acknowledged: it is dropped);
+    /// damage in any other file is an error, since records after it may have been.
     pub(super) fn read(dir: &Path) -> Result<Contents> {
         let numbers = list(dir)?;
         let mut records = Vec::new();
-        'files: for n in &numbers {
+        for (i, n) in numbers.iter().enumerate() {
             let path = dir.join(file_name(*n));
             let bytes = std::fs::read(&path).map_err(io("cannot read", &path))?;
-            let Some(mut rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
-                break;
+            let mut rest: &[u8] = match bytes.strip_prefix(MAGIC.as_slice()) {
+                Some(r) => r,
+                // A file whose creation a crash cut short holds nothing.
+                None if MAGIC.starts_with(&bytes) => &[],
+                // Not a log file's start: damaged.
+                None => &bytes,
             };
-            while let Some((record, tail)) = next_record(rest) {
-                rest = tail;
+            let bad_start = !bytes.starts_with(MAGIC) && !MAGIC.starts_with(&bytes);
+            while let Some((record, tail)) = next_record(rest).filter(|_| !bad_start) {
                 match decode(record) {
                     Some(r) => records.push(r),
-                    None => break 'files,
+                    None => break,
                 }
+                rest = tail;
             }
-            if !rest.is_empty() {
-                // A torn tail: nothing after it was acknowledged.
-                break;
+            let torn = !rest.is_empty();
+            if torn && i + 1 < numbers.len() {
+                // Only the newest file can end in an append a crash cut short (a failed
+                // append stops the log): damage anywhere else may hide acknowledged writes.
+                return Err(Error::Storage(format!(
+                    "the write-ahead log file {} is damaged before its end; the store was not \
+                     opened (restore it from a backup, or ask for help before deleting it)",
+                    path.display()
+                )));
+            }
+            if torn {
+                tracing::warn!(
+                    file = %path.display(),
+                    bytes = rest.len(),
+                    "the write-ahead log ends in a torn append (never acknowledged); it is dropped"
+                );
             }
         }
         Ok((records, numbers))
@@ -104,7 +132,26 @@ impl Wal {
                 number,
                 bytes: MAGIC.len() as u64,
             }),
+            failed: AtomicBool::new(false),
         })
+    }
+
+    /// Refuses once an append or a sync failed.
+    pub(super) fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Storage(
+                "the write-ahead log could not be written earlier; restart the node (it \
+                 recovers from the log) once the disk is fixed"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Marks the log failed (see [`Wal::failed`](Self)) and passes `e` on.
+    fn fail(&self, e: Error) -> Error {
+        self.failed.store(true, Ordering::SeqCst);
+        e
     }
 
     fn current(&self) -> Result<MutexGuard<'_, Current>> {
@@ -116,7 +163,8 @@ impl Wal {
     /// Appends transaction `seq` (not yet durable: see [`Wal::sync`]). The caller orders
     /// appends as it orders transactions.
     pub(super) fn append(&self, seq: u64, writes: &Writes) -> Result<()> {
-        let payload = encode(seq, writes);
+        self.check()?;
+        let payload = encode(seq, writes)?;
         let mut record = Vec::with_capacity(payload.len() + 8);
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -125,7 +173,7 @@ impl Wal {
         let path = self.dir.join(file_name(current.number));
         (&*current.file)
             .write_all(&record)
-            .map_err(io("cannot append to", &path))?;
+            .map_err(|e| self.fail(io("cannot append to", &path)(e)))?;
         current.bytes += record.len() as u64;
         Ok(())
     }
@@ -137,12 +185,13 @@ impl Wal {
 
     /// Makes every record appended so far durable. Appends may go on meanwhile.
     pub(super) fn sync(&self) -> Result<()> {
+        self.check()?;
         let (file, number) = {
             let c = self.current()?;
             (c.file.clone(), c.number)
         };
         file.sync_data()
-            .map_err(io("cannot sync", &self.dir.join(file_name(number))))
+            .map_err(|e| self.fail(io("cannot sync", &self.dir.join(file_name(number)))(e)))
     }
 
     /// Switches appends to a new file; returns the old file's number, for
@@ -150,11 +199,11 @@ impl Wal {
     /// synced first: a [`Wal::sync`] after the switch syncs only the new one, yet answers for
     /// every record appended before it.
     pub(super) fn rotate(&self) -> Result<u64> {
+        self.check()?;
         let mut current = self.current()?;
-        current
-            .file
-            .sync_data()
-            .map_err(io("cannot sync", &self.dir.join(file_name(current.number))))?;
+        current.file.sync_data().map_err(|e| {
+            self.fail(io("cannot sync", &self.dir.join(file_name(current.number)))(e))
+        })?;
         let number = current.number + 1;
         let file = create(&self.dir, number)?;
         let old = current.number;
@@ -166,13 +215,18 @@ impl Wal {
         Ok(old)
     }
 
-    /// Deletes the files up to `number`.
+    /// Deletes the files up to `number` (durably: a deleted file holds purged values).
     pub(super) fn remove_through(&self, number: u64) -> Result<()> {
         for n in list(&self.dir)?.into_iter().filter(|n| *n <= number) {
             let path = self.dir.join(file_name(n));
-            std::fs::remove_file(&path).map_err(io("cannot remove", &path))?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("cannot remove", &path)(e))
+                }
+                _ => {}
+            }
         }
-        Ok(())
+        sync_dir(&self.dir)
     }
 
     /// Every file of the log, for the size on disk.
@@ -205,23 +259,46 @@ fn list(dir: &Path) -> Result<Vec<u64>> {
     Ok(numbers)
 }
 
-/// Creates log file `number` with its magic, durably (the file and its directory entry).
+/// Creates log file `number` with its magic, durably (the file and its directory entry). A
+/// file left from a failed attempt is replaced.
 fn create(dir: &Path, number: u64) -> Result<File> {
     let path = dir.join(file_name(number));
-    let mut file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)
-        .map_err(io("cannot create", &path))?;
-    file.write_all(MAGIC).map_err(io("cannot write", &path))?;
-    file.sync_all().map_err(io("cannot sync", &path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("cannot sync", dir))?;
-    Ok(file)
+    let made = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        file.write_all(MAGIC)?;
+        file.sync_all()?;
+        // Appends go after what is there: reopen for appending.
+        OpenOptions::new().append(true).open(&path)
+    })();
+    match made {
+        Ok(file) => {
+            sync_dir(dir)?;
+            Ok(file)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(io("cannot create", &path)(e))
+        }
+    }
 }
 
-fn encode(seq: u64, writes: &Writes) -> Vec<u8> {
+/// Makes the directory's entries (files created or removed) durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("cannot sync", dir))
+}
+
+fn encode(seq: u64, writes: &Writes) -> Result<Vec<u8>> {
+    let len = |b: &[u8]| {
+        u32::try_from(b.len())
+            .map(u32::to_le_bytes)
+            .map_err(|_| Error::invalid("a value too large for the write-ahead log"))
+    };
     let size: usize = writes
         .iter()
         .map(|(_, k, v)| 10 + k.len() + v.as_ref().map_or(0, Vec::len))
@@ -230,18 +307,23 @@ fn encode(seq: u64, writes: &Writes) -> Vec<u8> {
     out.extend_from_slice(&seq.to_le_bytes());
     for (tree, key, value) in writes {
         out.push(*tree as u8);
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&len(key)?);
         out.extend_from_slice(key);
         match value {
             Some(v) => {
                 out.push(1);
-                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(&len(v)?);
                 out.extend_from_slice(v);
             }
             None => out.push(0),
         }
     }
-    out
+    if out.len() > u32::MAX as usize {
+        return Err(Error::invalid(
+            "a transaction too large for the write-ahead log",
+        ));
+    }
+    Ok(out)
 }
 
 /// The next whole record whose checksum holds, and what follows it.
@@ -319,6 +401,34 @@ mod tests {
         std::fs::write(&path, &bad).unwrap();
         let (records, _) = Wal::read(dir.path()).unwrap();
         assert!(records.is_empty(), "nothing after a corrupt record is read");
+    }
+
+    #[test]
+    fn damage_before_the_newest_file_s_end_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), &[]).unwrap();
+        wal.append(1, &writes(1)).unwrap();
+        wal.rotate().unwrap();
+        wal.append(2, &writes(2)).unwrap();
+        let path = dir.path().join(file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Wal::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn after_a_failed_append_nothing_more_is_logged_or_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), &[]).unwrap();
+        wal.append(1, &writes(1)).unwrap();
+        wal.fail(Error::internal("a full disk"));
+        assert!(wal.append(2, &writes(2)).is_err());
+        assert!(wal.sync().is_err());
+        assert!(wal.rotate().is_err());
+        assert_eq!(Wal::read(dir.path()).unwrap().0.len(), 1);
     }
 
     #[test]
