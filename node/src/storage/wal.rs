@@ -121,10 +121,7 @@ impl Wal {
     pub(super) fn start(dir: &Path, old: &[u64]) -> Result<Self> {
         let number = old.iter().max().map_or(1, |n| n + 1);
         let file = create(dir, number)?;
-        for n in old {
-            let path = dir.join(file_name(*n));
-            std::fs::remove_file(&path).map_err(io("cannot remove", &path))?;
-        }
+        remove(dir, old)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             current: Mutex::new(Current {
@@ -164,11 +161,7 @@ impl Wal {
     /// appends as it orders transactions.
     pub(super) fn append(&self, seq: u64, writes: &Writes) -> Result<()> {
         self.check()?;
-        let payload = encode(seq, writes)?;
-        let mut record = Vec::with_capacity(payload.len() + 8);
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        record.extend_from_slice(&payload);
+        let record = encode(seq, writes)?;
         let mut current = self.current()?;
         let path = self.dir.join(file_name(current.number));
         (&*current.file)
@@ -215,18 +208,13 @@ impl Wal {
         Ok(old)
     }
 
-    /// Deletes the files up to `number` (durably: a deleted file holds purged values).
+    /// Deletes the files up to `number`.
     pub(super) fn remove_through(&self, number: u64) -> Result<()> {
-        for n in list(&self.dir)?.into_iter().filter(|n| *n <= number) {
-            let path = self.dir.join(file_name(n));
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io("cannot remove", &path)(e))
-                }
-                _ => {}
-            }
-        }
-        sync_dir(&self.dir)
+        let old: Vec<u64> = list(&self.dir)?
+            .into_iter()
+            .filter(|n| *n <= number)
+            .collect();
+        remove(&self.dir, &old)
     }
 
     /// Every file of the log, for the size on disk.
@@ -286,13 +274,30 @@ fn create(dir: &Path, number: u64) -> Result<File> {
     }
 }
 
+/// Deletes log files `numbers` (one already gone is fine), durably: a deleted file may hold
+/// purged values, and must not come back after a power loss.
+fn remove(dir: &Path, numbers: &[u64]) -> Result<()> {
+    for n in numbers {
+        let path = dir.join(file_name(*n));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("cannot remove", &path)(e))
+            }
+            _ => {}
+        }
+    }
+    sync_dir(dir)
+}
+
 /// Makes the directory's entries (files created or removed) durable.
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("cannot sync", dir))
 }
 
+/// Transaction `seq` as one whole record (length, checksum, payload), built in one buffer:
+/// a record can be as large as a whole section.
 fn encode(seq: u64, writes: &Writes) -> Result<Vec<u8>> {
     let len = |b: &[u8]| {
         u32::try_from(b.len())
@@ -303,7 +308,9 @@ fn encode(seq: u64, writes: &Writes) -> Result<Vec<u8>> {
         .iter()
         .map(|(_, k, v)| 10 + k.len() + v.as_ref().map_or(0, Vec::len))
         .sum();
-    let mut out = Vec::with_capacity(8 + size);
+    // The length and the checksum go first, once the payload is known.
+    let mut out = Vec::with_capacity(16 + size);
+    out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&seq.to_le_bytes());
     for (tree, key, value) in writes {
         out.push(*tree as u8);
@@ -318,11 +325,11 @@ fn encode(seq: u64, writes: &Writes) -> Result<Vec<u8>> {
             None => out.push(0),
         }
     }
-    if out.len() > u32::MAX as usize {
-        return Err(Error::invalid(
-            "a transaction too large for the write-ahead log",
-        ));
-    }
+    let payload_len = u32::try_from(out.len() - 8)
+        .map_err(|_| Error::invalid("a transaction too large for the write-ahead log"))?;
+    let crc = crc32fast::hash(&out[8..]);
+    out[..4].copy_from_slice(&payload_len.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
