@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::writer::Overlay;
+use super::writer::writes_of;
 use super::{Backend, Tree, Txn};
 use crate::error::{Error, Result};
 
@@ -25,23 +25,6 @@ impl MemoryBackend {
         self.data
             .lock()
             .map_err(|_| Error::internal("memory store poisoned"))
-    }
-}
-
-/// Reads of the map, as the base of a transaction's [`Overlay`].
-struct MapView<'a>(&'a Map);
-
-impl Txn for MapView<'_> {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.get(&(tree, key.to_vec())).cloned())
-    }
-
-    fn put(&self, _: Tree, _: &[u8], _: &[u8]) -> Result<()> {
-        Err(Error::internal("the memory store's base is read-only"))
-    }
-
-    fn remove(&self, _: Tree, _: &[u8]) -> Result<()> {
-        Err(Error::internal("the memory store's base is read-only"))
     }
 }
 
@@ -69,12 +52,7 @@ impl Backend for MemoryBackend {
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
         let mut data = self.lock()?;
-        let writes = {
-            let view = MapView(&data);
-            let overlay = Overlay::new(&view);
-            f(&overlay)?;
-            overlay.into_writes()
-        };
+        let writes = writes_of(|tree, key| Ok(data.get(&(tree, key.to_vec())).cloned()), f)?;
         for (k, v) in writes {
             match v {
                 Some(v) => data.insert(k, v),

@@ -1,19 +1,19 @@
-//! The write-ahead log that makes sled's transactions durable.
+//! The write-ahead log that makes sled's writes durable and its transactions atomic.
 //!
 //! sled's `flush()` ends in `sync_file_range` on Linux, which neither writes a grown file's
 //! size nor flushes the drive's volatile cache: a power loss could take the last acknowledged
 //! writes. Appending a transaction's writes to a plain file and calling `fdatasync` does both,
 //! for about the same time on the benchmark machine (p50 ~0.29 ms against ~0.26 ms for
-//! `flush()`, one writer, 300 B values). So a committed transaction is appended here (under the
-//! backend's transaction order), a `sync` is an `fdatasync` of this file, and sled writes its
-//! own files in the background.
+//! `flush()`, one writer, 300 B values). So a transaction is appended here (in the backend's
+//! transaction order) before sled gets it, a `sync` is an `fdatasync` of this file, and sled
+//! writes its own files when it likes.
 //!
-//! Each transaction carries a number; sled stores the number of the last one applied in the
-//! same transaction. On open, the records after what sled recovered are applied again (a
-//! record holds final values, so applying one twice is harmless) and the log starts afresh.
-//! A checkpoint (a sled `flush()`) lets the log start a new file and delete the old ones: when
-//! it grows past [`CHECKPOINT_BYTES`], and on demand after a purge, so purged values do not
-//! linger here.
+//! Each transaction carries a number, consecutive within the log. On open, every record is
+//! applied again, in order (a record holds final values, so whatever sled kept, the result is
+//! each key's last logged value), and the log starts afresh. A checkpoint (a sled `flush()`
+//! and an `fsync` of its files) lets the log start a new file and delete the old ones: when it
+//! grows past [`CHECKPOINT_BYTES`], on demand after a purge, so purged values do not linger
+//! here, and when the store closes.
 //!
 //! File format: `WEFTWAL1`, then records `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload`,
 //! payload `seq: u64 LE` then per write `tree: u8 ‖ key_len: u32 LE ‖ key ‖ present: u8`
@@ -29,11 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::writer::Writes;
 use super::Tree;
 use crate::error::{Error, Result};
-
-/// One transaction's writes: `None` removes the key.
-pub(super) type Writes = Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>;
 
 /// What a log holds: its records (transaction number and writes), oldest first, and the
 /// numbers of its files.
@@ -146,7 +144,7 @@ impl Wal {
     }
 
     /// Marks the log failed (see [`Wal::failed`](Self)) and passes `e` on.
-    fn fail(&self, e: Error) -> Error {
+    pub(super) fn fail(&self, e: Error) -> Error {
         self.failed.store(true, Ordering::SeqCst);
         e
     }
@@ -306,13 +304,13 @@ fn encode(seq: u64, writes: &Writes) -> Result<Vec<u8>> {
     };
     let size: usize = writes
         .iter()
-        .map(|(_, k, v)| 10 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .map(|((_, k), v)| 10 + k.len() + v.as_ref().map_or(0, Vec::len))
         .sum();
     // The length and the checksum go first, once the payload is known.
     let mut out = Vec::with_capacity(16 + size);
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&seq.to_le_bytes());
-    for (tree, key, value) in writes {
+    for ((tree, key), value) in writes {
         out.push(*tree as u8);
         out.extend_from_slice(&len(key)?);
         out.extend_from_slice(key);
@@ -352,7 +350,7 @@ fn decode(payload: &[u8]) -> Option<(u64, Writes)> {
     }
     let mut b = payload;
     let seq = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
-    let mut writes = Vec::new();
+    let mut writes = Writes::new();
     while !b.is_empty() {
         let tree = *Tree::ALL.get(take(&mut b, 1)?[0] as usize)?;
         let n = len(&mut b)?;
@@ -365,7 +363,7 @@ fn decode(payload: &[u8]) -> Option<(u64, Writes)> {
             }
             _ => return None,
         };
-        writes.push((tree, key, value));
+        writes.insert((tree, key), value);
     }
     Some((seq, writes))
 }
@@ -375,10 +373,10 @@ mod tests {
     use super::*;
 
     fn writes(n: u8) -> Writes {
-        vec![
-            (Tree::Chunks, vec![n; 3], Some(vec![n; 300])),
-            (Tree::Meta, b"k".to_vec(), None),
-        ]
+        Writes::from([
+            ((Tree::Chunks, vec![n; 3]), Some(vec![n; 300])),
+            ((Tree::Meta, b"k".to_vec()), None),
+        ])
     }
 
     #[test]

@@ -28,13 +28,13 @@ pub(super) type Writes = BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>;
 
 /// A transaction's writes held back from its base until [`Overlay::apply`]: reads see the
 /// overlay's own writes first, then the base.
-pub(super) struct Overlay<'a> {
+struct Overlay<'a> {
     base: &'a dyn Txn,
     writes: RefCell<Writes>,
 }
 
 impl<'a> Overlay<'a> {
-    pub(super) fn new(base: &'a dyn Txn) -> Self {
+    fn new(base: &'a dyn Txn) -> Self {
         Self {
             base,
             writes: RefCell::new(Writes::new()),
@@ -42,7 +42,7 @@ impl<'a> Overlay<'a> {
     }
 
     /// The held-back writes.
-    pub(super) fn into_writes(self) -> Writes {
+    fn into_writes(self) -> Writes {
         self.writes.into_inner()
     }
 
@@ -56,6 +56,36 @@ impl<'a> Overlay<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `f` over the committed state that `get` reads and returns its writes, applied to
+/// nothing: the engine applies them (and logs them) itself. The caller keeps other writers
+/// out meanwhile.
+pub(super) fn writes_of(
+    get: impl Fn(Tree, &[u8]) -> Result<Option<Vec<u8>>>,
+    f: &dyn Fn(&dyn Txn) -> Result<()>,
+) -> Result<Writes> {
+    let base = Committed(get);
+    let overlay = Overlay::new(&base);
+    f(&overlay)?;
+    Ok(overlay.into_writes())
+}
+
+/// Reads of an engine's committed state, as the base of an [`Overlay`].
+struct Committed<F>(F);
+
+impl<F: Fn(Tree, &[u8]) -> Result<Option<Vec<u8>>>> Txn for Committed<F> {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        (self.0)(tree, key)
+    }
+
+    fn put(&self, _: Tree, _: &[u8], _: &[u8]) -> Result<()> {
+        Err(Error::internal("a transaction's base is read-only"))
+    }
+
+    fn remove(&self, _: Tree, _: &[u8]) -> Result<()> {
+        Err(Error::internal("a transaction's base is read-only"))
     }
 }
 
