@@ -124,6 +124,12 @@ pub trait Backend: Send + Sync + 'static {
     /// become durable at the next [`Backend::sync`]. `f` may be run more than once and must
     /// only act through the `Txn`.
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()>;
+    /// A [`Backend::transact`] whose writes may reach the engine's files before they are
+    /// durable anywhere, so a crash may keep any part of them: only for writes that are
+    /// each true on their own and may be lost (replication hints).
+    fn transact_hints(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        self.transact(f)
+    }
     /// Makes every transaction that returned before this call durable.
     fn sync(&self) -> Result<()>;
     /// A [`Backend::sync`] that also drops whatever copies the engine keeps besides its own
@@ -161,6 +167,10 @@ pub trait Layer: Send + Sync + 'static {
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
         self.inner().transact(f)
     }
+    /// See [`Backend::transact_hints`].
+    fn transact_hints(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        self.inner().transact_hints(f)
+    }
     /// See [`Backend::sync`].
     fn sync(&self) -> Result<()> {
         self.inner().sync()
@@ -194,6 +204,9 @@ impl<L: Layer> Backend for L {
     }
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
         Layer::transact(self, f)
+    }
+    fn transact_hints(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        Layer::transact_hints(self, f)
     }
     fn sync(&self) -> Result<()> {
         Layer::sync(self)
@@ -969,7 +982,7 @@ impl Store {
     /// become durable with the next sync, and losing them only means sending more again.
     pub fn replication_hint(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
         let writes = writes.to_vec();
-        self.writer.apply(
+        self.writer.apply_hints(
             self.backend.as_ref(),
             Box::new(move |txn| write_replication(txn, &writes)),
         )?;

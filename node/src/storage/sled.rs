@@ -167,6 +167,42 @@ impl SledBackend {
             .collect()
     }
 
+    /// Runs, logs and applies one transaction; `durable` syncs its record before sled gets
+    /// any of it.
+    fn transact_with(&self, f: &dyn Fn(&dyn Txn) -> Result<()>, durable: bool) -> Result<()> {
+        // A log that failed takes nothing more, and sled must not get what the log lacks.
+        self.wal.check()?;
+        let mut last = self.last()?;
+        // No other transaction runs: the committed state is stable while `f` reads it.
+        let writes = writes_of(|tree, key| self.read(tree, key), f)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let seq = *last + 1;
+        self.wal.append(seq, &writes)?;
+        *last = seq;
+        // The record is durable before sled gets any of it: sled writes its buffers when
+        // they fill, so it could otherwise keep part of a transaction the log lost to a
+        // power cut. Queued commits share this sync (the writer combines them into one
+        // transaction), and group commit's own sync then finds nothing to do.
+        if durable {
+            self.wal.sync()?;
+        }
+        let _exclusive = self
+            .visible
+            .write()
+            .map_err(|_| Error::internal("store visibility poisoned"))?;
+        // Logged but not applied (sled failed): the log applies it again at the next open,
+        // so its outcome is unknown until then, and sled may hold part of it. The store
+        // refuses every read and write until the node restarts.
+        put_all(&self.trees, &writes).map_err(|e| {
+            self.wal.fail(Error::Storage(format!(
+                "the store could not apply a logged transaction ({e}); restart the node, \
+                 which applies it again from the write-ahead log"
+            )))
+        })
+    }
+
     fn read(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .tree(tree)
@@ -254,35 +290,13 @@ impl Backend for SledBackend {
     }
 
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
-        // A log that failed takes nothing more, and sled must not get what the log lacks.
-        self.wal.check()?;
-        let mut last = self.last()?;
-        // No other transaction runs: the committed state is stable while `f` reads it.
-        let writes = writes_of(|tree, key| self.read(tree, key), f)?;
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let seq = *last + 1;
-        self.wal.append(seq, &writes)?;
-        *last = seq;
-        // The record is durable before sled gets any of it: sled writes its buffers when
-        // they fill, so it could otherwise keep part of a transaction the log lost to a
-        // power cut. Queued commits share this sync (the writer combines them into one
-        // transaction), and group commit's own sync then finds nothing to do.
-        self.wal.sync()?;
-        let _exclusive = self
-            .visible
-            .write()
-            .map_err(|_| Error::internal("store visibility poisoned"))?;
-        // Logged but not applied (sled failed): the log applies it again at the next open,
-        // so its outcome is unknown until then, and sled may hold part of it. The store
-        // refuses every read and write until the node restarts.
-        put_all(&self.trees, &writes).map_err(|e| {
-            self.wal.fail(Error::Storage(format!(
-                "the store could not apply a logged transaction ({e}); restart the node, \
-                 which applies it again from the write-ahead log"
-            )))
-        })
+        self.transact_with(f, true)
+    }
+
+    fn transact_hints(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        // Hints (a peer's heads, a cursor) are each true on their own and may be lost: sled
+        // may keep any of them without their record. A later transaction's sync covers it.
+        self.transact_with(f, false)
     }
 
     fn sync(&self) -> Result<()> {
@@ -404,6 +418,19 @@ mod tests {
         let b = SledBackend::open(dir.path()).unwrap();
         assert_eq!(b.get(Tree::Plans, b"b").unwrap(), Some(b"2".to_vec()));
         assert_eq!(b.get(Tree::Chunks, b"k").unwrap(), Some(b"w".to_vec()));
+    }
+
+    #[test]
+    fn hints_reach_sled_unsynced_and_the_next_transaction_syncs_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SledBackend::open(dir.path()).unwrap();
+        b.transact_hints(&|t| t.put(Tree::Replication, b"h", b"1"))
+            .unwrap();
+        assert_eq!(b.get(Tree::Replication, b"h").unwrap(), Some(b"1".to_vec()));
+        assert!(b.wal.unsynced() > 0, "a hint does not wait for the disk");
+        b.transact(&|t| t.put(Tree::Plans, b"a", b"1")).unwrap();
+        assert_eq!(b.wal.unsynced(), 0, "the next transaction's sync covers it");
+        assert_eq!(Wal::read(dir.path()).unwrap().0.len(), 2);
     }
 
     #[test]

@@ -112,6 +112,8 @@ impl Txn for Overlay<'_> {
 
 struct Job {
     run: WriteFn,
+    /// Replication hints only (see [`Backend::transact_hints`]).
+    hints: bool,
     /// The number of the transaction it landed in, or why it did not.
     outcome: Mutex<Option<Result<u64>>>,
 }
@@ -147,11 +149,18 @@ impl Writer {
         self.lock.lock().map_err(poisoned)
     }
 
+    /// Applies replication hints (combined with whatever else is queued) without waiting
+    /// for them to be durable: alone, they need not be durable before the engine has them.
+    pub(super) fn apply_hints(&self, backend: &dyn Backend, run: WriteFn) -> Result<u64> {
+        self.apply(backend, run, true)
+    }
+
     /// Applies `run` (combined with whatever else is queued) and returns its transaction's
     /// number, without waiting for it to be durable.
-    pub(super) fn apply(&self, backend: &dyn Backend, run: WriteFn) -> Result<u64> {
+    fn apply(&self, backend: &dyn Backend, run: WriteFn, hints: bool) -> Result<u64> {
         let job = Arc::new(Job {
             run,
+            hints,
             outcome: Mutex::new(None),
         });
         self.queue.lock().map_err(poisoned)?.push(job.clone());
@@ -166,7 +175,7 @@ impl Writer {
 
     /// Applies `run` and returns once it is durable.
     pub(super) fn write(&self, backend: &dyn Backend, run: WriteFn) -> Result<()> {
-        let n = self.apply(backend, run)?;
+        let n = self.apply(backend, run, false)?;
         self.durability.wait_durable(n, backend)
     }
 
@@ -189,16 +198,22 @@ impl Writer {
     /// settles each job's outcome.
     fn run_queued(&self, backend: &dyn Backend) -> Result<()> {
         let jobs = std::mem::take(&mut *self.queue.lock().map_err(poisoned)?);
+        let hints = jobs.iter().all(|j| j.hints);
+        let transact = |f: &dyn Fn(&dyn Txn) -> Result<()>| {
+            if hints {
+                backend.transact_hints(f)
+            } else {
+                backend.transact(f)
+            }
+        };
         if let [job] = jobs.as_slice() {
             // Alone: no overlay, the job's error aborts the transaction itself.
-            let outcome = backend
-                .transact(&*job.run)
-                .and_then(|()| self.durability.applied());
+            let outcome = transact(&*job.run).and_then(|()| self.durability.applied());
             job.settle(outcome);
             return Ok(());
         }
         let failures: RefCell<Vec<Option<Error>>> = RefCell::new(Vec::new());
-        let result = backend.transact(&|txn| {
+        let result = transact(&|txn| {
             let mut failed = Vec::with_capacity(jobs.len());
             for job in &jobs {
                 let overlay = Overlay::new(txn);
