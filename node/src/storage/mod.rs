@@ -130,7 +130,8 @@ pub trait Backend: Send + Sync + 'static {
     fn transact_hints(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
         self.transact(f)
     }
-    /// Makes every transaction that returned before this call durable.
+    /// Makes every transaction that returned before this call durable (those of
+    /// [`Backend::transact_hints`] may instead wait for a later transaction).
     fn sync(&self) -> Result<()>;
     /// A [`Backend::sync`] that also drops whatever copies the engine keeps besides its own
     /// files (a write-ahead log): after a purge, so purged values do not linger there.
@@ -979,7 +980,7 @@ impl Store {
     }
 
     /// Writes replication hints (a peer's heads, a cursor) that may be lost in a crash: they
-    /// become durable with the next sync, and losing them only means sending more again.
+    /// become durable with the next commit that is not a hint, and losing them only means sending more again.
     pub fn replication_hint(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
         let writes = writes.to_vec();
         self.writer.apply_hints(
