@@ -295,10 +295,9 @@ async fn serve_federation(
     let result = crate::api::federation::server_keepalive(Server::builder())
         .add_service(
             weft_proto::v1::federation_server::FederationServer::new(api)
-                .send_compressed(crate::api::federation::COMPRESSION)
-                .accept_compressed(crate::api::federation::COMPRESSION)
-                .max_decoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8)
-                .max_encoding_message_size(crate::catalogue::MAX_SECTION_BYTES * 8),
+                .accept_compressed(crate::api::federation::OLD_COMPRESSION)
+                .max_decoding_message_size(crate::api::federation::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::api::federation::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

@@ -51,6 +51,8 @@ async fn hello(tx: &tokio::sync::mpsc::Sender<pb::Frame>, key: &[u8; 32]) -> any
     tx.send(frame(pb::frame::Kind::Hello(pb::Hello {
         consent_key: vk.to_bytes().to_vec(),
         feed_seq: 0,
+        // A peer that opens no compressed messages: the node sends it plain ones.
+        zstd_frames: false,
     })))
     .await?;
     Ok(())
