@@ -483,6 +483,7 @@ fn batch(key: &SectionKey, n: u64) -> CommitBatch {
         consent_entries: vec![],
         ensure_plan: None,
         replication: vec![],
+        known_to: None,
         audit: AuditDraft {
             time: weft_node::model::now(),
             agency: "school.bench.test".into(),

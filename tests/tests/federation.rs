@@ -115,6 +115,18 @@ async fn consented_sections_replicate_converge_and_nothing_else_leaves() -> anyh
     })
     .await?;
     assert_eq!(converged["goals"].as_object().unwrap().len(), 3);
+    // The clinic's change feed marks what came from the school and left nothing the school
+    // lacks (its pump skips those), never its own edit, which it had to send.
+    let feed = clinic.node().service().feed_page(0, 100).await?;
+    let from_school = |e: &weft_node::storage::FeedEntry| {
+        e.known_to.as_ref().map(|a| a.as_str()) == Some("school.test")
+    };
+    assert!(from_school(&feed[0]), "the first arrival: {:?}", feed[0]);
+    assert!(feed.iter().any(|e| e.known_to.is_none()), "{feed:?}");
+    assert!(
+        feed.iter().all(|e| from_school(e) || e.known_to.is_none()),
+        "{feed:?}"
+    );
     // The clinic's goal is attributed to the clinic at the school.
     let history = school
         .plans(&school.coordinator_token)

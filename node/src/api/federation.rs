@@ -845,11 +845,16 @@ async fn pump(
             let last = page.last().map(|e| e.seq);
             let mut seen = HashSet::new();
             // Skip sections this session already sent at or after this change (a whole
-            // document sent from the grant backlog covers the feed entries behind it).
-            let newest: std::collections::HashMap<SectionKey, u64> =
-                page.iter().map(|e| (e.key.clone(), e.seq)).collect();
+            // document sent from the grant backlog covers the feed entries behind it), and
+            // sections whose last change here left nothing the peer lacks (it came from the
+            // peer).
+            let newest: std::collections::HashMap<SectionKey, (u64, bool)> = page
+                .iter()
+                .map(|e| (e.key.clone(), (e.seq, e.known_to.as_ref() == Some(&peer))))
+                .collect();
             keys.extend(page.into_iter().map(|e| e.key).filter(|k| {
-                seen.insert(k.clone()) && sent_seq.get(k).is_none_or(|sent| *sent < newest[k])
+                let (seq, known) = newest[k];
+                seen.insert(k.clone()) && !known && sent_seq.get(k).is_none_or(|sent| *sent < seq)
             }));
             // A page whose sections were all sent already still moves the cursor.
             if keys.is_empty() && last.is_none() {
@@ -882,7 +887,7 @@ async fn pump(
                         // The change's feed sequence when it came from this page; a backlog
                         // section's is unknown here (0: the whole feed is read again after
                         // a reconnect, which finds it).
-                        let seq = newest.get(&key).copied();
+                        let seq = newest.get(&key).map(|(seq, _)| *seq);
                         let at = failed.entry(key).or_insert(seq.unwrap_or(0));
                         if let Some(seq) = seq {
                             *at = (*at).min(seq);

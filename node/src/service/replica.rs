@@ -257,6 +257,11 @@ fn receipt_key(key: &SectionKey, holder: &AgencyId) -> Vec<u8> {
     k
 }
 
+/// Whether two sets of heads are the same (in any order).
+fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
+    a.len() == b.len() && a.iter().all(|h| b.contains(h))
+}
+
 fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
     heads.iter().flat_map(|h| h.0).collect()
 }
@@ -823,6 +828,10 @@ impl NodeService {
             basis: super::consent::basis(permit.reason()),
         });
         batch.ensure_plan = Some(plan.clone());
+        // Nothing here that the sender lacks: the pump need not send this change back.
+        if same_heads(&heads_now, &sender_heads) {
+            batch.known_to = Some(peer.clone());
+        }
         batch.replication = vec![(heads_key(peer, &key), Some(encode_heads(&sender_heads)))];
         if !bytes.is_empty() {
             batch.changes = vec![(key.clone(), bytes)];

@@ -27,7 +27,9 @@ use crate::error::{Error, Result};
 use crate::gate::{ReadPermit, WritePermit};
 use writer::Writer;
 
-use crate::model::{PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp, UserRecord};
+use crate::model::{
+    AgencyId, PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp, UserRecord,
+};
 use crate::section::{DocCache, SectionDoc};
 
 /// The trees (key spaces) of a store.
@@ -328,6 +330,11 @@ pub struct FeedEntry {
     pub key: SectionKey,
     /// When.
     pub time: Timestamp,
+    /// A peer known to hold the section as this change left it: the peer the change came
+    /// from, when merging it left nothing that peer lacks. Its pump skips the entry (the
+    /// frame would be empty, and preparing it cost a document load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_to: Option<AgencyId>,
 }
 
 /// Everything one commit writes.
@@ -345,6 +352,9 @@ pub struct CommitBatch {
     pub ensure_plan: Option<PlanRecord>,
     /// Replication state to write (`None` removes the key).
     pub replication: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// A peer known to hold the changed sections as this batch leaves them (see
+    /// [`FeedEntry::known_to`]).
+    pub known_to: Option<AgencyId>,
     /// Family-page records to write (`None` removes the key).
     pub family: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The audit entry for all of it.
@@ -361,6 +371,7 @@ impl CommitBatch {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            known_to: None,
             family: vec![],
             audit,
         }
@@ -796,6 +807,7 @@ impl Store {
                     seq,
                     key: key.clone(),
                     time: batch.audit.time,
+                    known_to: batch.known_to.clone(),
                 };
                 txn.put(Tree::Feed, &seq.to_be_bytes(), &json(&entry))?;
                 feed.push(entry);
@@ -1302,6 +1314,7 @@ impl StoreHandle {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            known_to: None,
             family: vec![],
             audit,
         };
@@ -1328,6 +1341,7 @@ impl StoreHandle {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            known_to: None,
             family: vec![],
             audit,
         };

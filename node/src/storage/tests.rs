@@ -62,6 +62,7 @@ fn commits_write_chunks_feed_and_audit_together() {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            known_to: None,
             family: vec![],
             audit: draft(1),
         };
@@ -80,6 +81,7 @@ fn commits_write_chunks_feed_and_audit_together() {
                 consent_entries: vec![],
                 ensure_plan: None,
                 replication: vec![],
+                known_to: None,
                 family: vec![],
                 audit: draft(2),
             })
@@ -127,6 +129,7 @@ fn a_failed_commit_writes_nothing() {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            known_to: None,
             family: vec![],
             audit: draft(1),
         };
@@ -140,6 +143,7 @@ fn a_failed_commit_writes_nothing() {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            known_to: None,
             family: vec![],
             audit: draft(2),
         });
@@ -172,6 +176,7 @@ fn users_are_unique_by_name() {
             consent_entries: vec![],
             ensure_plan: None,
             replication: vec![],
+            known_to: None,
             family: vec![],
             audit: draft(1),
         };
@@ -237,6 +242,7 @@ fn compaction_replaces_chunks_with_a_snapshot() {
                     consent_entries: vec![],
                     ensure_plan: None,
                     replication: vec![],
+                    known_to: None,
                     family: vec![],
                     audit: draft(i as i64),
                 })
@@ -266,6 +272,7 @@ fn sled_keeps_everything_across_reopen() {
                 consent_entries: vec![],
                 ensure_plan: None,
                 replication: vec![],
+                known_to: None,
                 family: vec![],
                 audit: draft(1),
             })
