@@ -407,7 +407,15 @@ impl Unpacker {
                 let inner = pb::Frame::decode(plain.as_slice()).map_err(|e| {
                     Error::invalid(format!("a compressed message does not decode: {e}"))
                 })?;
-                if matches!(inner.kind, Some(pb::frame::Kind::Zstd(_))) {
+                let nested = |f: &pb::Frame| matches!(f.kind, Some(pb::frame::Kind::Zstd(_)));
+                let nests = match &inner.kind {
+                    Some(pb::frame::Kind::Batch(b)) => b
+                        .frames
+                        .iter()
+                        .any(|f| nested(f) || matches!(f.kind, Some(pb::frame::Kind::Batch(_)))),
+                    _ => nested(&inner),
+                };
+                if nests {
                     return Err(Error::invalid(
                         "a compressed message inside a compressed message",
                     ));
@@ -424,32 +432,46 @@ impl Unpacker {
 }
 
 /// A peer's messages as single frames: compressed messages and batches are opened here, and
-/// the first error (the connection broke, a compressed message did not open) ends the
-/// stream.
+/// the first error (the connection broke, a compressed message did not open) is the last
+/// item.
 fn unbatch(
     messages: impl Stream<Item = std::result::Result<pb::Frame, Status>> + Send + 'static,
 ) -> Inbound {
-    Box::pin(
-        messages
-            .scan(Some(Unpacker::default()), |unpacker, m| {
-                // After an error, nothing more.
-                let Some(u) = unpacker else {
-                    return futures::future::ready(None);
-                };
-                let frames: Vec<Result<pb::Frame>> = match m
-                    .map_err(|s| Error::Internal(format!("stream: {}", s.message())))
-                    .and_then(|m| u.unpack(m))
-                {
-                    Ok(frames) => frames.into_iter().map(Ok).collect(),
-                    Err(e) => {
-                        *unpacker = None;
-                        vec![Err(e)]
-                    }
-                };
-                futures::future::ready(Some(futures::stream::iter(frames)))
-            })
-            .flatten(),
-    )
+    struct State<S> {
+        messages: Pin<Box<S>>,
+        unpacker: Unpacker,
+        opened: std::collections::VecDeque<pb::Frame>,
+        failed: bool,
+    }
+    let state = State {
+        messages: Box::pin(messages),
+        unpacker: Unpacker::default(),
+        opened: Default::default(),
+        failed: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(f) = s.opened.pop_front() {
+                return Some((Ok(f), s));
+            }
+            if s.failed {
+                return None;
+            }
+            let opened = s
+                .messages
+                .next()
+                .await?
+                .map_err(|st| Error::Internal(format!("stream: {}", st.message())))
+                .and_then(|m| s.unpacker.unpack(m));
+            match opened {
+                Ok(frames) => s.opened.extend(frames),
+                Err(e) => {
+                    s.failed = true;
+                    return Some((Err(e), s));
+                }
+            }
+        }
+    }))
 }
 
 fn closed() -> Error {
@@ -1231,15 +1253,29 @@ mod tests {
         let huge = packed(&changes(2, MAX_MESSAGE_BYTES));
         assert!(huge.len() < 64 * 1024, "the test's bomb is small");
         let nested = packed(&zstd(fine.clone()));
+        let in_a_batch = packed(&pb::Frame {
+            kind: Some(pb::frame::Kind::Batch(pb::Batch {
+                frames: vec![cursor(1), zstd(fine.clone())],
+            })),
+        });
         for (bad, why) in [
             (cut, "does not open"),
             (huge, "does not open"),
             (vec![1, 2, 3], "does not open"),
             (nested, "a compressed message inside a compressed message"),
+            (
+                in_a_batch,
+                "a compressed message inside a compressed message",
+            ),
         ] {
+            // The peer would go on (and then wait): the stream ends at the error all the same.
             let messages =
-                futures::stream::iter(vec![Ok(zstd(fine.clone())), Ok(zstd(bad)), Ok(cursor(3))]);
-            let frames: Vec<Result<pb::Frame>> = unbatch(messages).collect().await;
+                futures::stream::iter(vec![Ok(zstd(fine.clone())), Ok(zstd(bad)), Ok(cursor(3))])
+                    .chain(futures::stream::pending());
+            let frames: Vec<Result<pb::Frame>> =
+                tokio::time::timeout(Duration::from_secs(10), unbatch(messages).collect())
+                    .await
+                    .expect("the stream ends at the error");
             assert_eq!(frames.len(), 2, "{why}: nothing after the bad message");
             assert_eq!(
                 frames[0].as_ref().unwrap(),

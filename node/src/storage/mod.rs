@@ -331,8 +331,9 @@ pub struct FeedEntry {
     /// When.
     pub time: Timestamp,
     /// A peer known to hold the section as this change left it: the peer the change came
-    /// from, when merging it left nothing that peer lacks. Its pump skips the entry (the
-    /// frame would be empty, and preparing it cost a document load).
+    /// from, when merging it left nothing that peer lacks. That peer's pump skips the
+    /// section when its newest entry in a feed page carries the mark (preparing a frame
+    /// cost a document load, to send nothing new).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_to: Option<AgencyId>,
 }
