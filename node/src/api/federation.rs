@@ -357,26 +357,28 @@ impl Packer {
         if !self.on.load(Ordering::Relaxed) || frame.encoded_len() < COMPRESS_FROM {
             return frame;
         }
-        let plain = frame.encode_to_vec();
-        let packed = match &mut self.zstd {
-            Some(z) => z.compress(&plain),
-            None => zstd::bulk::Compressor::new(ZSTD_LEVEL).and_then(|mut z| {
-                let packed = z.compress(&plain);
-                self.zstd = Some(z);
-                packed
-            }),
+        let zstd = match &mut self.zstd {
+            Some(z) => z,
+            None => match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
+                Ok(z) => self.zstd.insert(z),
+                Err(e) => return uncompressed(frame, e),
+            },
         };
-        match packed {
+        let plain = frame.encode_to_vec();
+        match zstd.compress(&plain) {
             Ok(packed) if packed.len() < plain.len() => pb::Frame {
                 kind: Some(pb::frame::Kind::Zstd(packed)),
             },
             Ok(_) => frame,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not compress a message; sending it as it is");
-                frame
-            }
+            Err(e) => uncompressed(frame, e),
         }
     }
+}
+
+/// A message that could not be compressed goes as it is.
+fn uncompressed(frame: pb::Frame, e: std::io::Error) -> pb::Frame {
+    tracing::warn!(error = %e, "could not compress a message; sending it as it is");
+    frame
 }
 
 /// Opens a session's compressed messages with one zstd context.
@@ -407,13 +409,11 @@ impl Unpacker {
                 let inner = pb::Frame::decode(plain.as_slice()).map_err(|e| {
                     Error::invalid(format!("a compressed message does not decode: {e}"))
                 })?;
-                let nested = |f: &pb::Frame| matches!(f.kind, Some(pb::frame::Kind::Zstd(_)));
+                use pb::frame::Kind;
+                let wraps = |f: &pb::Frame| matches!(f.kind, Some(Kind::Zstd(_) | Kind::Batch(_)));
                 let nests = match &inner.kind {
-                    Some(pb::frame::Kind::Batch(b)) => b
-                        .frames
-                        .iter()
-                        .any(|f| nested(f) || matches!(f.kind, Some(pb::frame::Kind::Batch(_)))),
-                    _ => nested(&inner),
+                    Some(Kind::Batch(b)) => b.frames.iter().any(wraps),
+                    _ => matches!(inner.kind, Some(Kind::Zstd(_))),
                 };
                 if nests {
                     return Err(Error::invalid(

@@ -993,7 +993,8 @@ impl Store {
     }
 
     /// Writes replication hints (a peer's heads, a cursor) that may be lost in a crash: they
-    /// become durable with the next commit that is not a hint, and losing them only means sending more again.
+    /// become durable with the next commit that is not a hint, and losing them only means
+    /// sending more again.
     pub fn replication_hint(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
         let writes = writes.to_vec();
         self.writer.apply_hints(
