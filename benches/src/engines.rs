@@ -18,7 +18,9 @@ use weft_node::audit::{AuditAction, AuditDraft, Outcome};
 use weft_node::error::{Error, Result};
 use weft_node::model::{PlanId, SectionKey, SectionName};
 use weft_node::storage::sled::SledBackend;
-use weft_node::storage::{Backend, CommitBatch, Layer, Store, StoreHandle, Tree, Txn};
+use weft_node::storage::{
+    Backend, CommitBatch, Layer, SectionWrite, Store, StoreHandle, Tree, Txn,
+};
 
 use crate::report::{self, Figure};
 
@@ -478,7 +480,12 @@ fn batch(key: &SectionKey, n: u64) -> CommitBatch {
     CommitBatch {
         new_plans: vec![],
         family: vec![],
-        changes: vec![(key.clone(), payload(n))],
+        // Opaque bytes: no heads for the store to note.
+        changes: vec![SectionWrite {
+            key: key.clone(),
+            bytes: payload(n),
+            heads: vec![],
+        }],
         new_user: None,
         consent_entries: vec![],
         ensure_plan: None,

@@ -410,6 +410,14 @@ impl DocCache {
         (at == seq).then_some(doc)
     }
 
+    /// Whether the document of `key` is held, current at `seq`.
+    pub fn contains(&self, key: &SectionKey, seq: u64) -> bool {
+        self.lock()
+            .docs
+            .get(key)
+            .is_some_and(|(at, _, _)| *at == seq)
+    }
+
     /// The number of forgets so far: take it before checking that a document is current,
     /// and hand it to [`DocCache::keep`].
     pub fn ticket(&self) -> u64 {
@@ -488,6 +496,77 @@ impl Default for SectionDoc {
     }
 }
 
+/// Whether two sets of heads are the same (in any order).
+pub fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
+    a.len() == b.len() && a.iter().all(|h| b.contains(h))
+}
+
+/// Automerge change chunks (as `save_after` writes them), parsed one by one: each is checked
+/// (its checksum and operations) without loading any document. An error for bytes that are
+/// not a sequence of whole change chunks.
+pub fn parse_changes(bytes: &[u8]) -> Result<Vec<automerge::Change>> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    let bad = || Error::invalid("the changes do not decode");
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // magic (4), checksum (4), chunk type (1), body length (unsigned LEB128), body.
+        if rest.len() < 9 || rest[..4] != MAGIC {
+            return Err(bad());
+        }
+        let (mut len, mut shift, mut at) = (0u64, 0u32, 9usize);
+        loop {
+            let b = *rest.get(at).ok_or_else(bad)?;
+            at += 1;
+            len |= u64::from(b & 0x7f).checked_shl(shift).ok_or_else(bad)?;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(bad());
+            }
+        }
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|&e| e <= rest.len())
+            .ok_or_else(bad)?;
+        out.push(automerge::Change::try_from(&rest[..end]).map_err(|_| bad())?);
+        rest = &rest[end..];
+    }
+    Ok(out)
+}
+
+/// The heads a document with heads `heads` has after `changes`, when they extend it exactly:
+/// each change depends only on those heads or on a change before it (never on nothing), so
+/// none can be one the document already holds. `None` when that cannot be told without the document
+/// (changes concurrent with older history, or repeated).
+pub fn heads_after(heads: &[ChangeHash], changes: &[automerge::Change]) -> Option<Vec<ChangeHash>> {
+    let mut now: Vec<ChangeHash> = heads.to_vec();
+    let mut seen: Vec<ChangeHash> = Vec::with_capacity(changes.len());
+    for c in changes {
+        let hash = c.hash();
+        if heads.contains(&hash) || seen.contains(&hash) {
+            return None;
+        }
+        // A change with no dependencies could be the document's first.
+        if c.deps().is_empty()
+            || !c
+                .deps()
+                .iter()
+                .all(|d| heads.contains(d) || seen.contains(d))
+        {
+            return None;
+        }
+        now.retain(|h| !c.deps().contains(h));
+        now.push(hash);
+        seen.push(hash);
+    }
+    now.sort();
+    Some(now)
+}
+
 fn spec_name(spec: &SectionSpec) -> &'static str {
     spec.name
 }
@@ -525,6 +604,66 @@ mod tests {
     fn field(section: &str, name: &str, v: &str) -> (&'static FieldSpec, FieldValue) {
         let f = spec_for(section).unwrap().field(name).unwrap();
         (f, f.parse(section, v).unwrap())
+    }
+
+    fn set_grade(doc: &mut SectionDoc, user: &str, grade: &str, at: i64) -> Vec<u8> {
+        doc.apply(
+            spec_for("profile").unwrap(),
+            &caller(user),
+            &Edit::Set(vec![field("profile", "grade", grade)]),
+            Timestamp::from_millis(at),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn changes_that_extend_the_heads_are_told_without_the_document() {
+        let mut doc = SectionDoc::new();
+        let first = set_grade(&mut doc, "a", "1", 1);
+        let at_first = doc.heads();
+        // Two changes in one buffer, as `save_after` sends them.
+        set_grade(&mut doc, "a", "2", 2);
+        set_grade(&mut doc, "b", "3", 3);
+        let tail = doc.save_after(&at_first);
+        let changes = parse_changes(&tail).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert_eq!(
+            heads_after(&at_first, &changes).as_deref(),
+            Some(doc.heads().as_slice())
+        );
+        // Bytes that are not whole change chunks are an error, not a guess.
+        assert!(parse_changes(&tail[..tail.len() - 1]).is_err());
+        assert!(parse_changes(b"not automerge").is_err());
+        assert!(parse_changes(&doc.save()).is_err(), "a saved document");
+        assert!(parse_changes(&[]).unwrap().is_empty());
+
+        // What cannot be told from the heads alone: changes already held, a first change
+        // (it depends on nothing), a change concurrent with older history.
+        let held = doc.heads();
+        assert_eq!(heads_after(&held, &changes), None, "already held");
+        let root = parse_changes(&first).unwrap();
+        assert_eq!(heads_after(&at_first, &root), None, "a first change");
+        let mut other = SectionDoc::load(None, std::slice::from_ref(&first)).unwrap();
+        let side = set_grade(&mut other, "c", "4", 4);
+        assert_eq!(
+            heads_after(&held, &parse_changes(&side).unwrap()),
+            None,
+            "concurrent with history after its dependency"
+        );
+        // With two heads, a change that follows one of them extends them: the other stays.
+        let mut two = doc.clone();
+        two.merge_changes(&side).unwrap();
+        assert_eq!(two.heads().len(), 2);
+        let next = set_grade(&mut doc.clone(), "b", "5", 5);
+        let extended = heads_after(&two.heads(), &parse_changes(&next).unwrap());
+        two.merge_changes(&next).unwrap();
+        assert!(same_heads(&extended.unwrap(), &two.heads()));
+        // An actor's change also names its own previous one, here not a head: the document
+        // would have to say whether it holds it.
+        let again = set_grade(&mut doc.clone(), "a", "6", 6);
+        let deps = parse_changes(&again).unwrap()[0].deps().to_vec();
+        assert_eq!(deps.len(), 2, "the heads and actor a's own last change");
+        assert_eq!(heads_after(&held, &parse_changes(&again).unwrap()), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::section::{Edit, SectionDoc};
 use crate::service::{GrantInput, NodeService};
-use crate::storage::CommitBatch;
+use crate::storage::{CommitBatch, SectionWrite};
 
 const GIVEN: &[&str] = &[
     "Maya", "Liam", "Sofia", "Noah", "Aaliyah", "Mateo", "Chloe", "Elijah", "Amara", "Diego",
@@ -59,7 +59,7 @@ fn set(section: &str, values: &[(&str, String)]) -> Result<Edit> {
     Ok(Edit::Set(out))
 }
 
-/// The sections of sample plan `i`, each as a saved Automerge document: `profile`, `goals`,
+/// The sections of sample plan `i`, each an Automerge document: `profile`, `goals`,
 /// `services` and `family`, written by a coordinator of `home` and (goals progress, a
 /// referral step) a caseworker of `partner`, starting at `at`.
 pub fn sample_plan(
@@ -67,7 +67,7 @@ pub fn sample_plan(
     home: &AgencyId,
     partner: &AgencyId,
     at: Timestamp,
-) -> Result<Vec<(SectionName, Vec<u8>)>> {
+) -> Result<Vec<(SectionName, SectionDoc)>> {
     let coordinator = Caller {
         agency: home.clone(),
         user: "coordinator".into(),
@@ -127,7 +127,7 @@ pub fn sample_plan(
         )?,
         tick(1),
     )?;
-    out.push((SectionName::parse("profile")?, profile.save()));
+    out.push((SectionName::parse("profile")?, profile));
 
     let mut goals = SectionDoc::new();
     let spec = spec_for("goals")?;
@@ -162,7 +162,7 @@ pub fn sample_plan(
             tick(4 + g),
         )?;
     }
-    out.push((SectionName::parse("goals")?, goals.save()));
+    out.push((SectionName::parse("goals")?, goals));
 
     let mut services = SectionDoc::new();
     let spec = spec_for("services")?;
@@ -205,7 +205,7 @@ pub fn sample_plan(
         },
         tick(8),
     )?;
-    out.push((SectionName::parse("services")?, services.save()));
+    out.push((SectionName::parse("services")?, services));
 
     let mut family = SectionDoc::new();
     family.apply(
@@ -233,7 +233,7 @@ pub fn sample_plan(
         )?,
         tick(9),
     )?;
-    out.push((SectionName::parse("family")?, family.save()));
+    out.push((SectionName::parse("family")?, family));
     Ok(out)
 }
 
@@ -309,7 +309,13 @@ pub async fn seed(
             let (home, partner) = (home.clone(), partner.clone());
             tokio::task::spawn_blocking(move || {
                 (from..to)
-                    .map(|i| sample_plan(i, &home, &partner, now))
+                    .map(|i| {
+                        let sections = sample_plan(i, &home, &partner, now)?;
+                        Ok(sections
+                            .into_iter()
+                            .map(|(name, mut doc)| (name, doc.save(), doc.heads()))
+                            .collect::<Vec<_>>())
+                    })
                     .collect::<Result<Vec<_>>>()
             })
         };
@@ -336,16 +342,17 @@ pub async fn seed(
                 home: home.clone(),
                 created_at: now,
             };
-            for (section, bytes) in sections {
+            for (section, bytes, heads) in sections {
                 out.sections += 1;
                 out.bytes += bytes.len() as u64;
-                batch.changes.push((
-                    SectionKey {
+                batch.changes.push(SectionWrite {
+                    key: SectionKey {
                         plan: plan.id,
                         section,
                     },
                     bytes,
-                ));
+                    heads,
+                });
             }
             batch.new_plans.push(plan);
         }
@@ -413,6 +420,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.len(), 4);
+        let plan: Vec<(SectionName, Vec<u8>)> = plan
+            .into_iter()
+            .map(|(name, mut doc)| (name, doc.save()))
+            .collect();
         let sizes: Vec<usize> = plan.iter().map(|(_, b)| b.len()).collect();
         eprintln!("sample section sizes: {sizes:?}");
         let total: usize = sizes.iter().sum();

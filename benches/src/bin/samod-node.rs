@@ -260,8 +260,9 @@ impl Node {
         let mut bytes = 0usize;
         let mut i = 0u64;
         while docs.len() < count {
-            for (_, saved) in weft_node::seed::sample_plan(i, &home, &partner, at)? {
+            for (_, mut doc) in weft_node::seed::sample_plan(i, &home, &partner, at)? {
                 if docs.len() < count {
+                    let saved = doc.save();
                     bytes += saved.len();
                     docs.push(Automerge::load(&saved)?);
                 }

@@ -9,6 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use automerge::ChangeHash;
 use rand::RngCore;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -510,7 +511,7 @@ impl NodeService {
 
         // Group edits by section so several fields of one section make one change.
         let mut docs: BTreeMap<SectionName, (SectionDoc, u64, u64)> = BTreeMap::new();
-        let mut changes: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut changes: Vec<(usize, Vec<u8>, Vec<ChangeHash>)> = Vec::new();
         for (i, (section, edit, _)) in edits.iter().enumerate() {
             if !docs.contains_key(section) {
                 let loaded = self.store.load_doc(&as_read(&permits[i])).await?;
@@ -535,7 +536,7 @@ impl NodeService {
                     catalogue::MAX_SECTION_BYTES
                 )));
             }
-            changes.push((i, change));
+            changes.push((i, change, doc.heads()));
         }
 
         let mut draft = self.draft(caller, action, Some(plan.id));
@@ -548,9 +549,9 @@ impl NodeService {
             .map(|(s, e, _)| e.summary(s.as_str()))
             .collect::<Vec<_>>()
             .join("; ");
-        let batch: Vec<(&WritePermit, Vec<u8>)> = changes
+        let batch: Vec<(&WritePermit, Vec<u8>, Vec<ChangeHash>)> = changes
             .into_iter()
-            .map(|(i, bytes)| (&permits[i], bytes))
+            .map(|(i, bytes, heads)| (&permits[i], bytes, heads))
             .collect();
         let committed = self
             .store

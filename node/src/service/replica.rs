@@ -31,8 +31,10 @@ use crate::gate;
 use crate::model::{
     parse_actor, AgencyId, PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp,
 };
-use crate::section::SectionDoc;
-use crate::storage::{section_key_bytes, CommitBatch, ConsentEntry, ConsentKind};
+use crate::section::{heads_after, parse_changes, same_heads, SectionDoc};
+use crate::storage::{
+    section_key_bytes, CommitBatch, ConsentEntry, ConsentKind, SectionMeta, SectionWrite,
+};
 
 /// Changes of one section, as sent between peers.
 #[derive(Clone, Debug, PartialEq)]
@@ -159,6 +161,23 @@ impl PeerBoard {
     }
 }
 
+/// Received changes applied to what this node holds of their section (see
+/// [`NodeService::merge`]), not yet stored.
+struct Merged {
+    /// The section's bookkeeping, if it is held.
+    held: Option<SectionMeta>,
+    /// The merged document, when it was loaded (to keep in the cache).
+    doc: Option<SectionDoc>,
+    /// The actor of every change new here.
+    actors: Vec<automerge::ActorId>,
+    /// The heads once they are stored.
+    heads_now: Vec<ChangeHash>,
+    /// The sender's heads after these changes.
+    sender_heads: Vec<ChangeHash>,
+    /// What to append to the section (empty: nothing new).
+    bytes: Vec<u8>,
+}
+
 /// A signed statement by a holder that it deleted every copy of a section.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeReceipt {
@@ -255,11 +274,6 @@ fn receipt_key(key: &SectionKey, holder: &AgencyId) -> Vec<u8> {
     k.extend_from_slice(&section_key_bytes(key));
     k.extend_from_slice(holder.as_str().as_bytes());
     k
-}
-
-/// Whether two sets of heads are the same (in any order).
-fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
-    a.len() == b.len() && a.iter().all(|h| b.contains(h))
 }
 
 fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
@@ -514,14 +528,19 @@ impl NodeService {
                 .map(|b| decode_heads(&b)),
         };
         let (bytes, heads, last_seq) = match &known {
-            Some(h) => {
-                let Some((mut doc, meta)) = self.store.load_doc(&permit).await? else {
-                    return Ok(None);
-                };
-                let out = (doc.save_after(h), doc.heads(), meta.last_seq);
-                self.store.keep_doc(&permit, meta.last_seq, doc).await;
-                out
-            }
+            // What the peer lacks, from the store's bookkeeping when it can tell (the common
+            // case: the peer has all but the last change), else from the document.
+            Some(h) => match self.store.stored_after(&permit, h)? {
+                Some(tail) => (tail.bytes, tail.heads, tail.last_seq),
+                None => {
+                    let Some((mut doc, meta)) = self.store.load_doc(&permit).await? else {
+                        return Ok(None);
+                    };
+                    let out = (doc.save_after(h), doc.heads(), meta.last_seq);
+                    self.store.keep_doc(&permit, meta.last_seq, doc).await;
+                    out
+                }
+            },
             // The peer has nothing: send the stored bytes as they are (a saved document
             // followed by change chunks loads as one), without loading the document. The
             // empty heads tell the receiver to take them from what it loads.
@@ -678,6 +697,93 @@ impl NodeService {
         }])
     }
 
+    /// Applies received changes to what this node holds of their section, without storing
+    /// anything yet; `Err` carries the rule and reason to refuse them with. Changes that
+    /// extend exactly the stored heads (the common case: the sender had all but its newest
+    /// changes) are checked and kept as received, without loading the document (see
+    /// [`heads_after`]); anything else is merged into the loaded document.
+    async fn merge(
+        &self,
+        permit: &gate::ReadPermit,
+        c: &SectionChanges,
+    ) -> Result<std::result::Result<Merged, (&'static str, &'static str)>> {
+        let key = permit.key();
+        let held = self.store.section_meta(key).await?;
+        if let Some(meta) = &held {
+            // A cached document is cheap to merge into, and stays current that way.
+            let unloaded = match &meta.heads {
+                Some(heads) if !c.heads.is_empty() && !self.store.is_cached(key, meta.last_seq) => {
+                    parse_changes(&c.bytes)
+                        .ok()
+                        .and_then(|changes| Some((heads_after(heads, &changes)?, changes)))
+                }
+                _ => None,
+            };
+            if let Some((heads_now, changes)) = unloaded {
+                return Ok(Ok(Merged {
+                    held,
+                    doc: None,
+                    actors: changes.iter().map(|c| c.actor_id().clone()).collect(),
+                    heads_now,
+                    sender_heads: c.heads.clone(),
+                    bytes: c.bytes.clone(),
+                }));
+            }
+        }
+        let malformed = Err(("malformed", "the changes do not decode"));
+        // What is held: its document (a refused frame drops it, merged or not) and its
+        // bookkeeping.
+        let (mut doc, held) = match self.store.load_doc(permit).await? {
+            Some((doc, meta)) => (doc, Some(meta)),
+            None => (SectionDoc::new(), None),
+        };
+        let before = doc.heads();
+        // Empty heads: a whole document; the sender's heads are its own.
+        let sender_heads = if c.heads.is_empty() && held.is_some() {
+            match SectionDoc::load(Some(&c.bytes), &[]) {
+                Ok(mut whole) => whole.heads(),
+                Err(_) => return Ok(malformed),
+            }
+        } else {
+            c.heads.clone()
+        };
+        if doc.merge_changes(&c.bytes).is_err() {
+            return Ok(malformed);
+        }
+        if doc.has_missing_deps() {
+            return Ok(Err((
+                "missing_deps",
+                "changes depend on history this node lacks",
+            )));
+        }
+        let actors = doc
+            .changes_since(&before)
+            .into_iter()
+            .map(|(actor, _)| actor)
+            .collect();
+        let heads_now = doc.heads();
+        let sender_heads = if sender_heads.is_empty() {
+            heads_now.clone()
+        } else {
+            sender_heads
+        };
+        // Nothing was stored: keep the bytes as received (they loaded cleanly), rather than
+        // encoding the document again.
+        let bytes = if held.is_none() {
+            c.bytes.clone()
+        } else {
+            doc.save_after(&before)
+        };
+        Ok(Ok(Merged {
+            held,
+            doc: Some(doc),
+            actors,
+            heads_now,
+            sender_heads,
+            bytes,
+        }))
+    }
+
     async fn receive_changes(&self, peer: &AgencyId, c: SectionChanges) -> Result<Vec<Frame>> {
         let plan = c.plan.clone();
         if let Some(known) = self.store.plan(plan.id).await? {
@@ -727,50 +833,26 @@ impl NodeService {
             }
         };
         let key = permit.key().clone();
-        // What is held: its document (a rejected frame drops it, merged or not) and its
-        // bookkeeping.
-        let (mut doc, held) = match self.store.load_doc(&gate::downgrade(&permit)).await? {
-            Some((doc, meta)) => (doc, Some(meta)),
-            None => (SectionDoc::new(), None),
-        };
-        let before = doc.heads();
-        // Empty heads: a whole document; the sender's heads are its own.
-        let sender_heads = if c.heads.is_empty() && held.is_some() {
-            match SectionDoc::load(Some(&c.bytes), &[]) {
-                Ok(mut whole) => Some(whole.heads()),
-                Err(_) => None,
+        let Merged {
+            held,
+            doc,
+            actors,
+            heads_now,
+            sender_heads,
+            bytes,
+        } = match self.merge(&gate::downgrade(&permit), &c).await? {
+            Ok(m) => m,
+            Err((code, why)) => {
+                return self
+                    .reject(peer, Some(&plan), Some(&c.section), code, why.into())
+                    .await
             }
-        } else {
-            Some(c.heads.clone())
         };
-        if sender_heads.is_none() || doc.merge_changes(&c.bytes).is_err() {
-            return self
-                .reject(
-                    peer,
-                    Some(&plan),
-                    Some(&c.section),
-                    "malformed",
-                    "the changes do not decode".into(),
-                )
-                .await;
-        }
-        if doc.has_missing_deps() {
-            return self
-                .reject(
-                    peer,
-                    Some(&plan),
-                    Some(&c.section),
-                    "missing_deps",
-                    "changes depend on history this node lacks".into(),
-                )
-                .await;
-        }
-        let new_changes = doc.changes_since(&before);
         if plan.home == self.agency {
             // Only the grantee's own actors may appear in what it sends the home.
-            let forged = new_changes
+            let forged = actors
                 .iter()
-                .any(|(actor, _)| parse_actor(actor).is_none_or(|(a, _)| a != *peer));
+                .any(|actor| parse_actor(actor).is_none_or(|(a, _)| a != *peer));
             if forged {
                 return self
                     .reject(
@@ -783,19 +865,6 @@ impl NodeService {
                     .await;
             }
         }
-        let heads_now = doc.heads();
-        let sender_heads = match sender_heads {
-            Some(h) if h.is_empty() => heads_now.clone(),
-            Some(h) => h,
-            None => heads_now.clone(),
-        };
-        // Nothing was stored: keep the bytes as received (they loaded cleanly), rather than
-        // encoding the document again.
-        let bytes = if held.is_none() {
-            c.bytes.clone()
-        } else {
-            doc.save_after(&before)
-        };
         if plan.home == self.agency {
             let held = held.as_ref().map_or(0, |m| m.bytes);
             if held + bytes.len() as u64 > crate::catalogue::MAX_SECTION_BYTES as u64 {
@@ -813,9 +882,9 @@ impl NodeService {
         let mut batch = CommitBatch::audit_only(AuditDraft {
             time: self.now(),
             agency: peer.to_string(),
-            user: new_changes
+            user: actors
                 .iter()
-                .filter_map(|(a, _)| parse_actor(a).map(|(_, u)| u))
+                .filter_map(|a| parse_actor(a).map(|(_, u)| u))
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect::<Vec<_>>()
@@ -824,7 +893,7 @@ impl NodeService {
             outcome: Outcome::Ok,
             plan: Some(plan.id),
             sections: vec![c.section.to_string()],
-            detail: format!("{} changes", new_changes.len()),
+            detail: format!("{} changes", actors.len()),
             basis: super::consent::basis(permit.reason()),
         });
         batch.ensure_plan = Some(plan.clone());
@@ -834,13 +903,17 @@ impl NodeService {
         }
         batch.replication = vec![(heads_key(peer, &key), Some(encode_heads(&sender_heads)))];
         if !bytes.is_empty() {
-            batch.changes = vec![(key.clone(), bytes)];
+            batch.changes = vec![SectionWrite {
+                key: key.clone(),
+                bytes,
+                heads: heads_now.clone(),
+            }];
         }
         let committed = self.store.commit(batch).await?;
         // Keep the document for the next change of a section already held; a first arrival
         // (cold replication, a new grant's backlog) is rarely changed again soon.
         let current = held.map(|m| committed.feed.first().map_or(m.last_seq, |e| e.seq));
-        if let Some(seq) = current {
+        if let (Some(seq), Some(doc)) = (current, doc) {
             self.store
                 .keep_doc(&gate::downgrade(&permit), seq, doc)
                 .await;
@@ -859,7 +932,7 @@ impl NodeService {
                 agency: peer.clone(),
                 user: "-".into(),
                 time: self.now(),
-                summary: format!("{} changes from {peer}", new_changes.len()),
+                summary: format!("{} changes from {peer}", actors.len()),
             });
         }
         Ok(vec![Frame::Ack {

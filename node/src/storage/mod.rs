@@ -30,7 +30,8 @@ use writer::Writer;
 use crate::model::{
     AgencyId, PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp, UserRecord,
 };
-use crate::section::{DocCache, SectionDoc};
+use crate::section::{same_heads, DocCache, SectionDoc};
+use automerge::ChangeHash;
 
 /// The trees (key spaces) of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -294,6 +295,14 @@ pub struct SectionMeta {
     pub bytes: u64,
     /// Feed sequence of the last change.
     pub last_seq: u64,
+    /// The document's heads, when the writer of the last chunk said (older stores did not):
+    /// replication compares them with a peer's without loading the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<Vec<ChangeHash>>,
+    /// The heads before the last chunk, when known: a peer that has them lacks exactly that
+    /// chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_heads: Option<Vec<ChangeHash>>,
 }
 
 /// A section as stored: snapshot plus the chunks after it.
@@ -321,6 +330,27 @@ impl StoredSection {
     }
 }
 
+/// See [`StoreHandle::stored_after`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTail {
+    /// Change chunks the peer lacks (empty: nothing).
+    pub bytes: Vec<u8>,
+    /// The section's heads.
+    pub heads: Vec<ChangeHash>,
+    /// Feed sequence of its last change.
+    pub last_seq: u64,
+}
+
+impl StoredTail {
+    fn nothing(heads: &[ChangeHash], meta: &SectionMeta) -> Self {
+        Self {
+            bytes: Vec::new(),
+            heads: heads.to_vec(),
+            last_seq: meta.last_seq,
+        }
+    }
+}
+
 /// One change-feed entry: which section changed, never what.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedEntry {
@@ -344,7 +374,7 @@ pub struct CommitBatch {
     /// Plans to create (none may exist).
     pub new_plans: Vec<PlanRecord>,
     /// Section changes to append.
-    pub changes: Vec<(SectionKey, Vec<u8>)>,
+    pub changes: Vec<SectionWrite>,
     /// A user to add (the name must be free).
     pub new_user: Option<UserRecord>,
     /// Consent records, revocations and marks to store (an existing id is an error).
@@ -360,6 +390,18 @@ pub struct CommitBatch {
     pub family: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The audit entry for all of it.
     pub audit: AuditDraft,
+}
+
+/// One chunk of changes to append to a section.
+#[derive(Clone, Debug)]
+pub struct SectionWrite {
+    /// The section.
+    pub key: SectionKey,
+    /// Automerge change chunks (or, for a section not yet stored, a saved document).
+    pub bytes: Vec<u8>,
+    /// The document's heads once these bytes are applied; empty when the writer does not
+    /// know them (the store then forgets what it knew, and replication loads the document).
+    pub heads: Vec<ChangeHash>,
 }
 
 impl CommitBatch {
@@ -792,7 +834,7 @@ impl Store {
             log_consent_changes(txn, batch.consent_entries.iter().map(|e| e.subject))?;
             let mut seq = read_u64(txn, KEY_FEED_SEQ)?;
             let mut feed = Vec::with_capacity(batch.changes.len());
-            for (key, bytes) in &batch.changes {
+            for SectionWrite { key, bytes, heads } in &batch.changes {
                 let skey = section_key_bytes(key);
                 let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
                     Some(b) => from_json(&b, "section")?,
@@ -803,6 +845,8 @@ impl Store {
                 meta.next_chunk += 1;
                 meta.bytes += bytes.len() as u64;
                 meta.last_seq = seq;
+                meta.prev_heads = meta.heads.take();
+                meta.heads = (!heads.is_empty()).then(|| heads.clone());
                 txn.put(Tree::Sections, &skey, &json(&meta))?;
                 let entry = FeedEntry {
                     seq,
@@ -1237,6 +1281,50 @@ impl StoreHandle {
         .await
     }
 
+    /// What a peer that has `known` of a section lacks, told from the store's bookkeeping
+    /// without loading the document: nothing when `known` are the section's heads, its last
+    /// chunk when they are the heads before it. `None` when the bookkeeping cannot tell (the
+    /// caller loads the document). Point reads, on this thread (see `read_now`).
+    pub fn stored_after(
+        &self,
+        permit: &ReadPermit,
+        known: &[ChangeHash],
+    ) -> Result<Option<StoredTail>> {
+        let key = permit.key();
+        self.read_now(|s| {
+            let Some(meta) = s.section_meta(key)? else {
+                return Ok(None);
+            };
+            let Some(heads) = &meta.heads else {
+                return Ok(None);
+            };
+            if same_heads(heads, known) {
+                return Ok(Some(StoredTail::nothing(heads, &meta)));
+            }
+            // The last chunk, unless a compaction folded it into the snapshot.
+            let last = meta.next_chunk.saturating_sub(1);
+            let follows = meta
+                .prev_heads
+                .as_ref()
+                .is_some_and(|p| same_heads(p, known));
+            if !follows || last < meta.first_chunk {
+                return Ok(None);
+            }
+            Ok(s.backend
+                .get(Tree::Chunks, &chunk_key(key, last))?
+                .map(|bytes| StoredTail {
+                    bytes,
+                    heads: heads.clone(),
+                    last_seq: meta.last_seq,
+                }))
+        })
+    }
+
+    /// Whether the cache holds the section's document as of feed sequence `seq`.
+    pub fn is_cached(&self, key: &SectionKey, seq: u64) -> bool {
+        self.docs.contains(key, seq)
+    }
+
     /// Keeps `doc` in the cache as the section's document at feed sequence `seq`, unless the
     /// section has changed (or gone) since. Best effort: the caller's work is done (often
     /// committed), so a failure here only costs a later load, and is logged.
@@ -1298,16 +1386,21 @@ impl StoreHandle {
         self.read_now(move |s| s.section(&key))
     }
 
-    /// Commits section changes, each under its write permit, with one audit entry.
+    /// Commits section changes (bytes and the heads after them), each under its write
+    /// permit, with one audit entry.
     pub async fn write_sections(
         &self,
-        changes: Vec<(&WritePermit, Vec<u8>)>,
+        changes: Vec<(&WritePermit, Vec<u8>, Vec<ChangeHash>)>,
         new_plan: Option<PlanRecord>,
         audit: AuditDraft,
     ) -> Result<Committed> {
         let changes = changes
             .into_iter()
-            .map(|(p, bytes)| (p.key().clone(), bytes))
+            .map(|(p, bytes, heads)| SectionWrite {
+                key: p.key().clone(),
+                bytes,
+                heads,
+            })
             .collect();
         let batch = CommitBatch {
             new_plans: new_plan.into_iter().collect(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::audit::{AuditAction, Outcome};
-use crate::model::{AgencyId, Role, SubjectId};
+use crate::model::{AgencyId, Caller, Role, SubjectId};
 
 fn draft(n: i64) -> AuditDraft {
     AuditDraft {
@@ -17,6 +17,15 @@ fn draft(n: i64) -> AuditDraft {
         sections: vec![],
         detail: String::new(),
         basis: String::new(),
+    }
+}
+
+/// A chunk of (opaque) bytes for a section, heads unknown.
+fn write(key: SectionKey, bytes: Vec<u8>) -> SectionWrite {
+    SectionWrite {
+        key,
+        bytes,
+        heads: vec![],
     }
 }
 
@@ -55,8 +64,8 @@ fn commits_write_chunks_feed_and_audit_together() {
         let batch = CommitBatch {
             new_plans: vec![p.clone()],
             changes: vec![
-                (goals.clone(), b"one".to_vec()),
-                (notes.clone(), b"two".to_vec()),
+                write(goals.clone(), b"one".to_vec()),
+                write(notes.clone(), b"two".to_vec()),
             ],
             new_user: None,
             consent_entries: vec![],
@@ -76,7 +85,7 @@ fn commits_write_chunks_feed_and_audit_together() {
         store
             .commit(CommitBatch {
                 new_plans: vec![],
-                changes: vec![(goals.clone(), b"three".to_vec())],
+                changes: vec![write(goals.clone(), b"three".to_vec())],
                 new_user: None,
                 consent_entries: vec![],
                 ensure_plan: None,
@@ -124,7 +133,7 @@ fn a_failed_commit_writes_nothing() {
         let k = key(&p, "goals");
         let batch = CommitBatch {
             new_plans: vec![p.clone()],
-            changes: vec![(k.clone(), b"a".to_vec())],
+            changes: vec![write(k.clone(), b"a".to_vec())],
             new_user: None,
             consent_entries: vec![],
             ensure_plan: None,
@@ -138,7 +147,7 @@ fn a_failed_commit_writes_nothing() {
         // The same plan again: rejected, and its chunk, feed entry and audit entry with it.
         let err = store.commit(CommitBatch {
             new_plans: vec![p.clone()],
-            changes: vec![(k.clone(), b"b".to_vec())],
+            changes: vec![write(k.clone(), b"b".to_vec())],
             new_user: None,
             consent_entries: vec![],
             ensure_plan: None,
@@ -237,7 +246,7 @@ fn compaction_replaces_chunks_with_a_snapshot() {
             store
                 .commit(CommitBatch {
                     new_plans: vec![],
-                    changes: vec![(k.clone(), vec![i])],
+                    changes: vec![write(k.clone(), vec![i])],
                     new_user: None,
                     consent_entries: vec![],
                     ensure_plan: None,
@@ -267,7 +276,7 @@ fn sled_keeps_everything_across_reopen() {
         store
             .commit(CommitBatch {
                 new_plans: vec![p.clone()],
-                changes: vec![(k.clone(), b"x".to_vec())],
+                changes: vec![write(k.clone(), b"x".to_vec())],
                 new_user: None,
                 consent_entries: vec![],
                 ensure_plan: None,
@@ -336,12 +345,12 @@ fn queued_commits_share_one_transaction_and_a_failing_one_fails_alone() {
                     let own = plan();
                     let own_batch = CommitBatch {
                         new_plans: vec![own.clone()],
-                        changes: vec![(key(&own, "goals"), vec![i as u8; 8])],
+                        changes: vec![write(key(&own, "goals"), vec![i as u8; 8])],
                         ..CommitBatch::audit_only(draft(i as i64))
                     };
                     let shared_batch = CommitBatch {
                         new_plans: vec![shared.clone()],
-                        changes: vec![(key(&shared, "goals"), vec![0xee; 8])],
+                        changes: vec![write(key(&shared, "goals"), vec![0xee; 8])],
                         ..CommitBatch::audit_only(draft(100 + i as i64))
                     };
                     barrier.wait();
@@ -512,4 +521,106 @@ fn the_expiry_schedule_names_each_child_once_per_ended_provision_and_only_after_
         subjects.sort();
         assert_eq!(subjects, sorted(vec![a, b, c, d]), "{name}");
     }
+}
+
+#[test]
+fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
+    use crate::catalogue::spec_for;
+    use crate::section::Edit;
+    let store = StoreHandle::new(Store::open(Arc::new(memory::MemoryBackend::new())).unwrap());
+    let p = plan();
+    let k = key(&p, "profile");
+    let coordinator = Caller {
+        agency: p.home.clone(),
+        user: "u".into(),
+        role: Role::Coordinator,
+        subjects: vec![],
+    };
+    let permit = crate::gate::read(
+        &coordinator,
+        &p,
+        &k.section,
+        &weft_consent::ConsentSet::new(),
+        Timestamp::from_millis(2),
+    )
+    .unwrap();
+    let spec = spec_for("profile").unwrap();
+    let mut doc = SectionDoc::new();
+    let edit = |doc: &mut SectionDoc, grade: &str| {
+        let f = spec.field("grade").unwrap();
+        let edit = Edit::Set(vec![(f, f.parse("profile", grade).unwrap())]);
+        doc.apply(spec, &coordinator, &edit, Timestamp::from_millis(3))
+            .unwrap()
+    };
+    let commit = |writes: Vec<SectionWrite>, new_plans: Vec<PlanRecord>| {
+        let mut batch = CommitBatch::audit_only(draft(4));
+        batch.changes = writes;
+        batch.new_plans = new_plans;
+        store.store.commit(batch).unwrap();
+    };
+    let at = |bytes: &[u8], heads: &[ChangeHash], seq: u64| StoredTail {
+        bytes: bytes.to_vec(),
+        heads: heads.to_vec(),
+        last_seq: seq,
+    };
+
+    let first = edit(&mut doc, "1");
+    let h1 = doc.heads();
+    commit(
+        vec![SectionWrite {
+            key: k.clone(),
+            bytes: first,
+            heads: h1.clone(),
+        }],
+        vec![p.clone()],
+    );
+    assert_eq!(
+        store.stored_after(&permit, &h1).unwrap(),
+        Some(at(b"", &h1, 1))
+    );
+    // A peer with other heads, or none: only the document can tell.
+    assert_eq!(store.stored_after(&permit, &[]).unwrap(), None);
+
+    let second = edit(&mut doc, "2");
+    let h2 = doc.heads();
+    commit(
+        vec![SectionWrite {
+            key: k.clone(),
+            bytes: second.clone(),
+            heads: h2.clone(),
+        }],
+        vec![],
+    );
+    let meta = store.store.section_meta(&k).unwrap().unwrap();
+    assert_eq!(
+        (meta.heads.as_deref(), meta.prev_heads.as_deref()),
+        (Some(h2.as_slice()), Some(h1.as_slice()))
+    );
+    assert_eq!(
+        store.stored_after(&permit, &h1).unwrap(),
+        Some(at(&second, &h2, 2)),
+        "a peer one change behind gets the last chunk"
+    );
+    assert_eq!(
+        store.stored_after(&permit, &h2).unwrap(),
+        Some(at(b"", &h2, 2))
+    );
+
+    // Folded into the snapshot, the last chunk is no longer a chunk of its own.
+    store
+        .store
+        .compact(&k, &doc.save(), meta.next_chunk)
+        .unwrap();
+    assert_eq!(store.stored_after(&permit, &h1).unwrap(), None);
+    assert_eq!(
+        store.stored_after(&permit, &h2).unwrap(),
+        Some(at(b"", &h2, 2))
+    );
+
+    // A writer that does not say its heads makes the store forget them.
+    commit(vec![write(k.clone(), edit(&mut doc, "3"))], vec![]);
+    let meta = store.store.section_meta(&k).unwrap().unwrap();
+    assert_eq!((meta.heads, meta.prev_heads), (None, Some(h2.clone())));
+    assert_eq!(store.stored_after(&permit, &h2).unwrap(), None);
+    assert_eq!(store.stored_after(&permit, &doc.heads()).unwrap(), None);
 }
