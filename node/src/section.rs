@@ -501,17 +501,20 @@ pub fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
     a.len() == b.len() && a.iter().all(|h| b.contains(h))
 }
 
-/// Automerge change chunks (as `save_after` writes them), parsed one by one: each is checked
-/// (its checksum and operations) without loading any document. An error for bytes that are
-/// not a sequence of whole change chunks.
+/// Automerge change chunks (as `save_after` writes them), parsed one by one without loading
+/// any document: each must be an uncompressed change chunk (a compressed one could hide its
+/// size) whose checksum matches its hash and whose operations decode. An error for anything
+/// else. Whether the changes make sense in a document (sequence numbers, the objects their
+/// operations name) only loading them can tell.
 pub fn parse_changes(bytes: &[u8]) -> Result<Vec<automerge::Change>> {
     const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
     let bad = || Error::invalid("the changes do not decode");
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
-        // magic (4), checksum (4), chunk type (1), body length (unsigned LEB128), body.
-        if rest.len() < 9 || rest[..4] != MAGIC {
+        // magic (4), checksum (4), chunk type (1: a change), body length (unsigned LEB128),
+        // body.
+        if rest.len() < 9 || rest[..4] != MAGIC || rest[8] != 1 {
             return Err(bad());
         }
         let (mut len, mut shift, mut at) = (0u64, 0u32, 9usize);
@@ -532,7 +535,12 @@ pub fn parse_changes(bytes: &[u8]) -> Result<Vec<automerge::Change>> {
             .and_then(|l| at.checked_add(l))
             .filter(|&e| e <= rest.len())
             .ok_or_else(bad)?;
-        out.push(automerge::Change::try_from(&rest[..end]).map_err(|_| bad())?);
+        let change = automerge::Change::try_from(&rest[..end]).map_err(|_| bad())?;
+        // Parsing does not check the checksum: the first bytes of the change's hash.
+        if change.hash().0[..4] != rest[4..8] {
+            return Err(bad());
+        }
+        out.push(change);
         rest = &rest[end..];
     }
     Ok(out)
@@ -636,6 +644,14 @@ mod tests {
         assert!(parse_changes(b"not automerge").is_err());
         assert!(parse_changes(&doc.save()).is_err(), "a saved document");
         assert!(parse_changes(&[]).unwrap().is_empty());
+        // A chunk of another type (2: compressed) or a checksum that does not match.
+        let mut typed = first.clone();
+        typed[8] = 2;
+        assert!(parse_changes(&typed).is_err(), "not an uncompressed change");
+        let mut summed = first.clone();
+        summed[5] ^= 0xff;
+        assert!(parse_changes(&summed).is_err(), "checksum");
+        assert!(parse_changes(&first).is_ok());
 
         // What cannot be told from the heads alone: changes already held, a first change
         // (it depends on nothing), a change concurrent with older history.

@@ -322,3 +322,89 @@ async fn consents_and_the_sections_they_allow_in_one_batch_are_all_stored() -> a
     tokio::time::sleep(Duration::from_millis(10)).await;
     cluster.stop().await
 }
+
+/// At a grantee, changes from the home that extend exactly what it holds are stored as
+/// received, without loading the document; anything else is merged into the loaded document
+/// and checked there. The test plays the clinic, home of a plan the school holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grantee_stores_the_homes_next_changes_without_loading_and_checks_the_rest(
+) -> anyhow::Result<()> {
+    let cluster = school_and_played_clinic().await?;
+    let school = cluster.node("school.test");
+    let store = school.node().service().store();
+    let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
+    let key = [9u8; 32];
+    hello(&tx, &key).await?;
+    let plan = uuid::Uuid::new_v4().to_string();
+    let subject = uuid::Uuid::new_v4().to_string();
+    let mut doc = AutoCommit::new();
+    doc.set_actor(ActorId::from(b"clinic.test|coordinator".to_vec()));
+    let changes = |bytes: Vec<u8>, heads_now: &[ChangeHash]| {
+        frame(pb::frame::Kind::Changes(pb::SectionChanges {
+            plan_id: plan.clone(),
+            subject_id: subject.clone(),
+            home_agency: "clinic.test".into(),
+            plan_created_at_ms: 1,
+            section: "goals".into(),
+            changes: bytes,
+            feed_seq: 1,
+            heads: heads(heads_now),
+        }))
+    };
+    let outcome = |k: pb::frame::Kind| match k {
+        pb::frame::Kind::Ack(a) => Some(Ok(a.heads)),
+        pb::frame::Kind::Rejected(r) => Some(Err(r.reason)),
+        _ => None,
+    };
+    let edit = |doc: &mut AutoCommit, text: &str| -> anyhow::Result<Vec<u8>> {
+        let before = doc.get_heads();
+        doc.put(ROOT, "text", text)?;
+        doc.commit();
+        Ok(doc.save_after(&before))
+    };
+
+    // The consent, then the whole section (a first arrival is not kept loaded).
+    edit(&mut doc, "read daily")?;
+    tx.send(frame(pb::frame::Kind::Consent(pb::SignedRecord {
+        envelope: consent_for("c-goals", &subject, "goals", &key)?,
+    })))
+    .await?;
+    tx.send(changes(doc.save(), &[])).await?;
+    assert_eq!(next(&mut rx, outcome).await?, Ok(heads(&doc.get_heads())));
+
+    // Two changes that follow the school's heads: stored as received, nothing loaded.
+    let mut both = edit(&mut doc, "read daily, 20 minutes")?;
+    both.extend(edit(&mut doc, "read daily, 30 minutes")?);
+    tx.send(changes(both, &doc.get_heads())).await?;
+    assert_eq!(next(&mut rx, outcome).await?, Ok(heads(&doc.get_heads())));
+    assert_eq!(
+        store.docs_cached(),
+        0,
+        "stored without loading the document"
+    );
+
+    // A change after one the school never got: the school loads the document to see that.
+    let held = doc.get_heads();
+    edit(&mut doc, "unsent")?;
+    let after = edit(&mut doc, "after the unsent one")?;
+    tx.send(changes(after, &doc.get_heads())).await?;
+    let reason = next(&mut rx, outcome).await?.unwrap_err();
+    assert!(reason.starts_with("missing_deps"), "{reason}");
+
+    // Both, after what the school holds: stored as received again.
+    tx.send(changes(doc.save_after(&held), &doc.get_heads()))
+        .await?;
+    assert_eq!(next(&mut rx, outcome).await?, Ok(heads(&doc.get_heads())));
+    assert_eq!(store.docs_cached(), 0);
+    let meta = store
+        .section_meta(&weft_node::model::SectionKey {
+            plan: weft_node::model::PlanId(plan.parse()?),
+            section: weft_node::model::SectionName::parse("goals")?,
+        })
+        .await?
+        .expect("stored");
+    assert_eq!(meta.heads, Some(doc.get_heads()));
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    cluster.stop().await
+}

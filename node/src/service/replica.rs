@@ -698,18 +698,24 @@ impl NodeService {
     }
 
     /// Applies received changes to what this node holds of their section, without storing
-    /// anything yet; `Err` carries the rule and reason to refuse them with. Changes that
-    /// extend exactly the stored heads (the common case: the sender had all but its newest
-    /// changes) are checked and kept as received, without loading the document (see
-    /// [`heads_after`]); anything else is merged into the loaded document.
+    /// anything yet; `Err` carries the rule and reason to refuse them with.
+    ///
+    /// Changes from the plan's home that extend exactly the stored heads (the common case:
+    /// this node had all but the home's newest changes) are kept as received, without loading
+    /// the document (see [`heads_after`]). Only the home is trusted that far: what it sends
+    /// was made by its own code or loaded there when a grantee sent it, while a change that
+    /// parses can still be one no document accepts (a repeated sequence number, an operation
+    /// on an object that does not exist), which only a load tells, and stored it would make
+    /// the section unloadable. Anything else is merged into the loaded document.
     async fn merge(
         &self,
         permit: &gate::ReadPermit,
         c: &SectionChanges,
+        from_home: bool,
     ) -> Result<std::result::Result<Merged, (&'static str, &'static str)>> {
         let key = permit.key();
         let held = self.store.section_meta(key).await?;
-        if let Some(meta) = &held {
+        if let Some(meta) = held.as_ref().filter(|_| from_home) {
             // A cached document is cheap to merge into, and stays current that way.
             let unloaded = match &meta.heads {
                 Some(heads) if !c.heads.is_empty() && !self.store.is_cached(key, meta.last_seq) => {
@@ -840,7 +846,10 @@ impl NodeService {
             heads_now,
             sender_heads,
             bytes,
-        } = match self.merge(&gate::downgrade(&permit), &c).await? {
+        } = match self
+            .merge(&gate::downgrade(&permit), &c, plan.home == *peer)
+            .await?
+        {
             Ok(m) => m,
             Err((code, why)) => {
                 return self

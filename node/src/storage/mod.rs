@@ -1310,13 +1310,19 @@ impl StoreHandle {
             if !follows || last < meta.first_chunk {
                 return Ok(None);
             }
-            Ok(s.backend
-                .get(Tree::Chunks, &chunk_key(key, last))?
-                .map(|bytes| StoredTail {
-                    bytes,
-                    heads: heads.clone(),
-                    last_seq: meta.last_seq,
-                }))
+            let Some(bytes) = s.backend.get(Tree::Chunks, &chunk_key(key, last))? else {
+                return Ok(None);
+            };
+            // Two reads: the chunk is the one the metadata describes only if the metadata
+            // did not move in between (a purge and a new arrival number chunks from 0 again).
+            if s.section_meta(key)?.as_ref() != Some(&meta) {
+                return Ok(None);
+            }
+            Ok(Some(StoredTail {
+                bytes,
+                heads: heads.clone(),
+                last_seq: meta.last_seq,
+            }))
         })
     }
 
