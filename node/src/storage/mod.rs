@@ -30,7 +30,7 @@ use writer::Writer;
 use crate::model::{
     AgencyId, PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp, UserRecord,
 };
-use crate::section::{same_heads, DocCache, SectionDoc};
+use crate::section::{heads_after, parse_changes, same_heads, DocCache, SectionDoc};
 use automerge::ChangeHash;
 
 /// The trees (key spaces) of a store.
@@ -299,10 +299,6 @@ pub struct SectionMeta {
     /// replication compares them with a peer's without loading the document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heads: Option<Vec<ChangeHash>>,
-    /// The heads before the last chunk, when known: a peer that has them lacks exactly that
-    /// chunk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev_heads: Option<Vec<ChangeHash>>,
 }
 
 /// A section as stored: snapshot plus the chunks after it.
@@ -845,7 +841,6 @@ impl Store {
                 meta.next_chunk += 1;
                 meta.bytes += bytes.len() as u64;
                 meta.last_seq = seq;
-                meta.prev_heads = meta.heads.take();
                 meta.heads = (!heads.is_empty()).then(|| heads.clone());
                 txn.put(Tree::Sections, &skey, &json(&meta))?;
                 let entry = FeedEntry {
@@ -1249,6 +1244,8 @@ pub struct StoreHandle {
 /// Section documents kept loaded (see [`DocCache`]): ~40 KiB each at most for the catalogue's
 /// sections, so ~40 MiB when full.
 const DOC_CACHE: usize = 1024;
+/// How many of a section's newest chunks [`StoreHandle::stored_after`] looks back over.
+const TAIL_CHUNKS: u64 = 16;
 
 impl StoreHandle {
     /// Wraps a store.
@@ -1282,9 +1279,11 @@ impl StoreHandle {
     }
 
     /// What a peer that has `known` of a section lacks, told from the store's bookkeeping
-    /// without loading the document: nothing when `known` are the section's heads, its last
-    /// chunk when they are the heads before it. `None` when the bookkeeping cannot tell (the
-    /// caller loads the document). Point reads, on this thread (see `read_now`).
+    /// without loading the document: nothing when `known` are the section's heads, else the
+    /// newest chunks as stored, when at most [`TAIL_CHUNKS`] of them lead from `known` to the
+    /// heads (every dependency of their changes is in `known` or an earlier one of them; see
+    /// [`heads_after`]). `None` when the bookkeeping cannot tell (the caller loads the
+    /// document). Point reads, on this thread (see `read_now`).
     pub fn stored_after(
         &self,
         permit: &ReadPermit,
@@ -1301,28 +1300,38 @@ impl StoreHandle {
             if same_heads(heads, known) {
                 return Ok(Some(StoredTail::nothing(heads, &meta)));
             }
-            // The last chunk, unless a compaction folded it into the snapshot.
-            let last = meta.next_chunk.saturating_sub(1);
-            let follows = meta
-                .prev_heads
-                .as_ref()
-                .is_some_and(|p| same_heads(p, known));
-            if !follows || last < meta.first_chunk {
-                return Ok(None);
+            // Newest first, back to the snapshot at most (compaction folds chunks into it).
+            let oldest = meta
+                .first_chunk
+                .max(meta.next_chunk.saturating_sub(TAIL_CHUNKS));
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            let mut changes: Vec<automerge::Change> = Vec::new();
+            for n in (oldest..meta.next_chunk).rev() {
+                let Some(bytes) = s.backend.get(Tree::Chunks, &chunk_key(key, n))? else {
+                    return Ok(None);
+                };
+                // A chunk that is not plain changes (a whole document as first received).
+                let Ok(mut older) = parse_changes(&bytes) else {
+                    return Ok(None);
+                };
+                older.append(&mut changes);
+                changes = older;
+                chunks.push(bytes);
+                if !heads_after(known, &changes).is_some_and(|h| same_heads(&h, heads)) {
+                    continue;
+                }
+                // The chunks are the ones the metadata describes only if it did not move
+                // meanwhile (a purge and a new arrival number chunks from 0 again).
+                if s.section_meta(key)?.as_ref() != Some(&meta) {
+                    return Ok(None);
+                }
+                return Ok(Some(StoredTail {
+                    bytes: chunks.into_iter().rev().flatten().collect(),
+                    heads: heads.clone(),
+                    last_seq: meta.last_seq,
+                }));
             }
-            let Some(bytes) = s.backend.get(Tree::Chunks, &chunk_key(key, last))? else {
-                return Ok(None);
-            };
-            // Two reads: the chunk is the one the metadata describes only if the metadata
-            // did not move in between (a purge and a new arrival number chunks from 0 again).
-            if s.section_meta(key)?.as_ref() != Some(&meta) {
-                return Ok(None);
-            }
-            Ok(Some(StoredTail {
-                bytes,
-                heads: heads.clone(),
-                last_seq: meta.last_seq,
-            }))
+            Ok(None)
         })
     }
 

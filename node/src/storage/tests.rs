@@ -592,10 +592,7 @@ fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
         vec![],
     );
     let meta = store.store.section_meta(&k).unwrap().unwrap();
-    assert_eq!(
-        (meta.heads.as_deref(), meta.prev_heads.as_deref()),
-        (Some(h2.as_slice()), Some(h1.as_slice()))
-    );
+    assert_eq!(meta.heads.as_deref(), Some(h2.as_slice()));
     assert_eq!(
         store.stored_after(&permit, &h1).unwrap(),
         Some(at(&second, &h2, 2)),
@@ -606,21 +603,42 @@ fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
         Some(at(b"", &h2, 2))
     );
 
-    // Folded into the snapshot, the last chunk is no longer a chunk of its own.
+    // Two changes behind: the two newest chunks, as stored, in order.
+    let third = edit(&mut doc, "3");
+    let h3 = doc.heads();
+    commit(
+        vec![SectionWrite {
+            key: k.clone(),
+            bytes: third.clone(),
+            heads: h3.clone(),
+        }],
+        vec![],
+    );
+    assert_eq!(
+        store.stored_after(&permit, &h1).unwrap(),
+        Some(at(&[second.as_slice(), &third].concat(), &h3, 3))
+    );
+    // Heads the section never had (a peer with history of its own): only the document can
+    // tell.
+    let mut other = SectionDoc::load(None, &[edit(&mut SectionDoc::new(), "k")]).unwrap();
+    assert_eq!(store.stored_after(&permit, &other.heads()).unwrap(), None);
+
+    // Folded into the snapshot, the chunks are no longer chunks of their own.
+    let meta = store.store.section_meta(&k).unwrap().unwrap();
     store
         .store
         .compact(&k, &doc.save(), meta.next_chunk)
         .unwrap();
-    assert_eq!(store.stored_after(&permit, &h1).unwrap(), None);
+    assert_eq!(store.stored_after(&permit, &h2).unwrap(), None);
     assert_eq!(
-        store.stored_after(&permit, &h2).unwrap(),
-        Some(at(b"", &h2, 2))
+        store.stored_after(&permit, &h3).unwrap(),
+        Some(at(b"", &h3, 3))
     );
 
     // A writer that does not say its heads makes the store forget them.
-    commit(vec![write(k.clone(), edit(&mut doc, "3"))], vec![]);
+    commit(vec![write(k.clone(), edit(&mut doc, "4"))], vec![]);
     let meta = store.store.section_meta(&k).unwrap().unwrap();
-    assert_eq!((meta.heads, meta.prev_heads), (None, Some(h2.clone())));
-    assert_eq!(store.stored_after(&permit, &h2).unwrap(), None);
+    assert_eq!(meta.heads, None);
+    assert_eq!(store.stored_after(&permit, &h3).unwrap(), None);
     assert_eq!(store.stored_after(&permit, &doc.heads()).unwrap(), None);
 }
