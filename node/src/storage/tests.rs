@@ -558,6 +558,11 @@ fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
         batch.new_plans = new_plans;
         store.store.commit(batch).unwrap();
     };
+    // A change with the heads after it, as the node's edits write them.
+    let noted = |bytes: &[u8], heads: &[ChangeHash]| SectionWrite {
+        heads: heads.to_vec(),
+        ..write(k.clone(), bytes.to_vec())
+    };
     let at = |bytes: &[u8], heads: &[ChangeHash], seq: u64| StoredTail {
         bytes: bytes.to_vec(),
         heads: heads.to_vec(),
@@ -566,14 +571,7 @@ fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
 
     let first = edit(&mut doc, "1");
     let h1 = doc.heads();
-    commit(
-        vec![SectionWrite {
-            key: k.clone(),
-            bytes: first,
-            heads: h1.clone(),
-        }],
-        vec![p.clone()],
-    );
+    commit(vec![noted(&first, &h1)], vec![p.clone()]);
     assert_eq!(
         store.stored_after(&permit, &h1).unwrap(),
         Some(at(b"", &h1, 1))
@@ -583,14 +581,7 @@ fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
 
     let second = edit(&mut doc, "2");
     let h2 = doc.heads();
-    commit(
-        vec![SectionWrite {
-            key: k.clone(),
-            bytes: second.clone(),
-            heads: h2.clone(),
-        }],
-        vec![],
-    );
+    commit(vec![noted(&second, &h2)], vec![]);
     let meta = store.store.section_meta(&k).unwrap().unwrap();
     assert_eq!(meta.heads.as_deref(), Some(h2.as_slice()));
     assert_eq!(
@@ -606,14 +597,7 @@ fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
     // Two changes behind: the two newest chunks, as stored, in order.
     let third = edit(&mut doc, "3");
     let h3 = doc.heads();
-    commit(
-        vec![SectionWrite {
-            key: k.clone(),
-            bytes: third.clone(),
-            heads: h3.clone(),
-        }],
-        vec![],
-    );
+    commit(vec![noted(&third, &h3)], vec![]);
     assert_eq!(
         store.stored_after(&permit, &h1).unwrap(),
         Some(at(&[second.as_slice(), &third].concat(), &h3, 3))
