@@ -402,6 +402,81 @@ fn queued_commits_share_one_transaction_and_a_failing_one_fails_alone() {
     }
 }
 
+/// A backend whose next transaction panics.
+struct PanicsOnce {
+    inner: Arc<dyn Backend>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Layer for PanicsOnce {
+    fn inner(&self) -> &dyn Backend {
+        self.inner.as_ref()
+    }
+    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("the engine failed (a test)");
+        }
+        self.inner.transact(f)
+    }
+}
+
+#[test]
+fn many_writers_each_get_their_outcome_and_a_panic_fails_only_its_transaction() {
+    let backend = Arc::new(PanicsOnce {
+        inner: Arc::new(memory::MemoryBackend::new()),
+        armed: Default::default(),
+    });
+    let store = Arc::new(Store::open(backend.clone()).unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    // 64 writers × 50 commits: every writer is answered (none waits forever for a lead or
+    // an outcome), and every commit lands exactly once, in one unbroken feed and audit chain.
+    for w in 0..64i64 {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let own = plan();
+            for i in 0..50 {
+                let batch = CommitBatch {
+                    new_plans: if i == 0 { vec![own.clone()] } else { vec![] },
+                    changes: vec![write(key(&own, "goals"), vec![i as u8; 8])],
+                    ..CommitBatch::audit_only(draft(w * 100 + i))
+                };
+                store.commit(batch).unwrap();
+            }
+            done.send(()).unwrap();
+        });
+    }
+    for _ in 0..64 {
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a writer was never answered");
+    }
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.feed_seq, 64 * 50);
+    assert_eq!(store.verify_audit().unwrap(), Ok(64 * 50));
+
+    // A transaction that panics fails its writers; the next writers are answered and land.
+    backend.armed.store(true, Ordering::SeqCst);
+    let own = plan();
+    let failed = store.commit(CommitBatch {
+        new_plans: vec![own.clone()],
+        ..CommitBatch::audit_only(draft(1))
+    });
+    assert!(
+        matches!(&failed, Err(Error::Internal(m)) if m.contains("panicked")),
+        "{failed:?}"
+    );
+    let store2 = store.clone();
+    let after = std::thread::spawn(move || {
+        store2.commit(CommitBatch {
+            new_plans: vec![own],
+            ..CommitBatch::audit_only(draft(2))
+        })
+    });
+    after.join().unwrap().unwrap();
+    assert_eq!(store.stats().unwrap().feed_seq, 64 * 50);
+    assert_eq!(store.verify_audit().unwrap(), Ok(64 * 50 + 1));
+}
+
 /// A signed consent for `subject` whose two provisions end at `ends` (ms).
 pub(crate) fn consent_ending(subject: SubjectId, id: &str, ends: [i64; 2]) -> ConsentEntry {
     use weft_consent::{
