@@ -4,8 +4,9 @@
 //! writer lock and every job queued so far and applies them all in **one** engine transaction,
 //! each job through its own [`Overlay`]: a job that fails (a plan that already exists, say)
 //! leaves no write behind and fails alone, the others land. It runs the jobs queued meanwhile
-//! the same way for up to [`LEAD_FOR`], then hands the lead to the oldest job still queued. The other writers wait on their own job, and are woken
-//! once: when it is settled, or when they are to lead. (Writers that queued on the writer lock
+//! the same way for up to [`LEAD_FOR`], then stops leading and wakes the oldest queued job's
+//! writer, which leads unless another writer came first. Writers wait on their own job and are
+//! woken when it is settled or when they may lead. (Writers that queued on the writer lock
 //! itself to read their outcome came back one at a time, each after a whole transaction, which
 //! can include sled's `fdatasync`: in the benchmark's storage scenario 4–5 of 64 writers shared
 //! a transaction, against ~48 now, and sled did 6,000 durable appends/s against 14,000.) Then
@@ -131,8 +132,8 @@ struct Job {
 /// Where a queued job stands.
 enum Turn {
     Queued,
-    /// The leader handed over: this job's writer leads next.
-    Lead,
+    /// The last leader stopped with this job queued: its writer may lead.
+    Wake,
     /// The number of the transaction it landed in, or why it did not.
     Done(Result<u64>),
 }
@@ -149,13 +150,25 @@ impl Job {
         self.set(Turn::Done(outcome));
     }
 
-    /// Waits until the job is settled or its writer is to lead.
-    fn wait(&self) -> Result<Turn> {
+    /// The job's outcome, if it is settled.
+    fn outcome(&self) -> Result<Option<Result<u64>>> {
+        let mut turn = self.turn.lock().map_err(poisoned)?;
+        Ok(match std::mem::replace(&mut *turn, Turn::Queued) {
+            Turn::Done(outcome) => Some(outcome),
+            _ => None,
+        })
+    }
+
+    /// Waits until the job is settled or its writer is woken to lead.
+    fn wait(&self) -> Result<()> {
         let mut turn = self.turn.lock().map_err(poisoned)?;
         while matches!(*turn, Turn::Queued) {
             turn = self.changed.wait(turn).map_err(poisoned)?;
         }
-        Ok(std::mem::replace(&mut *turn, Turn::Queued))
+        if matches!(*turn, Turn::Wake) {
+            *turn = Turn::Queued;
+        }
+        Ok(())
     }
 }
 
@@ -171,7 +184,7 @@ pub(super) struct Writer {
 #[derive(Default)]
 struct Queue {
     jobs: Vec<Arc<Job>>,
-    /// A writer is running queued jobs, or has been handed the lead.
+    /// A writer is running queued jobs.
     leading: bool,
 }
 
@@ -205,37 +218,43 @@ impl Writer {
             turn: Mutex::new(Turn::Queued),
             changed: Condvar::new(),
         });
-        let follow = {
-            let mut queue = self.queue();
-            queue.jobs.push(job.clone());
-            std::mem::replace(&mut queue.leading, true)
-        };
-        if follow {
-            match job.wait()? {
-                Turn::Done(outcome) => return outcome,
-                Turn::Lead => {}
-                Turn::Queued => return Err(Error::internal("a queued write lost its turn")),
+        let mut queue = self.queue();
+        queue.jobs.push(job.clone());
+        loop {
+            // A leader settles the jobs it took before it stops leading: with nobody
+            // leading, an unsettled job is still queued.
+            if let Some(outcome) = job.outcome()? {
+                return outcome;
             }
+            if !queue.leading {
+                break;
+            }
+            drop(queue);
+            job.wait()?;
+            queue = self.queue();
         }
-        // This writer leads, and its job is queued: nobody else takes jobs until it hands
-        // over, so the first jobs it runs include its own. It goes on with the jobs queued
-        // meanwhile for up to LEAD_FOR (waking another writer to lead costs a context
-        // switch, as long as a memory transaction), then hands the lead on.
+        // This writer leads, and its job is queued: nobody else takes jobs until it stops,
+        // so the first jobs it runs include its own. It goes on with the jobs queued meanwhile
+        // for up to LEAD_FOR, then stops and wakes the oldest job's writer. Any writer that
+        // comes first may lead instead: a woken writer may wait for a core, and the queue
+        // with it.
+        queue.leading = true;
+        drop(queue);
         let started = Instant::now();
         loop {
             self.lead(backend);
             let mut queue = self.queue();
-            match queue.jobs.first() {
-                None => queue.leading = false,
-                Some(_) if started.elapsed() < LEAD_FOR => continue,
-                Some(next) => next.set(Turn::Lead),
+            if !queue.jobs.is_empty() && started.elapsed() < LEAD_FOR {
+                continue;
+            }
+            queue.leading = false;
+            if let Some(next) = queue.jobs.first() {
+                next.set(Turn::Wake);
             }
             break;
         }
-        match job.wait()? {
-            Turn::Done(outcome) => outcome,
-            _ => Err(Error::internal("a queued write was lost")),
-        }
+        job.outcome()?
+            .unwrap_or_else(|| Err(Error::internal("a queued write was lost")))
     }
 
     /// Runs the queued jobs under the writer lock (the caller leads) and settles them all.
