@@ -9,7 +9,7 @@
 //! woken when it is settled or when they may lead. (Writers that queued on the writer lock
 //! itself to read their outcome came back one at a time, each after a whole transaction, which
 //! can include sled's `fdatasync`: in the benchmark's storage scenario 4–5 of 64 writers shared
-//! a transaction, against ~48 now, and sled did 6,000 durable appends/s against 14,000.) Then
+//! a transaction, against ~48 now, and sled did 6,000 durable appends/s against 16,000.) Then
 //! each writer waits until a `sync` that started after its transaction has finished; the first
 //! waiter runs it for everyone.
 //!
