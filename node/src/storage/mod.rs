@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{self, AuditDraft, AuditEntry, AuditHead, ChainBreak};
 use crate::error::{Error, Result};
 use crate::gate::{ReadPermit, WritePermit};
-use writer::Writer;
+use writer::{Answer, WriteFn, Writer};
 
 use crate::model::{
     AgencyId, PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp, UserRecord,
@@ -773,105 +773,9 @@ impl Store {
 
     /// Writes a batch atomically and durably, sealing its audit entry into the chain.
     pub fn commit(&self, batch: CommitBatch) -> Result<Committed> {
-        // The job may run on another writer's thread (combined with its transaction): it owns
-        // the batch and leaves its results behind shared slots.
-        let out = Arc::new(Mutex::new(None));
-        let added = Arc::new(AtomicU64::new(0));
-        let (job_out, job_added) = (out.clone(), added.clone());
-        self.write(move |txn| {
-            let (out, added) = (&job_out, &job_added);
-            added.store(batch.new_plans.len() as u64, Ordering::Relaxed);
-            for plan in &batch.new_plans {
-                if txn.get(Tree::Plans, plan.id.0.as_bytes())?.is_some() {
-                    return Err(Error::AlreadyExists(format!("plan {}", plan.id)));
-                }
-                txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
-                txn.put(Tree::Subjects, &subject_key(plan), &[])?;
-            }
-            if let Some(user) = &batch.new_user {
-                if txn.get(Tree::Users, user.name.as_bytes())?.is_some() {
-                    return Err(Error::AlreadyExists(format!("user `{}`", user.name)));
-                }
-                txn.put(Tree::Users, user.name.as_bytes(), &json(user))?;
-            }
-            if let Some(plan) = &batch.ensure_plan {
-                match txn.get(Tree::Plans, plan.id.0.as_bytes())? {
-                    None => {
-                        txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
-                        txn.put(Tree::Subjects, &subject_key(plan), &[])?;
-                        added.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(b) => {
-                        let known: PlanRecord = from_json(&b, "plan")?;
-                        if known.home != plan.home || known.subject != plan.subject {
-                            return Err(Error::invalid(format!(
-                                "plan {} is known here with another home or subject",
-                                plan.id
-                            )));
-                        }
-                    }
-                }
-            }
-            write_replication(txn, &batch.replication)?;
-            for (key, value) in &batch.family {
-                match value {
-                    Some(v) => txn.put(Tree::Family, key, v)?,
-                    None => txn.remove(Tree::Family, key)?,
-                }
-            }
-            for e in &batch.consent_entries {
-                let key = consent_key(e.subject, e.kind, &e.id);
-                if txn.get(Tree::Consents, &key)?.is_some() {
-                    return Err(Error::AlreadyExists(format!("consent entry `{}`", e.id)));
-                }
-                txn.put(Tree::Consents, &key, &e.bytes)?;
-                index_consent_ends(txn, e)?;
-            }
-            log_consent_changes(txn, batch.consent_entries.iter().map(|e| e.subject))?;
-            let mut seq = read_u64(txn, KEY_FEED_SEQ)?;
-            let mut feed = Vec::with_capacity(batch.changes.len());
-            for SectionWrite { key, bytes, heads } in &batch.changes {
-                let skey = section_key_bytes(key);
-                let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
-                    Some(b) => from_json(&b, "section")?,
-                    None => SectionMeta::default(),
-                };
-                seq += 1;
-                txn.put(Tree::Chunks, &chunk_key(key, meta.next_chunk), bytes)?;
-                meta.next_chunk += 1;
-                meta.bytes += bytes.len() as u64;
-                meta.last_seq = seq;
-                meta.heads = (!heads.is_empty()).then(|| heads.clone());
-                txn.put(Tree::Sections, &skey, &json(&meta))?;
-                let entry = FeedEntry {
-                    seq,
-                    key: key.clone(),
-                    time: batch.audit.time,
-                    known_to: batch.known_to.clone(),
-                };
-                txn.put(Tree::Feed, &seq.to_be_bytes(), &json(&entry))?;
-                feed.push(entry);
-            }
-            txn.put(Tree::Meta, KEY_FEED_SEQ, &seq.to_be_bytes())?;
-            let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
-                Some(b) => from_json(&b, "audit head")?,
-                None => AuditHead::default(),
-            };
-            let (entry, head) = audit::seal(&head, batch.audit.clone());
-            txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
-            txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
-            *out.lock()
-                .map_err(|_| Error::internal("commit result poisoned"))? =
-                Some(Committed { feed, audit: entry });
-            Ok(())
-        })?;
-        self.plans
-            .fetch_add(added.load(Ordering::Relaxed), Ordering::Relaxed);
-        let committed = out
-            .lock()
-            .map_err(|_| Error::internal("commit result poisoned"))?
-            .take();
-        committed.ok_or_else(|| Error::internal("commit produced no result"))
+        let (job, landed) = commit_job(batch);
+        self.writer.write(self.backend.as_ref(), job)?;
+        landed(self)
     }
 
     /// Runs `f` over the backend while no commit can land (backups).
@@ -1233,6 +1137,135 @@ impl Store {
     }
 }
 
+/// A commit's job for the store's writer (it may run on another writer's thread, combined
+/// with its transaction: it owns the batch and leaves its results behind shared slots), and
+/// what reads the result once the job has landed.
+fn commit_job(batch: CommitBatch) -> (WriteFn, impl FnOnce(&Store) -> Result<Committed>) {
+    let out = Arc::new(Mutex::new(None));
+    let added = Arc::new(AtomicU64::new(0));
+    let (job_out, job_added) = (out.clone(), added.clone());
+    let job: WriteFn = Box::new(move |txn| {
+        let (out, added) = (&job_out, &job_added);
+        added.store(batch.new_plans.len() as u64, Ordering::Relaxed);
+        for plan in &batch.new_plans {
+            if txn.get(Tree::Plans, plan.id.0.as_bytes())?.is_some() {
+                return Err(Error::AlreadyExists(format!("plan {}", plan.id)));
+            }
+            txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
+            txn.put(Tree::Subjects, &subject_key(plan), &[])?;
+        }
+        if let Some(user) = &batch.new_user {
+            if txn.get(Tree::Users, user.name.as_bytes())?.is_some() {
+                return Err(Error::AlreadyExists(format!("user `{}`", user.name)));
+            }
+            txn.put(Tree::Users, user.name.as_bytes(), &json(user))?;
+        }
+        if let Some(plan) = &batch.ensure_plan {
+            match txn.get(Tree::Plans, plan.id.0.as_bytes())? {
+                None => {
+                    txn.put(Tree::Plans, plan.id.0.as_bytes(), &json(plan))?;
+                    txn.put(Tree::Subjects, &subject_key(plan), &[])?;
+                    added.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(b) => {
+                    let known: PlanRecord = from_json(&b, "plan")?;
+                    if known.home != plan.home || known.subject != plan.subject {
+                        return Err(Error::invalid(format!(
+                            "plan {} is known here with another home or subject",
+                            plan.id
+                        )));
+                    }
+                }
+            }
+        }
+        write_replication(txn, &batch.replication)?;
+        for (key, value) in &batch.family {
+            match value {
+                Some(v) => txn.put(Tree::Family, key, v)?,
+                None => txn.remove(Tree::Family, key)?,
+            }
+        }
+        for e in &batch.consent_entries {
+            let key = consent_key(e.subject, e.kind, &e.id);
+            if txn.get(Tree::Consents, &key)?.is_some() {
+                return Err(Error::AlreadyExists(format!("consent entry `{}`", e.id)));
+            }
+            txn.put(Tree::Consents, &key, &e.bytes)?;
+            index_consent_ends(txn, e)?;
+        }
+        log_consent_changes(txn, batch.consent_entries.iter().map(|e| e.subject))?;
+        let mut seq = read_u64(txn, KEY_FEED_SEQ)?;
+        let mut feed = Vec::with_capacity(batch.changes.len());
+        for SectionWrite { key, bytes, heads } in &batch.changes {
+            let skey = section_key_bytes(key);
+            let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
+                Some(b) => from_json(&b, "section")?,
+                None => SectionMeta::default(),
+            };
+            seq += 1;
+            txn.put(Tree::Chunks, &chunk_key(key, meta.next_chunk), bytes)?;
+            meta.next_chunk += 1;
+            meta.bytes += bytes.len() as u64;
+            meta.last_seq = seq;
+            meta.heads = (!heads.is_empty()).then(|| heads.clone());
+            txn.put(Tree::Sections, &skey, &json(&meta))?;
+            let entry = FeedEntry {
+                seq,
+                key: key.clone(),
+                time: batch.audit.time,
+                known_to: batch.known_to.clone(),
+            };
+            txn.put(Tree::Feed, &seq.to_be_bytes(), &json(&entry))?;
+            feed.push(entry);
+        }
+        txn.put(Tree::Meta, KEY_FEED_SEQ, &seq.to_be_bytes())?;
+        let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
+            Some(b) => from_json(&b, "audit head")?,
+            None => AuditHead::default(),
+        };
+        let (entry, head) = audit::seal(&head, batch.audit.clone());
+        txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
+        txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
+        *out.lock()
+            .map_err(|_| Error::internal("commit result poisoned"))? =
+            Some(Committed { feed, audit: entry });
+        Ok(())
+    });
+    let landed = move |store: &Store| {
+        store
+            .plans
+            .fetch_add(added.load(Ordering::Relaxed), Ordering::Relaxed);
+        let committed = out
+            .lock()
+            .map_err(|_| Error::internal("commit result poisoned"))?
+            .take();
+        committed.ok_or_else(|| Error::internal("commit produced no result"))
+    };
+    (job, landed)
+}
+
+/// A blocking thread's turn to lead the store's writer for async writers (see
+/// [`StoreHandle::write`]). Dropped without running (the runtime is shutting down) or
+/// unwinding, it fails the queued jobs, so no writer waits forever.
+struct Leader(Option<Arc<Store>>);
+
+impl Leader {
+    fn run(mut self) {
+        if let Some(store) = &self.0 {
+            store.writer.lead_queued(store.backend.as_ref());
+        }
+        self.0 = None;
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.take() {
+            store.writer.abandon();
+        }
+    }
+}
+
 /// The async face of the store: cheap to clone, runs blocking work with `spawn_blocking`, and
 /// takes a permit from the gate for every section read and write.
 #[derive(Clone)]
@@ -1374,6 +1407,34 @@ impl StoreHandle {
         f(&self.store)
     }
 
+    /// Runs `job` through the store's writer without holding a thread while it waits: it
+    /// is queued, and only when nobody is leading does a blocking thread start, to run every
+    /// queued job (see [`Writer::enqueue`]). Returns once the job is durable (applied, for
+    /// `hints`).
+    async fn write(&self, job: WriteFn, hints: bool) -> Result<()> {
+        let (mut answer, mut lead) = self.store.writer.enqueue(job, hints);
+        loop {
+            if lead {
+                let leader = Leader(Some(self.store.clone()));
+                drop(tokio::task::spawn_blocking(move || leader.run()));
+            }
+            match answer
+                .await
+                .map_err(|_| Error::internal("the store's writer dropped a write"))?
+            {
+                Answer::Done(outcome) => return outcome,
+                Answer::Lead(next) => (answer, lead) = (next, true),
+            }
+        }
+    }
+
+    /// Commits a batch (see [`Store::commit`]) without holding a thread while it waits.
+    pub async fn commit(&self, batch: CommitBatch) -> Result<Committed> {
+        let (job, landed) = commit_job(batch);
+        self.write(job, false).await?;
+        landed(&self.store)
+    }
+
     async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -1428,7 +1489,7 @@ impl StoreHandle {
             family: vec![],
             audit,
         };
-        self.run(move |s| s.commit(batch)).await
+        self.commit(batch).await
     }
 
     /// Folds a section's chunks into a snapshot (the caller holds the section's lock).
@@ -1455,13 +1516,14 @@ impl StoreHandle {
             family: vec![],
             audit,
         };
-        self.run(move |s| s.commit(batch)).await
+        self.commit(batch).await
     }
 
     /// Appends an audit entry on its own (reads, denials).
     pub async fn audit(&self, draft: AuditDraft) -> Result<AuditEntry> {
-        self.run(move |s| s.commit(CommitBatch::audit_only(draft)).map(|c| c.audit))
+        self.commit(CommitBatch::audit_only(draft))
             .await
+            .map(|c| c.audit)
     }
 
     /// A plan's record.
@@ -1502,7 +1564,7 @@ impl StoreHandle {
     ) -> Result<Committed> {
         let mut batch = CommitBatch::audit_only(audit);
         batch.consent_entries = entries;
-        self.run(move |s| s.commit(batch)).await
+        self.commit(batch).await
     }
 
     /// Every user.
@@ -1532,11 +1594,6 @@ impl StoreHandle {
     /// Counters.
     pub async fn stats(&self) -> Result<StoreStats> {
         self.run(|s| s.stats()).await
-    }
-
-    /// Commits any batch (replication paths build their own).
-    pub async fn commit(&self, batch: CommitBatch) -> Result<Committed> {
-        self.run(move |s| s.commit(batch)).await
     }
 
     /// Purges sections the gate no longer allows this node to hold.
@@ -1579,12 +1636,14 @@ impl StoreHandle {
 
     /// Writes replication keys.
     pub async fn replication_put(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-        self.run(move |s| s.replication_put(&writes)).await
+        self.write(Box::new(move |txn| write_replication(txn, &writes)), false)
+            .await
     }
 
     /// See [`Store::replication_hint`].
     pub async fn replication_hint(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-        self.run(move |s| s.replication_hint(&writes)).await
+        self.write(Box::new(move |txn| write_replication(txn, &writes)), true)
+            .await
     }
 
     /// The synchronous store, for offline tools (`weft user add --data`).

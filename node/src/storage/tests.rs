@@ -701,3 +701,151 @@ fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
     assert_eq!(store.stored_after(&permit, &h3).unwrap(), None);
     assert_eq!(store.stored_after(&permit, &doc.heads()).unwrap(), None);
 }
+
+/// A backend whose syncs take 2 ms and record how far the feed was durable: the feed
+/// sequence committed when the last finished sync started.
+struct SlowSync {
+    inner: Arc<dyn Backend>,
+    transactions: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+    durable_seq: std::sync::atomic::AtomicU64,
+}
+
+impl Layer for SlowSync {
+    fn inner(&self) -> &dyn Backend {
+        self.inner.as_ref()
+    }
+    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()> {
+        self.transactions.fetch_add(1, Ordering::SeqCst);
+        self.inner.transact(f)
+    }
+    fn sync(&self) -> Result<()> {
+        let seq = self
+            .inner
+            .get(Tree::Meta, KEY_FEED_SEQ)?
+            .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.inner.sync()?;
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        self.durable_seq.fetch_max(seq, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_writers_share_transactions_and_are_answered_once_durable() {
+    let backend = Arc::new(SlowSync {
+        inner: Arc::new(memory::MemoryBackend::new()),
+        transactions: Default::default(),
+        syncs: Default::default(),
+        durable_seq: Default::default(),
+    });
+    let store = StoreHandle::new(Store::open(backend.clone()).unwrap());
+    let before = backend.transactions.load(Ordering::SeqCst);
+    // 56 async writers and 8 threads committing through the blocking store at once, 50
+    // commits each: every one is answered, async ones only once a sync that started after
+    // their transaction has finished.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..56i64 {
+        let (store, backend) = (store.clone(), backend.clone());
+        writers.spawn(async move {
+            let own = plan();
+            for i in 0..50 {
+                let batch = CommitBatch {
+                    new_plans: if i == 0 { vec![own.clone()] } else { vec![] },
+                    changes: vec![write(key(&own, "goals"), vec![i as u8; 8])],
+                    ..CommitBatch::audit_only(draft(w * 100 + i))
+                };
+                let seq = store.commit(batch).await.unwrap().feed[0].seq;
+                assert!(backend.durable_seq.load(Ordering::SeqCst) >= seq);
+            }
+        });
+    }
+    let threads: Vec<_> = (0..8i64)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    store
+                        .blocking()
+                        .commit(CommitBatch::audit_only(draft(10_000 + w * 100 + i)))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "an async writer was never answered");
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.feed_seq, 56 * 50);
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(64 * 50));
+    // Queued writes shared transactions and syncs (one each would be 3,200 of both).
+    let transactions = backend.transactions.load(Ordering::SeqCst) - before;
+    let syncs = backend.syncs.load(Ordering::SeqCst);
+    assert!(transactions < 64 * 50 / 4, "{transactions} transactions");
+    assert!(syncs < 64 * 50 / 4, "{syncs} syncs");
+
+    // Hints are answered once applied, without a sync of their own.
+    let syncs = backend.syncs.load(Ordering::SeqCst);
+    store
+        .replication_hint(vec![(b"cursor/x".to_vec(), Some(b"1".to_vec()))])
+        .await
+        .unwrap();
+    assert_eq!(backend.syncs.load(Ordering::SeqCst), syncs);
+    assert_eq!(
+        store.replication_get(b"cursor/x".to_vec()).await.unwrap(),
+        Some(b"1".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn an_async_writers_panicking_transaction_fails_alone_and_an_abandoned_lead_fails_its_jobs() {
+    let backend = Arc::new(PanicsOnce {
+        inner: Arc::new(memory::MemoryBackend::new()),
+        armed: Default::default(),
+    });
+    let store = StoreHandle::new(Store::open(backend.clone()).unwrap());
+    backend.armed.store(true, Ordering::SeqCst);
+    let failed = store.commit(CommitBatch::audit_only(draft(1))).await;
+    assert!(
+        matches!(&failed, Err(Error::Internal(m)) if m.contains("panicked")),
+        "{failed:?}"
+    );
+    store
+        .commit(CommitBatch::audit_only(draft(2)))
+        .await
+        .unwrap();
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(1));
+
+    // A writer told to lead that cannot (its runtime is shutting down) fails what is
+    // queued, and the next writer leads.
+    let writer = &store.blocking().writer;
+    let (outcome, lead) = writer.enqueue(Box::new(|txn| txn.put(Tree::Meta, b"x", b"1")), false);
+    assert!(lead);
+    let (second, lead) = writer.enqueue(Box::new(|txn| txn.put(Tree::Meta, b"y", b"1")), false);
+    assert!(!lead, "one leader at a time");
+    writer.abandon();
+    for rx in [outcome, second] {
+        assert!(matches!(
+            rx.await.unwrap(),
+            writer::Answer::Done(Err(Error::Internal(_)))
+        ));
+    }
+    assert_eq!(
+        store.blocking().backend.get(Tree::Meta, b"x").unwrap(),
+        None
+    );
+    store
+        .commit(CommitBatch::audit_only(draft(3)))
+        .await
+        .unwrap();
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
+}
