@@ -217,12 +217,29 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants(3) {
         let s = "3 sustained, three nodes";
-        let (plans, rates): (u64, &[f64]) = if args.quick {
-            (250, &[50.0, 100.0, 250.0])
+        let (plans, mut rates): (u64, Vec<f64>) = if args.quick {
+            (250, vec![50.0, 100.0, 250.0])
         } else {
-            (5_000, &[50.0, 100.0, 200.0, 400.0, 800.0, 1_600.0, 3_200.0])
+            // Finer steps near the target, so the figure is not off by a factor of two.
+            (
+                5_000,
+                vec![
+                    50.0, 100.0, 200.0, 400.0, 800.0, 1_000.0, 1_250.0, 1_600.0, 2_000.0, 2_500.0,
+                    3_200.0,
+                ],
+            )
         };
-        let steps = weft::sustained(&work.path().join("s3"), plans, rates).await?;
+        // WEFT_BENCH_RATES=1600,2000 runs only those rates (for profiling one load).
+        if let Ok(list) = std::env::var("WEFT_BENCH_RATES") {
+            rates = list
+                .split(',')
+                .map(|r| r.trim().parse::<f64>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    anyhow::anyhow!("WEFT_BENCH_RATES: a comma-separated list of edits/s: {e}")
+                })?;
+        }
+        let steps = weft::sustained(&work.path().join("s3"), plans, &rates).await?;
         let best = steps
             .iter()
             .filter(|l| l.p99.is_some_and(|p| p <= 100.0) && l.lost == 0)
