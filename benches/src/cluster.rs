@@ -103,10 +103,17 @@ async fn relay(listener: TcpListener, to: SocketAddr, wire: Wire) {
 }
 
 impl Federation {
-    /// Writes configs for `ids` (every pair peered through a counting relay) under `dir`,
-    /// and a coordinator per agency. Extra peers that never run can be listed in
-    /// `offline_peers` (each agency lists them; they cost a failing dial now and then).
-    pub async fn new(dir: &Path, ids: &[&str], offline_peers: &[String]) -> anyhow::Result<Self> {
+    /// Writes configs for `ids` (every pair peered through a counting relay, when `relayed`,
+    /// else directly) under `dir`, and a coordinator per agency. Extra peers that never run
+    /// can be listed in `offline_peers` (each agency lists them; they cost a failing dial
+    /// now and then). The relays run in this process: they count wire bytes (TLS included)
+    /// but take CPU from the nodes, so scenarios that report no wire bytes go direct.
+    pub async fn new(
+        dir: &Path,
+        ids: &[&str],
+        offline_peers: &[String],
+        relayed: bool,
+    ) -> anyhow::Result<Self> {
         let pki = TestPki::new()?;
         let wire = Wire::default();
         let peer_ports: Vec<SocketAddr> = ids
@@ -116,6 +123,10 @@ impl Federation {
         // A relay in front of each agency's peer listener.
         let mut relays = Vec::new();
         for port in &peer_ports {
+            if !relayed {
+                relays.push(*port);
+                continue;
+            }
             let l = TcpListener::bind("127.0.0.1:0").await?;
             relays.push(l.local_addr()?);
             tokio::spawn(relay(l, *port, wire.clone()));

@@ -49,7 +49,7 @@ pub struct Latency {
 /// A two-agency federation with `plans` seeded at the school, all consented to the clinic;
 /// started, with the clinic fully caught up. Returns the federation and scenario 1.
 pub async fn cold_replication(work: &Path, sizes: Sizes) -> anyhow::Result<(Federation, Cold)> {
-    let mut fed = Federation::new(work, &[SCHOOL, CLINIC], &[]).await?;
+    let mut fed = Federation::new(work, &[SCHOOL, CLINIC], &[], true).await?;
     let (docs, saved_bytes) = fed
         .agency(SCHOOL)
         .seed(sizes.plans, &[CLINIC], "read_write")
@@ -409,7 +409,7 @@ pub async fn memory(agency: &mut Agency, docs: u64, read: usize) -> anyhow::Resu
 /// at the clinic or the nutrition centre, once both have acknowledged the initial copy (plus
 /// [`SETTLE`]).
 pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result<Vec<Latency>> {
-    let mut fed = Federation::new(work, &[SCHOOL, CLINIC, NUTRITION], &[]).await?;
+    let mut fed = Federation::new(work, &[SCHOOL, CLINIC, NUTRITION], &[], false).await?;
     let (docs, _) = fed
         .agency(SCHOOL)
         .seed(plans, &[CLINIC, NUTRITION], "read")
@@ -478,7 +478,7 @@ pub async fn filtering(
     let agencies: Vec<String> = (0..listed).map(|i| format!("agency{i:02}.test")).collect();
     let mut ids: Vec<&str> = vec![SCHOOL];
     ids.extend(agencies[..running].iter().map(String::as_str));
-    let mut fed = Federation::new(work, &ids, &agencies[running..]).await?;
+    let mut fed = Federation::new(work, &ids, &agencies[running..], true).await?;
     let plans_s = plans.to_string();
     let config = fed.agencies[0].config.clone();
     let mut args = vec![

@@ -473,7 +473,8 @@ impl NodeService {
 
     /// Applies edits to sections of one plan atomically: every edit is checked by the gate and
     /// validated against its document first; then all changes and one audit entry commit
-    /// together. Returns the feed sequence of the last change.
+    /// together. Returns the sections changed and the feed sequence of the last change;
+    /// `look` sees each changed document once committed (it then goes to the cache).
     async fn edit(
         &self,
         caller: &Caller,
@@ -481,7 +482,8 @@ impl NodeService {
         new_plan: bool,
         edits: Vec<(SectionName, Edit, Right)>,
         action: AuditAction,
-    ) -> Result<(Vec<SectionName>, u64, BTreeMap<SectionName, SectionDoc>)> {
+        mut look: impl FnMut(&SectionName, &SectionDoc) + Send,
+    ) -> Result<(Vec<SectionName>, u64)> {
         // Lock first, then decide: a revocation or purge cannot slip in between.
         let mut stripes: Vec<usize> = edits
             .iter()
@@ -577,8 +579,9 @@ impl NodeService {
 
         // Compact sections whose chunk count passed the threshold, while still locked, and
         // keep each document for the next edit or frame of its section.
-        let mut out = BTreeMap::new();
+        let mut names = Vec::with_capacity(docs.len());
         for (section, (mut doc, chunks, _)) in docs {
+            look(&section, &doc);
             let chunks_now = chunks + edits.iter().filter(|(s, _, _)| *s == section).count() as u64;
             if let Some(p) = permits.iter().find(|p| p.key().section == section) {
                 if chunks_now >= self.options.compact_after_chunks {
@@ -587,14 +590,13 @@ impl NodeService {
                     }
                 }
                 if let Some(seq) = section_seq.get(&section) {
-                    self.store.keep_doc(&as_read(p), *seq, doc.clone()).await;
+                    self.store.keep_doc(&as_read(p), *seq, doc).await;
                 }
             }
-            out.insert(section, doc);
+            names.push(section);
         }
         drop(guards);
-        let names = out.keys().cloned().collect();
-        Ok((names, last_seq, out))
+        Ok((names, last_seq))
     }
 
     /// Creates a plan with a fresh subject; the caller's agency is its home.
@@ -636,8 +638,15 @@ impl NodeService {
             home: self.agency.clone(),
             created_at: self.now(),
         };
-        self.edit(caller, &plan, true, edits, AuditAction::CreatePlan)
-            .await?;
+        self.edit(
+            caller,
+            &plan,
+            true,
+            edits,
+            AuditAction::CreatePlan,
+            |_, _| {},
+        )
+        .await?;
         tracing::info!(plan = %plan.id, user = %caller.user, "plan created");
         Ok(plan)
     }
@@ -656,10 +665,8 @@ impl NodeService {
         }
         let edits = parse_field_edits(&fields)?;
         let plan = self.load_plan(caller, plan, AuditAction::Write).await?;
-        let (names, seq, _) = self
-            .edit(caller, &plan, false, edits, AuditAction::Write)
-            .await?;
-        Ok((names, seq))
+        self.edit(caller, &plan, false, edits, AuditAction::Write, |_, _| {})
+            .await
     }
 
     /// Adds a goal; returns its id and the goal as stored.
@@ -818,24 +825,22 @@ impl NodeService {
     ) -> Result<Json> {
         let plan = self.load_plan(caller, plan, AuditAction::Write).await?;
         let name = SectionName::parse(section)?;
-        let (_, _, docs) = self
-            .edit(
-                caller,
-                &plan,
-                false,
-                vec![(name.clone(), edit, right)],
-                AuditAction::Write,
-            )
-            .await?;
         let collection = if section == "goals" {
             GOALS.name
         } else {
             REFERRALS.name
         };
-        Ok(docs
-            .get(&name)
-            .map(|d| d.render_item(collection, id))
-            .unwrap_or(Json::Null))
+        let mut item = Json::Null;
+        self.edit(
+            caller,
+            &plan,
+            false,
+            vec![(name, edit, right)],
+            AuditAction::Write,
+            |_, doc| item = doc.render_item(collection, id),
+        )
+        .await?;
+        Ok(item)
     }
 
     /// Reads sections of a plan: the ones named, or all the caller may read. Returns the views
