@@ -1423,7 +1423,7 @@ impl StoreHandle {
                 .map_err(|_| Error::internal("the store's writer dropped a write"))?
             {
                 Answer::Done(outcome) => return outcome,
-                Answer::Lead(next) => (answer, lead) = (next, true),
+                Answer::Lead(ticket) => (answer, lead) = (ticket.take(), true),
             }
         }
     }

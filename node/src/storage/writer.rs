@@ -149,8 +149,34 @@ pub(super) enum Answer {
     /// Its job is durable (applied, for hints), or why it failed.
     Done(Result<()>),
     /// The leader stopped and hands this writer the lead: it must lead, as when
-    /// [`Writer::enqueue`] tells it to, and hear its answer on the new receiver.
-    Lead(tokio::sync::oneshot::Receiver<Answer>),
+    /// [`Writer::enqueue`] tells it to, and hear its answer on the receiver the ticket holds.
+    Lead(LeadTicket),
+}
+
+/// The lead, handed to an async writer. [`LeadTicket::take`] accepts it; a ticket dropped
+/// untaken (its writer was cancelled before it read the answer) hands the lead on again, so
+/// the queue is never left with a leader that does not exist.
+pub(super) struct LeadTicket {
+    queue: Arc<Mutex<Queue>>,
+    answer: Option<tokio::sync::oneshot::Receiver<Answer>>,
+}
+
+impl LeadTicket {
+    /// Accepts the lead; returns where the writer's own answer will come.
+    pub(super) fn take(mut self) -> tokio::sync::oneshot::Receiver<Answer> {
+        self.answer.take().expect("a ticket is taken once")
+    }
+}
+
+impl Drop for LeadTicket {
+    fn drop(&mut self) {
+        if self.answer.take().is_some() {
+            let mut queue = lock_queue(&self.queue);
+            if !queue.hand_on(&self.queue) {
+                queue.leading = false;
+            }
+        }
+    }
 }
 
 type Reply = tokio::sync::oneshot::Sender<Answer>;
@@ -176,8 +202,9 @@ impl Job {
         })
     }
 
-    /// Hands an async writer the lead; false if it is not waiting any more (cancelled).
-    fn hand_lead(&self) -> bool {
+    /// Hands an async writer the lead (the caller holds `queue`'s lock); false if it is not
+    /// waiting any more (cancelled).
+    fn hand_lead(&self, queue: &Arc<Mutex<Queue>>) -> bool {
         let Ok(mut slot) = self.reply.lock() else {
             return false;
         };
@@ -185,7 +212,13 @@ impl Job {
             return false;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if reply.send(Answer::Lead(rx)).is_err() {
+        let ticket = LeadTicket {
+            queue: queue.clone(),
+            answer: Some(rx),
+        };
+        if let Err(Answer::Lead(ticket)) = reply.send(Answer::Lead(ticket)) {
+            // Dropped here, under the queue's lock: it must not hand the lead on itself.
+            drop(ticket.take());
             return false;
         }
         *slot = Some(tx);
@@ -230,7 +263,7 @@ impl Job {
 #[derive(Default)]
 pub(super) struct Writer {
     lock: Mutex<()>,
-    queue: Mutex<Queue>,
+    queue: Arc<Mutex<Queue>>,
     durability: GroupCommit,
 }
 
@@ -241,14 +274,34 @@ struct Queue {
     leading: bool,
 }
 
+/// The queue. Nothing panics while holding it, so its state is whole even if poisoned.
+fn lock_queue(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Queue {
+    /// Hands the lead on from a leader that stops with jobs queued (the caller holds the
+    /// lock of `queue`, which is `self`): to the oldest writer waiting on a thread, which is
+    /// woken and `leading` cleared (any writer may then lead); else to the oldest async
+    /// writer still waiting, which starts a thread to lead (`leading` stays set on its
+    /// behalf). False when nobody can take it.
+    fn hand_on(&mut self, queue: &Arc<Mutex<Queue>>) -> bool {
+        if let Some(next) = self.jobs.iter().find(|j| !j.is_async) {
+            next.set(Turn::Wake);
+            self.leading = false;
+            return true;
+        }
+        self.jobs.iter().any(|j| j.hand_lead(queue))
+    }
+}
+
 fn poisoned<T>(_: T) -> Error {
     Error::internal("store writer poisoned")
 }
 
 impl Writer {
-    /// The queue. Nothing panics while holding it, so its state is whole even if poisoned.
     fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        lock_queue(&self.queue)
     }
 
     /// Holds the writer lock: no transaction lands until the guard drops (purges, backups).
@@ -300,13 +353,7 @@ impl Writer {
             if started.elapsed() < LEAD_FOR {
                 continue;
             }
-            if let Some(next) = queue.jobs.iter().find(|j| !j.is_async) {
-                next.set(Turn::Wake);
-                queue.leading = false;
-                break;
-            }
-            // The new leader finds `leading` set, on its behalf.
-            if queue.jobs.iter().any(|j| j.hand_lead()) {
+            if queue.hand_on(&self.queue) {
                 break;
             }
         }
@@ -542,5 +589,59 @@ impl GroupCommit {
             self.synced_cv.notify_all();
             result?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryBackend;
+
+    fn put(key: &'static [u8]) -> WriteFn {
+        Box::new(move |txn| txn.put(Tree::Meta, key, b"1"))
+    }
+
+    /// Whether `rx` was answered with the lead (and returns the ticket).
+    fn lead_of(rx: &mut tokio::sync::oneshot::Receiver<Answer>) -> Option<LeadTicket> {
+        match rx.try_recv() {
+            Ok(Answer::Lead(ticket)) => Some(ticket),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lead_handed_to_a_cancelled_writer_goes_on_to_the_next() {
+        let (writer, backend) = (Writer::default(), MemoryBackend::new());
+        // Three async writers queue; the first was told to lead but a leader on its own thread
+        // stands in (`leading` is set), and stops with all three queued.
+        let (first, lead) = writer.enqueue(put(b"a"), false);
+        assert!(lead);
+        let (mut second, _) = writer.enqueue(put(b"b"), false);
+        let (mut third, _) = writer.enqueue(put(b"c"), false);
+        assert!(writer.queue().hand_on(&writer.queue));
+        assert!(lead_of(&mut second).is_none() && lead_of(&mut third).is_none());
+        // The oldest was handed the lead, but its writer is cancelled before it reads it: the
+        // lead goes on to the next writer still waiting.
+        drop(first);
+        let ticket = lead_of(&mut second).expect("the lead went on to the second writer");
+        assert!(lead_of(&mut third).is_none(), "one leader at a time");
+        assert!(writer.queue().leading);
+        // It leads: every queued job lands, the cancelled writer's included, and each writer
+        // still waiting is answered.
+        let second = ticket.take();
+        writer.lead_queued(&backend);
+        assert!(matches!(second.await.unwrap(), Answer::Done(Ok(()))));
+        assert!(matches!(third.await.unwrap(), Answer::Done(Ok(()))));
+        for key in [b"a", b"b", b"c"] {
+            assert!(backend.get(Tree::Meta, key).unwrap().is_some());
+        }
+        assert!(!writer.queue().leading);
+
+        // A ticket dropped with nobody left to take the lead stops the leading.
+        let (mut only, lead) = writer.enqueue(put(b"d"), false);
+        assert!(lead);
+        assert!(writer.queue().hand_on(&writer.queue));
+        drop(lead_of(&mut only));
+        assert!(!writer.queue().leading);
     }
 }
