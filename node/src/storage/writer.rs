@@ -20,8 +20,9 @@
 //! them. A writer that leads on its own thread and stops with only async jobs queued hands
 //! the lead to the oldest of them ([`Answer::Lead`]), which starts such a thread. (Each
 //! async writer handing its commit to a blocking thread and waiting for it cost two context
-//! switches per write: 64 writers did ~45,000 writes/s with no disk at all, ~16,000 durable
-//! ones/s on sled; one thread leading for all of them does ~400,000 and ~60,000.)
+//! switches per write: in the benchmark's storage scenario, 64 writers did 66,000–92,000
+//! writes/s with no disk at all and 24,000–28,000 durable ones/s on sled; one thread leading
+//! for all of them does 417,000–588,000 and 42,000–63,000, the same morning.)
 //!
 //! An engine transaction costs far more than the few writes of one commit (sled ~0.3–0.8 ms,
 //! redb ~0.4 ms, fjall ~0.1 ms on the benchmark machine), so under load this turns N
