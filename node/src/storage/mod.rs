@@ -869,13 +869,7 @@ impl Store {
                 txn.remove(Tree::Feed, seq)?;
             }
             write_replication(txn, &batch.replication)?;
-            let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
-                Some(b) => from_json(&b, "audit head")?,
-                None => AuditHead::default(),
-            };
-            let (entry, head) = audit::seal(&head, batch.audit.clone());
-            txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
-            txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
+            let entry = seal_audit(txn, batch.audit.clone())?;
             *out.borrow_mut() = Some(Committed {
                 feed: vec![],
                 audit: entry,
@@ -1137,6 +1131,19 @@ impl Store {
     }
 }
 
+/// Seals `draft` into the audit chain inside `txn` (the entry after the stored head, and the
+/// new head); returns the entry.
+fn seal_audit(txn: &dyn Txn, draft: AuditDraft) -> Result<AuditEntry> {
+    let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
+        Some(b) => from_json(&b, "audit head")?,
+        None => AuditHead::default(),
+    };
+    let (entry, head) = audit::seal(&head, draft);
+    txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
+    txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
+    Ok(entry)
+}
+
 /// A commit's job for the store's writer (it may run on another writer's thread, combined
 /// with its transaction: it owns the batch and leaves its results behind shared slots), and
 /// what reads the result once the job has landed.
@@ -1219,13 +1226,7 @@ fn commit_job(batch: CommitBatch) -> (WriteFn, impl FnOnce(&Store) -> Result<Com
             feed.push(entry);
         }
         txn.put(Tree::Meta, KEY_FEED_SEQ, &seq.to_be_bytes())?;
-        let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
-            Some(b) => from_json(&b, "audit head")?,
-            None => AuditHead::default(),
-        };
-        let (entry, head) = audit::seal(&head, batch.audit.clone());
-        txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
-        txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
+        let entry = seal_audit(txn, batch.audit.clone())?;
         *out.lock()
             .map_err(|_| Error::internal("commit result poisoned"))? =
             Some(Committed { feed, audit: entry });
@@ -1431,8 +1432,15 @@ impl StoreHandle {
     /// Commits a batch (see [`Store::commit`]) without holding a thread while it waits.
     pub async fn commit(&self, batch: CommitBatch) -> Result<Committed> {
         let (job, landed) = commit_job(batch);
-        self.write(job, false).await?;
-        landed(&self.store)
+        // In a task of its own: a commit that lands is counted even if its caller goes away
+        // (a client disconnects) while it waits.
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.write(job, false).await?;
+            landed(&this.store)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T>

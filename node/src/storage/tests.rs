@@ -849,3 +849,35 @@ async fn an_async_writers_panicking_transaction_fails_alone_and_an_abandoned_lea
         .unwrap();
     assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
 }
+
+#[tokio::test]
+async fn a_commit_whose_caller_goes_away_still_lands_and_is_counted() {
+    use futures::FutureExt;
+    let store = StoreHandle::new(Store::open(Arc::new(memory::MemoryBackend::new())).unwrap());
+    let own = plan();
+    // Polled once (so it is queued), then dropped, as when a client disconnects.
+    let pending = store
+        .commit(CommitBatch {
+            new_plans: vec![own.clone()],
+            ..CommitBatch::audit_only(draft(1))
+        })
+        .now_or_never();
+    assert!(pending.is_none(), "a commit is not done at its first poll");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.plan(own.id).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never landed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Its bookkeeping ran too: the plan count matches what is stored.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.stats().await.unwrap().plans != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the landed plan was never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

@@ -24,6 +24,10 @@
 //! writes/s with no disk at all and 24,000–28,000 durable ones/s on sled; one thread leading
 //! for all of them does 417,000–588,000 and 42,000–63,000, the same morning.)
 //!
+//! So a thread-bound writer may have to wait for an async writer's task to run: no
+//! thread-bound writer may run on the async runtime's own threads (there, writes go through
+//! `StoreHandle`), or a runtime whose threads all wait could never start the leader.
+//!
 //! An engine transaction costs far more than the few writes of one commit (sled ~0.3–0.8 ms,
 //! redb ~0.4 ms, fjall ~0.1 ms on the benchmark machine), so under load this turns N
 //! transactions and about N/3 syncs into one transaction and one sync. A lone writer pays
@@ -156,7 +160,9 @@ pub(super) enum Answer {
 
 /// The lead, handed to an async writer. [`LeadTicket::take`] accepts it; a ticket dropped
 /// untaken (its writer was cancelled before it read the answer) hands the lead on again, so
-/// the queue is never left with a leader that does not exist.
+/// the queue is never left with a leader that does not exist. When nobody can take it, every
+/// queued job is a cancelled async writer's: they are dropped unrun, as a cancelled write may
+/// be (none was acknowledged), rather than left to land whenever the next writer comes.
 pub(super) struct LeadTicket {
     queue: Arc<Mutex<Queue>>,
     answer: Option<tokio::sync::oneshot::Receiver<Answer>>,
@@ -174,6 +180,7 @@ impl Drop for LeadTicket {
         if self.answer.take().is_some() {
             let mut queue = lock_queue(&self.queue);
             if !queue.hand_on(&self.queue) {
+                queue.jobs.clear();
                 queue.leading = false;
             }
         }
@@ -396,16 +403,23 @@ impl Writer {
     /// Fails every queued job and stops leading: for a caller told to lead that cannot (its
     /// runtime is shutting down), so no writer waits forever.
     pub(super) fn abandon(&self) {
-        let jobs = {
-            let mut queue = self.queue();
-            queue.leading = false;
-            std::mem::take(&mut queue.jobs)
-        };
         let e = Error::internal("the store's writer stopped before this write ran");
-        for job in &jobs {
-            job.settle(Err(e.clone()));
+        loop {
+            // `leading` stays set until the queue is empty, so no writer leads meanwhile
+            // and none is left queued behind a leader that gave up.
+            let jobs = {
+                let mut queue = self.queue();
+                if queue.jobs.is_empty() {
+                    queue.leading = false;
+                    return;
+                }
+                std::mem::take(&mut queue.jobs)
+            };
+            for job in &jobs {
+                job.settle(Err(e.clone()));
+            }
+            self.reply(&jobs, None);
         }
-        self.reply(&jobs, None);
     }
 
     /// Runs the queued jobs under the writer lock (the caller leads) and settles them all.
@@ -638,11 +652,14 @@ mod tests {
         }
         assert!(!writer.queue().leading);
 
-        // A ticket dropped with nobody left to take the lead stops the leading.
+        // A ticket dropped with nobody left to take the lead: the queued jobs are cancelled
+        // writers', dropped unrun, and nobody leads.
         let (mut only, lead) = writer.enqueue(put(b"d"), false);
         assert!(lead);
         assert!(writer.queue().hand_on(&writer.queue));
         drop(lead_of(&mut only));
         assert!(!writer.queue().leading);
+        assert!(writer.queue().jobs.is_empty());
+        assert!(backend.get(Tree::Meta, b"d").unwrap().is_none());
     }
 }
