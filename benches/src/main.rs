@@ -15,7 +15,13 @@ use report::Figure;
 
 /// Benchmarks Weft side by side with samod (see README "Benchmarks").
 #[derive(Parser, Debug)]
-#[command(name = "weft-bench", version)]
+#[command(
+    name = "weft-bench",
+    version,
+    after_help = "Environment, for profiling one part: WEFT_BENCH_ENGINES=memory,sled,redb,fjall and \
+WEFT_BENCH_WORKLOADS=append,commit pick scenario 6's engines and workloads; \
+WEFT_BENCH_RATES=800,1000 picks scenario 3's rates (edits/s)."
+)]
 struct Args {
     /// Small sizes (N = 1,000 sections) for a smoke test; figures are not comparable with a
     /// full run.
