@@ -482,7 +482,7 @@ impl NodeService {
         new_plan: bool,
         edits: Vec<(SectionName, Edit, Right)>,
         action: AuditAction,
-        mut look: impl FnMut(&SectionName, &SectionDoc) + Send,
+        mut look: impl FnMut(&SectionDoc) + Send,
     ) -> Result<(Vec<SectionName>, u64)> {
         // Lock first, then decide: a revocation or purge cannot slip in between.
         let mut stripes: Vec<usize> = edits
@@ -581,7 +581,7 @@ impl NodeService {
         // keep each document for the next edit or frame of its section.
         let mut names = Vec::with_capacity(docs.len());
         for (section, (mut doc, chunks, _)) in docs {
-            look(&section, &doc);
+            look(&doc);
             let chunks_now = chunks + edits.iter().filter(|(s, _, _)| *s == section).count() as u64;
             if let Some(p) = permits.iter().find(|p| p.key().section == section) {
                 if chunks_now >= self.options.compact_after_chunks {
@@ -638,15 +638,8 @@ impl NodeService {
             home: self.agency.clone(),
             created_at: self.now(),
         };
-        self.edit(
-            caller,
-            &plan,
-            true,
-            edits,
-            AuditAction::CreatePlan,
-            |_, _| {},
-        )
-        .await?;
+        self.edit(caller, &plan, true, edits, AuditAction::CreatePlan, |_| {})
+            .await?;
         tracing::info!(plan = %plan.id, user = %caller.user, "plan created");
         Ok(plan)
     }
@@ -665,7 +658,7 @@ impl NodeService {
         }
         let edits = parse_field_edits(&fields)?;
         let plan = self.load_plan(caller, plan, AuditAction::Write).await?;
-        self.edit(caller, &plan, false, edits, AuditAction::Write, |_, _| {})
+        self.edit(caller, &plan, false, edits, AuditAction::Write, |_| {})
             .await
     }
 
@@ -837,7 +830,7 @@ impl NodeService {
             false,
             vec![(name, edit, right)],
             AuditAction::Write,
-            |_, doc| item = doc.render_item(collection, id),
+            |doc| item = doc.render_item(collection, id),
         )
         .await?;
         Ok(item)

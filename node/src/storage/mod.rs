@@ -786,31 +786,10 @@ impl Store {
 
     /// Replaces a section's snapshot and the chunks up to `through` (exclusive) by `snapshot`.
     pub fn compact(&self, key: &SectionKey, snapshot: &[u8], through: u64) -> Result<()> {
-        let skey = section_key_bytes(key);
-        let (key, snapshot) = (key.clone(), snapshot.to_vec());
-        self.write(move |txn| {
-            let (key, snapshot) = (&key, snapshot.as_slice());
-            let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
-                Some(b) => from_json(&b, "section")?,
-                None => return Ok(()),
-            };
-            if through > meta.next_chunk || through <= meta.first_chunk {
-                return Ok(());
-            }
-            for n in meta.first_chunk..through {
-                txn.remove(Tree::Chunks, &chunk_key(key, n))?;
-            }
-            let mut rest = 0u64;
-            for n in through..meta.next_chunk {
-                rest += txn
-                    .get(Tree::Chunks, &chunk_key(key, n))?
-                    .map_or(0, |b| b.len() as u64);
-            }
-            meta.first_chunk = through;
-            meta.bytes = snapshot.len() as u64 + rest;
-            txn.put(Tree::Snapshots, &skey, snapshot)?;
-            txn.put(Tree::Sections, &skey, &json(&meta))
-        })
+        self.writer.write(
+            self.backend.as_ref(),
+            compact_job(key.clone(), snapshot.to_vec(), through),
+        )
     }
 
     /// Deletes every trace of the given sections (documents, snapshots, chunks, feed entries,
@@ -921,24 +900,6 @@ impl Store {
     pub fn replication_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.backend
             .scan(Tree::Replication, prefix, None, usize::MAX)
-    }
-
-    /// Writes replication keys on their own (cursors, heads), durably.
-    pub fn replication_put(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
-        let writes = writes.to_vec();
-        self.write(move |txn| write_replication(txn, &writes))
-    }
-
-    /// Writes replication hints (a peer's heads, a cursor) that may be lost in a crash: they
-    /// become durable with the next commit that is not a hint, and losing them only means
-    /// sending more again.
-    pub fn replication_hint(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
-        let writes = writes.to_vec();
-        self.writer.apply_hints(
-            self.backend.as_ref(),
-            Box::new(move |txn| write_replication(txn, &writes)),
-        )?;
-        Ok(())
     }
 
     /// The plans of a subject (at every home this node knows), through the subject index.
@@ -1144,6 +1105,33 @@ fn seal_audit(txn: &dyn Txn, draft: AuditDraft) -> Result<AuditEntry> {
     Ok(entry)
 }
 
+/// A compaction's job for the store's writer (see [`Store::compact`]).
+fn compact_job(key: SectionKey, snapshot: Vec<u8>, through: u64) -> WriteFn {
+    let skey = section_key_bytes(&key);
+    Box::new(move |txn| {
+        let mut meta: SectionMeta = match txn.get(Tree::Sections, &skey)? {
+            Some(b) => from_json(&b, "section")?,
+            None => return Ok(()),
+        };
+        if through > meta.next_chunk || through <= meta.first_chunk {
+            return Ok(());
+        }
+        for n in meta.first_chunk..through {
+            txn.remove(Tree::Chunks, &chunk_key(&key, n))?;
+        }
+        let mut rest = 0u64;
+        for n in through..meta.next_chunk {
+            rest += txn
+                .get(Tree::Chunks, &chunk_key(&key, n))?
+                .map_or(0, |b| b.len() as u64);
+        }
+        meta.first_chunk = through;
+        meta.bytes = snapshot.len() as u64 + rest;
+        txn.put(Tree::Snapshots, &skey, &snapshot)?;
+        txn.put(Tree::Sections, &skey, &json(&meta))
+    })
+}
+
 /// A commit's job for the store's writer (it may run on another writer's thread, combined
 /// with its transaction: it owns the batch and leaves its results behind shared slots), and
 /// what reads the result once the job has landed.
@@ -1267,8 +1255,9 @@ impl Drop for Leader {
     }
 }
 
-/// The async face of the store: cheap to clone, runs blocking work with `spawn_blocking`, and
-/// takes a permit from the gate for every section read and write.
+/// The async face of the store: cheap to clone; writes go through the writer's queue (see
+/// [`StoreHandle::write`]), scans and document loads through `spawn_blocking`; takes a permit
+/// from the gate for every section read and write.
 #[derive(Clone)]
 pub struct StoreHandle {
     store: Arc<Store>,
@@ -1507,8 +1496,8 @@ impl StoreHandle {
         snapshot: Vec<u8>,
         through: u64,
     ) -> Result<()> {
-        let key = permit.key().clone();
-        self.run(move |s| s.compact(&key, &snapshot, through)).await
+        self.write(compact_job(permit.key().clone(), snapshot, through), false)
+            .await
     }
 
     /// Adds a user, with its audit entry.
@@ -1648,7 +1637,9 @@ impl StoreHandle {
             .await
     }
 
-    /// See [`Store::replication_hint`].
+    /// Writes replication hints (a peer's heads, a cursor) that may be lost in a crash: they
+    /// become durable with the next commit that is not a hint, and losing them only means
+    /// sending more again. Answered once applied, without waiting for a sync.
     pub async fn replication_hint(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
         self.write(Box::new(move |txn| write_replication(txn, &writes)), true)
             .await

@@ -317,16 +317,10 @@ impl Writer {
         self.lock.lock().map_err(poisoned)
     }
 
-    /// Applies replication hints (combined with whatever else is queued) without waiting
-    /// for them to be durable: alone, they need not be durable before the engine has them.
-    pub(super) fn apply_hints(&self, backend: &dyn Backend, run: WriteFn) -> Result<u64> {
-        self.apply(backend, run, true)
-    }
-
     /// Applies `run` (combined with whatever else is queued) and returns its transaction's
     /// number, without waiting for it to be durable.
-    fn apply(&self, backend: &dyn Backend, run: WriteFn, hints: bool) -> Result<u64> {
-        let job = Job::new(run, hints, None);
+    fn apply(&self, backend: &dyn Backend, run: WriteFn) -> Result<u64> {
+        let job = Job::new(run, false, None);
         let mut queue = self.queue();
         queue.jobs.push(job.clone());
         loop {
@@ -474,7 +468,7 @@ impl Writer {
 
     /// Applies `run` and returns once it is durable.
     pub(super) fn write(&self, backend: &dyn Backend, run: WriteFn) -> Result<()> {
-        let n = self.apply(backend, run, false)?;
+        let n = self.apply(backend, run)?;
         self.durability.wait_durable(n, backend)
     }
 
