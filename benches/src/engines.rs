@@ -485,6 +485,7 @@ fn batch(key: &SectionKey, n: u64) -> CommitBatch {
     CommitBatch {
         new_plans: vec![],
         family: vec![],
+        disclosures: vec![],
         // Opaque bytes: no heads for the store to note.
         changes: vec![SectionWrite {
             key: key.clone(),

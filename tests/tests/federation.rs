@@ -458,6 +458,131 @@ async fn catch_up_sends_only_what_changed_while_offline() -> anyhow::Result<()> 
     cluster.stop().await
 }
 
+/// The school's audit entries after `after`: (index, action, agency, sections, detail).
+async fn audit_after(
+    node: &TestNode,
+    after: u64,
+) -> anyhow::Result<Vec<(u64, String, String, Vec<String>, String)>> {
+    let entries = node
+        .node()
+        .service()
+        .store()
+        .audit_entries(after, 10_000)
+        .await?;
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let e = e.expect("a sound audit entry");
+            (
+                e.index,
+                e.draft.action.as_str().to_string(),
+                e.draft.agency,
+                e.draft.sections,
+                e.draft.detail,
+            )
+        })
+        .collect())
+}
+
+/// Waits until `peer` has acknowledged everything in `node`'s feed.
+async fn acknowledged(node: &TestNode, peer: &weft_node::model::AgencyId) -> anyhow::Result<()> {
+    let head = node.node().service().feed_head().await?;
+    eventually("the peer to acknowledge the feed", DEADLINE, || async {
+        Ok((node.peers().get(peer).map(|p| p.acked_seq).unwrap_or(0) >= head).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_records_each_disclosure_once_with_the_change_or_before_it_leaves(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::builder()
+        .agencies(["school.test", "clinic.test"])
+        .start()
+        .await?;
+    let clinic_id = AgencyIdExt::clinic();
+    let plan = {
+        let school = cluster.node("school.test");
+        let plan = school.create_plan("Ana", "Example").await?;
+        add_goal(school, &plan, "first goal").await?;
+        school
+            .grant_as_coordinator(&plan, "clinic.test", &["goals"], "read", "2027-06-30")
+            .await?;
+        wait_for_goal(cluster.node("clinic.test"), &plan, "first goal").await?;
+        acknowledged(school, &clinic_id).await?;
+        plan
+    };
+    let disclosed_to_clinic = |entries: &[(u64, String, String, Vec<String>, String)]| {
+        entries
+            .iter()
+            .filter(|e| e.1 == "disclose" && e.2 == "clinic.test")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // Connected, and holding the section: the edit's own transaction records the
+    // disclosure (the entry right after the write), and the frame records nothing more.
+    let school = cluster.node("school.test");
+    let mark = school
+        .node()
+        .service()
+        .store()
+        .audit_entries(0, 1_000_000)
+        .await?
+        .len() as u64;
+    let syncs = school.node().service().store().blocking().syncs();
+    add_goal(school, &plan, "second goal").await?;
+    wait_for_goal(cluster.node("clinic.test"), &plan, "second goal").await?;
+    acknowledged(school, &clinic_id).await?;
+    assert_eq!(
+        school.node().service().store().blocking().syncs() - syncs,
+        1,
+        "one sync at the home for the edit, its disclosure and its delivery"
+    );
+    let entries = audit_after(school, mark).await?;
+    let write = entries
+        .iter()
+        .find(|e| e.1 == "write" && e.3 == ["goals"])
+        .expect("the edit's audit entry");
+    let disclosed = disclosed_to_clinic(&entries);
+    assert_eq!(disclosed.len(), 1, "{entries:?}");
+    assert_eq!(disclosed[0].0, write.0 + 1, "{entries:?}");
+    assert_eq!(
+        (disclosed[0].3.clone(), disclosed[0].4.as_str()),
+        (vec!["goals".to_string()], "changes")
+    );
+
+    // Offline: nothing is recorded with the edit; the frame records the disclosure itself
+    // once the clinic is back, before it leaves.
+    cluster.node_mut("clinic.test").stop().await?;
+    let school = cluster.node("school.test");
+    eventually("the school to see the clinic gone", DEADLINE, || async {
+        Ok((!school.peers()[&clinic_id].connected).then_some(()))
+    })
+    .await?;
+    let mark = school
+        .node()
+        .service()
+        .store()
+        .audit_entries(0, 1_000_000)
+        .await?
+        .len() as u64;
+    add_goal(school, &plan, "third goal").await?;
+    assert_eq!(
+        disclosed_to_clinic(&audit_after(school, mark).await?),
+        vec![]
+    );
+    cluster.node_mut("clinic.test").restart().await?;
+    wait_for_goal(cluster.node("clinic.test"), &plan, "third goal").await?;
+    let school = cluster.node("school.test");
+    acknowledged(school, &clinic_id).await?;
+    let entries = audit_after(school, mark).await?;
+    let disclosed = disclosed_to_clinic(&entries);
+    assert_eq!(disclosed.len(), 1, "{entries:?}");
+    assert_eq!(disclosed[0].4, "changes");
+    cluster.stop().await
+}
+
 struct AgencyIdExt;
 impl AgencyIdExt {
     fn clinic() -> weft_node::model::AgencyId {

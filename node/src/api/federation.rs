@@ -688,8 +688,7 @@ async fn run_session(
         outcome
     }
     .await;
-    svc.peer_update(&peer, |i| {
-        i.connected = false;
+    svc.peer_disconnected(&peer, |i| {
         if let Err(e) = &result {
             i.last_error = e.to_string();
         }

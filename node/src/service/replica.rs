@@ -36,6 +36,29 @@ use crate::storage::{
     section_key_bytes, CommitBatch, ConsentEntry, ConsentKind, SectionMeta, SectionWrite,
 };
 
+/// The audit record of disclosing `section` of `plan` to `peer`: the whole section, or
+/// changes to it.
+pub(super) fn disclosure(
+    time: Timestamp,
+    peer: &AgencyId,
+    plan: &PlanRecord,
+    section: &SectionName,
+    whole: bool,
+    reason: &weft_consent::AllowReason,
+) -> AuditDraft {
+    AuditDraft {
+        time,
+        agency: peer.to_string(),
+        user: "-".into(),
+        action: AuditAction::Disclose,
+        outcome: Outcome::Ok,
+        plan: Some(plan.id),
+        sections: vec![section.to_string()],
+        detail: if whole { "whole section" } else { "changes" }.into(),
+        basis: super::consent::basis(reason),
+    }
+}
+
 /// Changes of one section, as sent between peers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SectionChanges {
@@ -134,7 +157,14 @@ pub struct PeerInfo {
 pub struct PeerBoard {
     info: Mutex<BTreeMap<AgencyId, PeerInfo>>,
     keys: Mutex<BTreeMap<AgencyId, VerifyingKey>>,
+    /// Per connected peer and section, the feed sequence through which a durable disclosure
+    /// record covers the section's changes: written with an edit at the home (see
+    /// [`NodeService::edit`]), so the frame carrying it needs no commit of its own.
+    disclosed: Mutex<std::collections::HashMap<(AgencyId, SectionKey), u64>>,
 }
+
+/// The most (peer, section) disclosure notes kept; past it, frames record their own.
+pub const MAX_DISCLOSURE_NOTES: usize = 65_536;
 
 impl PeerBoard {
     /// Updates a peer's status.
@@ -147,6 +177,71 @@ impl PeerBoard {
     /// Every peer's status.
     pub fn snapshot(&self) -> BTreeMap<AgencyId, PeerInfo> {
         self.info.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Peers with a stream up, if disclosures recorded with a change can still be noted.
+    pub fn connected_for_disclosure(&self) -> Vec<AgencyId> {
+        let room = self
+            .disclosed
+            .lock()
+            .map(|d| d.len() < MAX_DISCLOSURE_NOTES)
+            .unwrap_or(false);
+        if !room {
+            return Vec::new();
+        }
+        self.info
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, i)| i.connected)
+                    .map(|(a, _)| a.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Notes that a durable disclosure record covers the changes of `key` to `peer` through
+    /// feed sequence `seq`.
+    pub fn note_disclosed(&self, peer: &AgencyId, key: &SectionKey, seq: u64) {
+        if let Ok(mut d) = self.disclosed.lock() {
+            let at = d.entry((peer.clone(), key.clone())).or_default();
+            *at = (*at).max(seq);
+        }
+    }
+
+    /// Whether a noted disclosure record covers the changes of `key` to `peer` through
+    /// `seq`. A note the frame uses up, or cannot use, is forgotten.
+    fn take_disclosed(&self, peer: &AgencyId, key: &SectionKey, seq: u64) -> bool {
+        let Ok(mut d) = self.disclosed.lock() else {
+            return false;
+        };
+        let k = (peer.clone(), key.clone());
+        match d.get(&k).copied() {
+            Some(at) if at > seq => true,
+            Some(at) => {
+                d.remove(&k);
+                at == seq
+            }
+            None => false,
+        }
+    }
+
+    /// Notes that `peer`'s stream is down, forgetting its disclosure notes (a later
+    /// session records its own).
+    pub fn disconnected(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
+        self.update(peer, |i| {
+            i.connected = false;
+            f(i)
+        });
+        if let Ok(mut d) = self.disclosed.lock() {
+            d.retain(|(p, _), _| p != peer);
+        }
+    }
+
+    /// Disclosure notes held (for tests).
+    #[cfg(test)]
+    pub fn disclosure_notes(&self) -> usize {
+        self.disclosed.lock().map(|d| d.len()).unwrap_or(0)
     }
 
     /// A peer's pinned consent key.
@@ -324,6 +419,11 @@ impl NodeService {
         });
     }
 
+    /// Notes that the stream with `peer` is down; `f` records how it ended.
+    pub fn peer_disconnected(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
+        self.peers.disconnected(peer, f)
+    }
+
     /// This node's current feed head.
     pub async fn feed_head(&self) -> Result<u64> {
         Ok(self.store.stats().await?.feed_seq)
@@ -495,6 +595,42 @@ impl NodeService {
         Ok(out)
     }
 
+    /// At the home, the disclosure records to commit with changes to `sections` of `plan`:
+    /// one per connected peer that may hold the section and already has it (a peer with
+    /// nothing is sent the whole section, which its frame records). Each comes with the
+    /// (peer, section) to note once the commit is durable (see [`PeerBoard::note_disclosed`]).
+    pub(super) async fn disclosures_with(
+        &self,
+        plan: &PlanRecord,
+        sections: impl Iterator<Item = &SectionName> + Clone,
+        consents: &weft_consent::ConsentSet,
+        now: Timestamp,
+    ) -> Result<Vec<(AuditDraft, AgencyId, SectionKey)>> {
+        let mut out = Vec::new();
+        if plan.home != self.agency {
+            return Ok(out);
+        }
+        for peer in self.peers.connected_for_disclosure() {
+            for section in sections.clone() {
+                let Ok(permit) = gate::peer_send(&self.agency, &peer, plan, section, consents, now)
+                else {
+                    continue;
+                };
+                let key = permit.key().clone();
+                if self
+                    .store
+                    .replication_get(heads_key(&peer, &key))
+                    .await?
+                    .is_some()
+                {
+                    let draft = disclosure(now, &peer, plan, section, false, permit.reason());
+                    out.push((draft, peer.clone(), key));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The frame that brings `peer` up to date on one section, if it may have it and lacks
     /// anything. A home's send is recorded as a disclosure before it leaves.
     /// `sent` is what this session already sent the peer for this section (the stream is
@@ -554,22 +690,19 @@ impl NodeService {
         if bytes.is_empty() {
             return Ok(None);
         }
-        if plan.home == self.agency {
-            let draft = AuditDraft {
-                time: self.now(),
-                agency: peer.to_string(),
-                user: "-".into(),
-                action: AuditAction::Disclose,
-                outcome: Outcome::Ok,
-                plan: Some(plan.id),
-                sections: vec![key.section.to_string()],
-                detail: if known.is_some() {
-                    "changes".into()
-                } else {
-                    "whole section".into()
-                },
-                basis: super::consent::basis(permit.reason()),
-            };
+        // The home records the disclosure before the frame leaves, unless a durable record
+        // made with the change covers everything in it.
+        if plan.home == self.agency
+            && !(known.is_some() && self.peers.take_disclosed(peer, key, last_seq))
+        {
+            let draft = disclosure(
+                self.now(),
+                peer,
+                &plan,
+                &key.section,
+                known.is_none(),
+                permit.reason(),
+            );
             self.store.audit(draft).await?;
         }
         let n = bytes.len() as u64;
@@ -911,14 +1044,27 @@ impl NodeService {
             batch.known_to = Some(peer.clone());
         }
         batch.replication = vec![(heads_key(peer, &key), Some(encode_heads(&sender_heads)))];
+        // The home records the disclosure of what it stores to its other connected peers
+        // with it (the sender too, if it lacks something).
+        let mut disclosed = Vec::new();
         if !bytes.is_empty() {
             batch.changes = vec![SectionWrite {
                 key: key.clone(),
                 bytes,
                 heads: heads_now.clone(),
             }];
+            disclosed = self
+                .disclosures_with(&plan, std::iter::once(&c.section), &consents, self.now())
+                .await?;
+            disclosed.retain(|(_, to, _)| batch.known_to.as_ref() != Some(to));
+            batch.disclosures = disclosed.iter().map(|(d, _, _)| d.clone()).collect();
         }
         let committed = self.store.commit(batch).await?;
+        if let Some(entry) = committed.feed.first() {
+            for (_, to, key) in &disclosed {
+                self.peers.note_disclosed(to, key, entry.seq);
+            }
+        }
         // Keep the document for the next change of a section already held; a first arrival
         // (cold replication, a new grant's backlog) is rarely changed again soon.
         let current = held.map(|m| committed.feed.first().map_or(m.last_seq, |e| e.seq));
@@ -1300,5 +1446,48 @@ impl NodeService {
             self.wake();
         }
         Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disclosure_note_covers_frames_up_to_its_change_and_goes_with_the_peer() {
+        let board = PeerBoard::default();
+        let (clinic, nutrition) = (
+            AgencyId::parse("clinic.test").unwrap(),
+            AgencyId::parse("nutrition.test").unwrap(),
+        );
+        let key = SectionKey {
+            plan: PlanId::random(),
+            section: SectionName::parse("goals").unwrap(),
+        };
+        board.update(&clinic, |i| i.connected = true);
+        board.update(&nutrition, |i| i.connected = false);
+        assert_eq!(board.connected_for_disclosure(), vec![clinic.clone()]);
+
+        // Nothing noted: the frame records its own disclosure.
+        assert!(!board.take_disclosed(&clinic, &key, 5));
+        // A note through 7 covers a frame through 6 and is kept for the frame through 7,
+        // which uses it up.
+        board.note_disclosed(&clinic, &key, 7);
+        board.note_disclosed(&clinic, &key, 3);
+        assert!(board.take_disclosed(&clinic, &key, 6));
+        assert!(board.take_disclosed(&clinic, &key, 7));
+        assert_eq!(board.disclosure_notes(), 0);
+        // A frame carrying a later change than the note records its own, and drops the note.
+        board.note_disclosed(&clinic, &key, 7);
+        assert!(!board.take_disclosed(&clinic, &key, 8));
+        assert_eq!(board.disclosure_notes(), 0);
+        // Another peer's note covers nothing for this one; a disconnect forgets the peer's.
+        board.note_disclosed(&nutrition, &key, 9);
+        assert!(!board.take_disclosed(&clinic, &key, 9));
+        board.note_disclosed(&clinic, &key, 9);
+        board.disconnected(&clinic, |_| {});
+        assert_eq!(board.disclosure_notes(), 1);
+        assert!(!board.take_disclosed(&clinic, &key, 9));
+        assert!(board.connected_for_disclosure().is_empty());
     }
 }

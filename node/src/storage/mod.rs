@@ -386,6 +386,10 @@ pub struct CommitBatch {
     pub family: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The audit entry for all of it.
     pub audit: AuditDraft,
+    /// Disclosure records sealed after it, in the same transaction: a home records the
+    /// disclosure of a change to its connected peers with the change itself, so the frame
+    /// that carries it need not wait for a commit of its own.
+    pub disclosures: Vec<AuditDraft>,
 }
 
 /// One chunk of changes to append to a section.
@@ -412,6 +416,7 @@ impl CommitBatch {
             replication: vec![],
             known_to: None,
             family: vec![],
+            disclosures: vec![],
             audit,
         }
     }
@@ -1215,6 +1220,9 @@ fn commit_job(batch: CommitBatch) -> (WriteFn, impl FnOnce(&Store) -> Result<Com
         }
         txn.put(Tree::Meta, KEY_FEED_SEQ, &seq.to_be_bytes())?;
         let entry = seal_audit(txn, batch.audit.clone())?;
+        for draft in &batch.disclosures {
+            seal_audit(txn, draft.clone())?;
+        }
         *out.lock()
             .map_err(|_| Error::internal("commit result poisoned"))? =
             Some(Committed { feed, audit: entry });
@@ -1460,12 +1468,13 @@ impl StoreHandle {
     }
 
     /// Commits section changes (bytes and the heads after them), each under its write
-    /// permit, with one audit entry.
+    /// permit, with one audit entry and the disclosure records that go with them.
     pub async fn write_sections(
         &self,
         changes: Vec<(&WritePermit, Vec<u8>, Vec<ChangeHash>)>,
         new_plan: Option<PlanRecord>,
         audit: AuditDraft,
+        disclosures: Vec<AuditDraft>,
     ) -> Result<Committed> {
         let changes = changes
             .into_iter()
@@ -1484,6 +1493,7 @@ impl StoreHandle {
             replication: vec![],
             known_to: None,
             family: vec![],
+            disclosures,
             audit,
         };
         self.commit(batch).await
@@ -1511,6 +1521,7 @@ impl StoreHandle {
             replication: vec![],
             known_to: None,
             family: vec![],
+            disclosures: vec![],
             audit,
         };
         self.commit(batch).await

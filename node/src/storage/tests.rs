@@ -73,6 +73,7 @@ fn commits_write_chunks_feed_and_audit_together() {
             replication: vec![],
             known_to: None,
             family: vec![],
+            disclosures: vec![],
             audit: draft(1),
         };
         let c = store.commit(batch.clone()).unwrap();
@@ -92,6 +93,7 @@ fn commits_write_chunks_feed_and_audit_together() {
                 replication: vec![],
                 known_to: None,
                 family: vec![],
+                disclosures: vec![],
                 audit: draft(2),
             })
             .unwrap();
@@ -140,6 +142,7 @@ fn a_failed_commit_writes_nothing() {
             replication: vec![],
             known_to: None,
             family: vec![],
+            disclosures: vec![],
             audit: draft(1),
         };
         store.commit(batch.clone()).unwrap();
@@ -154,6 +157,7 @@ fn a_failed_commit_writes_nothing() {
             replication: vec![],
             known_to: None,
             family: vec![],
+            disclosures: vec![],
             audit: draft(2),
         });
         assert!(matches!(err, Err(Error::AlreadyExists(_))), "{name}");
@@ -187,6 +191,7 @@ fn users_are_unique_by_name() {
             replication: vec![],
             known_to: None,
             family: vec![],
+            disclosures: vec![],
             audit: draft(1),
         };
         store.commit(batch.clone()).unwrap();
@@ -253,6 +258,7 @@ fn compaction_replaces_chunks_with_a_snapshot() {
                     replication: vec![],
                     known_to: None,
                     family: vec![],
+                    disclosures: vec![],
                     audit: draft(i as i64),
                 })
                 .unwrap();
@@ -283,6 +289,7 @@ fn sled_keeps_everything_across_reopen() {
                 replication: vec![],
                 known_to: None,
                 family: vec![],
+                disclosures: vec![],
                 audit: draft(1),
             })
             .unwrap();
