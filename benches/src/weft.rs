@@ -40,6 +40,11 @@ pub struct Latency {
     pub p50: Option<f64>,
     pub p99: Option<f64>,
     pub p999: Option<f64>,
+    /// From the sender's commit being durable to the receiver's (each node's own wall clock
+    /// when its change event left, same machine): p50, p99, p99.9 in ms.
+    pub durable_p50: Option<f64>,
+    pub durable_p99: Option<f64>,
+    pub durable_p999: Option<f64>,
     /// Edits that never arrived within the deadline.
     pub lost: usize,
     /// The edit RPC at the sender alone (commit, durable), p50 in ms.
@@ -119,8 +124,10 @@ pub async fn plan_ids(agency: &Agency, n: usize) -> anyhow::Result<Vec<String>> 
 
 /// Edits at `from` at `rate` per second (`count` edits spread over `plans`, each a
 /// one-field change of `profile`); latency from sending an edit to its change event at each
-/// agency of `to` (every arrival is one sample). Each plan should be edited less often than
-/// the latency, so an event belongs to the oldest edit of its plan still in flight.
+/// agency of `to` (every arrival is one sample), and from the edit being durable at `from`
+/// to its being durable at each of `to` (the events' `durable_unix_us`). Each plan should be
+/// edited less often than the latency, so an event belongs to the oldest edit of its plan
+/// still in flight, and a plan's n-th event at `from` and at a receiver are the same edit.
 pub async fn propagation(
     from: &Agency,
     to: &[&Agency],
@@ -133,8 +140,11 @@ pub async fn propagation(
     type Pending = Arc<Mutex<HashMap<(usize, String), VecDeque<Instant>>>>;
     let pending: Pending = Default::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Default::default();
+    // Per (agency, plan), each event's durable time; the sender is agency `to.len()`.
+    type Durable = Arc<Mutex<HashMap<(usize, String), Vec<i64>>>>;
+    let durable: Durable = Default::default();
     let mut watchers = Vec::new();
-    for (a, agency) in to.iter().enumerate() {
+    for (a, agency) in to.iter().chain([&from]).enumerate() {
         let channel = agency.channel().await?;
         for plan in plans {
             let mut client = pb::plan_service_client::PlanServiceClient::new(channel.clone());
@@ -145,12 +155,19 @@ pub async fn propagation(
                 .await?
                 .into_inner();
             let (pending, latencies, plan) = (pending.clone(), latencies.clone(), plan.clone());
+            let durable = durable.clone();
             watchers.push(tokio::spawn(async move {
                 while let Some(Ok(ev)) = stream.next().await {
                     if ev.section != "profile" {
                         continue;
                     }
                     let now = Instant::now();
+                    durable
+                        .lock()
+                        .unwrap()
+                        .entry((a, plan.clone()))
+                        .or_default()
+                        .push(ev.durable_unix_us);
                     let sent = pending
                         .lock()
                         .unwrap()
@@ -214,7 +231,25 @@ pub async fn propagation(
     l.sort_by(|a, b| a.total_cmp(b));
     let mut c = commits.lock().unwrap().clone();
     c.sort_by(|a, b| a.total_cmp(b));
+    let mut d = Vec::new();
+    {
+        let durable = durable.lock().unwrap();
+        for plan in plans {
+            let Some(sent) = durable.get(&(to.len(), plan.clone())) else {
+                continue;
+            };
+            for a in 0..to.len() {
+                if let Some(arrived) = durable.get(&(a, plan.clone())) {
+                    d.extend(sent.iter().zip(arrived).map(|(s, r)| (r - s) as f64 / 1e3));
+                }
+            }
+        }
+    }
+    d.sort_by(|a, b| a.total_cmp(b));
     Ok(Latency {
+        durable_p50: percentile(&d, 50.0),
+        durable_p99: percentile(&d, 99.0),
+        durable_p999: percentile(&d, 99.9),
         commit_p50: percentile(&c, 50.0),
         rate,
         count: l.len(),

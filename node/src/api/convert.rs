@@ -87,6 +87,10 @@ pub fn event(e: &PlanEvent) -> pb::PlanEvent {
         user: e.user.clone(),
         time_ms: e.time.as_millis(),
         summary: e.summary.clone(),
+        durable_unix_us: e
+            .durable
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64),
     }
 }
 

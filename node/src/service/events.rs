@@ -103,6 +103,7 @@ mod tests {
             user: "u".into(),
             time: Timestamp::from_millis(0),
             summary: String::new(),
+            durable: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 

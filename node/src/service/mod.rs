@@ -55,6 +55,8 @@ pub struct PlanEvent {
     pub time: Timestamp,
     /// What (field names, never values).
     pub summary: String,
+    /// When this node had the change durable and readable (wall clock).
+    pub durable: std::time::SystemTime,
 }
 
 /// One section as shown to a caller.
@@ -567,6 +569,7 @@ impl NodeService {
             .store
             .write_sections(batch, new_plan.then(|| plan.clone()), draft, disclosures)
             .await?;
+        let durable = std::time::SystemTime::now();
 
         let mut section_seq: BTreeMap<&SectionName, u64> = BTreeMap::new();
         for (entry, (section, _, _)) in committed.feed.iter().zip(&edits) {
@@ -590,6 +593,7 @@ impl NodeService {
                 user: caller.user.clone(),
                 time: now,
                 summary: edit.summary(section.as_str()),
+                durable,
             });
         }
 

@@ -1060,6 +1060,7 @@ impl NodeService {
             batch.disclosures = disclosed.iter().map(|(d, _, _)| d.clone()).collect();
         }
         let committed = self.store.commit(batch).await?;
+        let durable = std::time::SystemTime::now();
         if let Some(entry) = committed.feed.first() {
             for (_, to, key) in &disclosed {
                 self.peers.note_disclosed(to, key, entry.seq);
@@ -1088,6 +1089,7 @@ impl NodeService {
                 user: "-".into(),
                 time: self.now(),
                 summary: format!("{} changes from {peer}", actors.len()),
+                durable,
             });
         }
         Ok(vec![Frame::Ack {
