@@ -128,12 +128,14 @@ pub async fn plan_ids(agency: &Agency, n: usize) -> anyhow::Result<Vec<String>> 
 /// to its being durable at each of `to` (the events' `durable_unix_us`). Each plan should be
 /// edited less often than the latency, so an event belongs to the oldest edit of its plan
 /// still in flight, and a plan's n-th event at `from` and at a receiver are the same edit.
+/// Without `watch_sender`, `from` is not watched (no durable figures; its watchers cost the sender CPU).
 pub async fn propagation(
     from: &Agency,
     to: &[&Agency],
     plans: &[String],
     rate: f64,
     count: usize,
+    watch_sender: bool,
 ) -> anyhow::Result<Latency> {
     use std::collections::{HashMap, VecDeque};
     use std::sync::{Arc, Mutex};
@@ -144,7 +146,8 @@ pub async fn propagation(
     type Durable = Arc<Mutex<HashMap<(usize, String), Vec<i64>>>>;
     let durable: Durable = Default::default();
     let mut watchers = Vec::new();
-    for (a, agency) in to.iter().chain([&from]).enumerate() {
+    let sender = watch_sender.then_some(&from);
+    for (a, agency) in to.iter().chain(sender).enumerate() {
         let channel = agency.channel().await?;
         for plan in plans {
             let mut client = pb::plan_service_client::PlanServiceClient::new(channel.clone());
@@ -290,6 +293,7 @@ pub async fn one_edit(fed: &Federation, quick: bool) -> anyhow::Result<Vec<Laten
         &plans[..10],
         10.0,
         if quick { 30 } else { 300 },
+        true,
     )
     .await?;
     let fast = propagation(
@@ -298,6 +302,7 @@ pub async fn one_edit(fed: &Federation, quick: bool) -> anyhow::Result<Vec<Laten
         &plans,
         500.0,
         if quick { 1000 } else { 5000 },
+        true,
     )
     .await?;
     Ok(vec![slow, fast])
@@ -469,6 +474,7 @@ pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result
             &ids[..n],
             rate,
             (rate * 3.0) as usize,
+            false,
         )
         .await?;
         eprintln!("scenario 3: {l:?}");
