@@ -484,6 +484,17 @@ async fn audit_after(
         .collect())
 }
 
+/// The index of the node's last audit entry.
+async fn audit_head(node: &TestNode) -> anyhow::Result<u64> {
+    let entries = node
+        .node()
+        .service()
+        .store()
+        .audit_entries(0, usize::MAX)
+        .await?;
+    Ok(entries.len() as u64)
+}
+
 /// Waits until `peer` has acknowledged everything in `node`'s feed.
 async fn acknowledged(node: &TestNode, peer: &weft_node::model::AgencyId) -> anyhow::Result<()> {
     let head = node.node().service().feed_head().await?;
@@ -523,13 +534,7 @@ async fn the_home_records_each_disclosure_once_with_the_change_or_before_it_leav
     // Connected, and holding the section: the edit's own transaction records the
     // disclosure (the entry right after the write), and the frame records nothing more.
     let school = cluster.node("school.test");
-    let mark = school
-        .node()
-        .service()
-        .store()
-        .audit_entries(0, 1_000_000)
-        .await?
-        .len() as u64;
+    let mark = audit_head(school).await?;
     let syncs = school.node().service().store().blocking().syncs();
     add_goal(school, &plan, "second goal").await?;
     wait_for_goal(cluster.node("clinic.test"), &plan, "second goal").await?;
@@ -560,13 +565,7 @@ async fn the_home_records_each_disclosure_once_with_the_change_or_before_it_leav
         Ok((!school.peers()[&clinic_id].connected).then_some(()))
     })
     .await?;
-    let mark = school
-        .node()
-        .service()
-        .store()
-        .audit_entries(0, 1_000_000)
-        .await?
-        .len() as u64;
+    let mark = audit_head(school).await?;
     add_goal(school, &plan, "third goal").await?;
     assert_eq!(
         disclosed_to_clinic(&audit_after(school, mark).await?),

@@ -558,7 +558,7 @@ impl NodeService {
             Vec::new()
         } else {
             self.disclosures_with(plan, docs.keys(), &consents, draft.time)
-                .await?
+                .await
         };
         let batch: Vec<(&WritePermit, Vec<u8>, Vec<ChangeHash>)> = changes
             .into_iter()

@@ -599,16 +599,18 @@ impl NodeService {
     /// one per connected peer that may hold the section and already has it (a peer with
     /// nothing is sent the whole section, which its frame records). Each comes with the
     /// (peer, section) to note once the commit is durable (see [`PeerBoard::note_disclosed`]).
+    /// What it cannot read is left to the frame, which then records its own: the change
+    /// itself must not fail on replication's bookkeeping.
     pub(super) async fn disclosures_with(
         &self,
         plan: &PlanRecord,
         sections: impl Iterator<Item = &SectionName> + Clone,
         consents: &weft_consent::ConsentSet,
         now: Timestamp,
-    ) -> Result<Vec<(AuditDraft, AgencyId, SectionKey)>> {
+    ) -> Vec<(AuditDraft, AgencyId, SectionKey)> {
         let mut out = Vec::new();
         if plan.home != self.agency {
-            return Ok(out);
+            return out;
         }
         for peer in self.peers.connected_for_disclosure() {
             for section in sections.clone() {
@@ -617,18 +619,13 @@ impl NodeService {
                     continue;
                 };
                 let key = permit.key().clone();
-                if self
-                    .store
-                    .replication_get(heads_key(&peer, &key))
-                    .await?
-                    .is_some()
-                {
+                if let Ok(Some(_)) = self.store.replication_get(heads_key(&peer, &key)).await {
                     let draft = disclosure(now, &peer, plan, section, false, permit.reason());
                     out.push((draft, peer.clone(), key));
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     /// The frame that brings `peer` up to date on one section, if it may have it and lacks
@@ -1055,7 +1052,7 @@ impl NodeService {
             }];
             disclosed = self
                 .disclosures_with(&plan, std::iter::once(&c.section), &consents, self.now())
-                .await?;
+                .await;
             disclosed.retain(|(_, to, _)| batch.known_to.as_ref() != Some(to));
             batch.disclosures = disclosed.iter().map(|(d, _, _)| d.clone()).collect();
         }
