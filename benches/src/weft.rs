@@ -125,29 +125,26 @@ pub async fn plan_ids(agency: &Agency, n: usize) -> anyhow::Result<Vec<String>> 
 /// Edits at `from` at `rate` per second (`count` edits spread over `plans`, each a
 /// one-field change of `profile`); latency from sending an edit to its change event at each
 /// agency of `to` (every arrival is one sample), and from the edit being durable at `from`
-/// to its being durable at each of `to` (the events' `durable_unix_us`). Each plan should be
-/// edited less often than the latency, so an event belongs to the oldest edit of its plan
-/// still in flight, and a plan's n-th event at `from` and at a receiver are the same edit.
-/// Without `watch_sender`, `from` is not watched (no durable figures; its watchers cost the sender CPU).
+/// (its answer's `durable_unix_us`) to its being durable at each of `to` (the events'). Each
+/// plan should be edited less often than the latency, so an event belongs to the oldest edit
+/// of its plan still in flight, and a plan's n-th edit and n-th event are the same change.
 pub async fn propagation(
     from: &Agency,
     to: &[&Agency],
     plans: &[String],
     rate: f64,
     count: usize,
-    watch_sender: bool,
 ) -> anyhow::Result<Latency> {
     use std::collections::{HashMap, VecDeque};
     use std::sync::{Arc, Mutex};
     type Pending = Arc<Mutex<HashMap<(usize, String), VecDeque<Instant>>>>;
     let pending: Pending = Default::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Default::default();
-    // Per (agency, plan), each event's durable time; the sender is agency `to.len()`.
+    // Per (agency, plan), each change's durable time; the sender is agency `to.len()`.
     type Durable = Arc<Mutex<HashMap<(usize, String), Vec<i64>>>>;
     let durable: Durable = Default::default();
     let mut watchers = Vec::new();
-    let sender = watch_sender.then_some(&from);
-    for (a, agency) in to.iter().chain(sender).enumerate() {
+    for (a, agency) in to.iter().enumerate() {
         let channel = agency.channel().await?;
         for plan in plans {
             let mut client = pb::plan_service_client::PlanServiceClient::new(channel.clone());
@@ -197,7 +194,7 @@ pub async fn propagation(
         tokio::time::sleep_until((start + interval.mul_f64(i as f64)).into()).await;
         let plan = plans[i % plans.len()].clone();
         let mut client = pb::plan_service_client::PlanServiceClient::new(channel.clone());
-        let (pending, commits) = (pending.clone(), commits.clone());
+        let (pending, commits, durable) = (pending.clone(), commits.clone(), durable.clone());
         let n = to.len();
         sends.push(tokio::spawn(async move {
             let sent = Instant::now();
@@ -207,15 +204,21 @@ pub async fn propagation(
                     p.entry((a, plan.clone())).or_default().push_back(sent);
                 }
             }
-            client
-                .set_fields(profile_edit(plan, format!("edit {i}")))
-                .await
-                .map(|_| {
-                    commits
-                        .lock()
-                        .unwrap()
-                        .push(sent.elapsed().as_secs_f64() * 1e3)
-                })
+            let r = client
+                .set_fields(profile_edit(plan.clone(), format!("edit {i}")))
+                .await?
+                .into_inner();
+            commits
+                .lock()
+                .unwrap()
+                .push(sent.elapsed().as_secs_f64() * 1e3);
+            durable
+                .lock()
+                .unwrap()
+                .entry((n, plan))
+                .or_default()
+                .push(r.durable_unix_us);
+            Ok::<_, tonic::Status>(())
         }));
     }
     for s in sends {
@@ -293,7 +296,6 @@ pub async fn one_edit(fed: &Federation, quick: bool) -> anyhow::Result<Vec<Laten
         &plans[..10],
         10.0,
         if quick { 30 } else { 300 },
-        true,
     )
     .await?;
     let fast = propagation(
@@ -302,7 +304,6 @@ pub async fn one_edit(fed: &Federation, quick: bool) -> anyhow::Result<Vec<Laten
         &plans,
         500.0,
         if quick { 1000 } else { 5000 },
-        true,
     )
     .await?;
     Ok(vec![slow, fast])
@@ -474,7 +475,6 @@ pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result
             &ids[..n],
             rate,
             (rate * 3.0) as usize,
-            false,
         )
         .await?;
         eprintln!("scenario 3: {l:?}");

@@ -331,12 +331,21 @@ async fn watchers_see_changes_as_they_happen() -> anyhow::Result<()> {
             fields: vec![field("profile", "grade", "2")],
         })
         .await?;
-    plans
+    let unix_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    };
+    let before = unix_us();
+    let answer = plans
         .set_fields(pb::SetFieldsRequest {
             plan_id: plan.clone(),
             fields: vec![field("nutrition", "meal_program", "free")],
         })
-        .await?;
+        .await?
+        .into_inner();
+    let after = unix_us();
     let ev = tokio::time::timeout(DEADLINE, stream.message())
         .await??
         .expect("an event");
@@ -344,6 +353,13 @@ async fn watchers_see_changes_as_they_happen() -> anyhow::Result<()> {
     assert_eq!(ev.section, "nutrition");
     assert_eq!(ev.user, "coordinator");
     assert_eq!(ev.summary, "set nutrition.meal_program");
+    // The answer and the event say when the change was durable here (one clock).
+    assert!(
+        (before..=after).contains(&answer.durable_unix_us),
+        "{before} <= {} <= {after}",
+        answer.durable_unix_us
+    );
+    assert_eq!(ev.durable_unix_us, answer.durable_unix_us);
     // And the write is readable once the event arrived.
     let n = eventually("nutrition to read back", Duration::from_secs(5), || async {
         let v = school

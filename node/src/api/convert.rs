@@ -87,11 +87,14 @@ pub fn event(e: &PlanEvent) -> pb::PlanEvent {
         user: e.user.clone(),
         time_ms: e.time.as_millis(),
         summary: e.summary.clone(),
-        durable_unix_us: e
-            .durable
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64),
+        durable_unix_us: unix_us(e.durable),
     }
+}
+
+/// Microseconds since the Unix epoch (0 before it).
+pub fn unix_us(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// A user, without its token hash.

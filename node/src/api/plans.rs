@@ -101,7 +101,7 @@ impl PlanService for PlanApi {
     ) -> Result<Response<pb::SetFieldsResponse>, Status> {
         let who = caller(&self.svc, &req).await?;
         let r = req.into_inner();
-        let (sections, seq) = self
+        let edited = self
             .svc
             .set_fields(
                 &who,
@@ -110,8 +110,9 @@ impl PlanService for PlanApi {
             )
             .await?;
         Ok(Response::new(pb::SetFieldsResponse {
-            sections: sections.iter().map(|s| s.to_string()).collect(),
-            feed_seq: seq,
+            sections: edited.sections.iter().map(|s| s.to_string()).collect(),
+            feed_seq: edited.feed_seq,
+            durable_unix_us: convert::unix_us(edited.durable),
         }))
     }
 

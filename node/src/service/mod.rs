@@ -59,6 +59,17 @@ pub struct PlanEvent {
     pub durable: std::time::SystemTime,
 }
 
+/// What an edit changed, and when it was durable here.
+#[derive(Clone, Debug)]
+pub struct Edited {
+    /// The sections changed.
+    pub sections: Vec<SectionName>,
+    /// The feed sequence of the last change.
+    pub feed_seq: u64,
+    /// When the commit was durable and readable (wall clock).
+    pub durable: std::time::SystemTime,
+}
+
 /// One section as shown to a caller.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SectionView {
@@ -475,7 +486,8 @@ impl NodeService {
 
     /// Applies edits to sections of one plan atomically: every edit is checked by the gate and
     /// validated against its document first; then all changes and one audit entry commit
-    /// together. Returns the sections changed and the feed sequence of the last change;
+    /// together. Returns the sections changed, the feed sequence of the last change and when
+    /// the commit was durable;
     /// `look` sees each changed document once committed (it then goes to the cache).
     async fn edit(
         &self,
@@ -485,7 +497,7 @@ impl NodeService {
         edits: Vec<(SectionName, Edit, Right)>,
         action: AuditAction,
         mut look: impl FnMut(&SectionDoc) + Send,
-    ) -> Result<(Vec<SectionName>, u64)> {
+    ) -> Result<Edited> {
         // Lock first, then decide: a revocation or purge cannot slip in between.
         let mut stripes: Vec<usize> = edits
             .iter()
@@ -616,7 +628,11 @@ impl NodeService {
             names.push(section);
         }
         drop(guards);
-        Ok((names, last_seq))
+        Ok(Edited {
+            sections: names,
+            feed_seq: last_seq,
+            durable,
+        })
     }
 
     /// Creates a plan with a fresh subject; the caller's agency is its home.
@@ -670,7 +686,7 @@ impl NodeService {
         caller: &Caller,
         plan: PlanId,
         fields: Vec<(String, String, String)>,
-    ) -> Result<(Vec<SectionName>, u64)> {
+    ) -> Result<Edited> {
         self.require_on(caller, Right::WritePlan, AuditAction::Write, Some(plan))
             .await?;
         if fields.is_empty() {
