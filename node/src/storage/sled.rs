@@ -52,29 +52,42 @@ pub struct SledBackend {
     checkpointing: Mutex<()>,
 }
 
+/// How often [`SledBackend::open`] tries a busy lock, 10 ms apart.
+const LOCK_TRIES: u32 = 100;
+
 impl SledBackend {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| {
-                let text = e.to_string();
-                if text.contains("could not acquire lock") {
-                    Error::Storage(format!(
-                        "the store in {} is in use by another process (is the node running?)",
-                        dir.display()
-                    ))
-                } else {
-                    Error::Storage(format!(
-                        "cannot open the store in {}: {text}",
-                        dir.display()
-                    ))
+            .cache_capacity(CACHE_BYTES);
+        // sled's own threads may hold a store just closed in this process for a moment
+        // (its lock goes with their last reference): a busy lock is tried again for up to a
+        // second before it is reported as another process's.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    if tries >= LOCK_TRIES {
+                        return Err(Error::Storage(format!(
+                            "the store in {} is in use by another process (is the node running?)",
+                            dir.display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-            })?;
+                Err(e) => {
+                    return Err(Error::Storage(format!(
+                        "cannot open the store in {}: {e}",
+                        dir.display()
+                    )))
+                }
+            }
+        };
         let trees = Tree::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
