@@ -137,7 +137,17 @@ async fn a_tampered_entry_is_named_by_verify() -> anyhow::Result<()> {
 
     // Someone with disk access rewrites who read the plan in entry 4.
     {
-        let db = sled::open(&data_dir)?;
+        // The stopped node's store may stay locked for a moment while sled's threads let go.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(&data_dir) {
+                Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let audit = db.open_tree("audit")?;
         let key = 4u64.to_be_bytes();
         let entry = String::from_utf8(audit.get(key)?.expect("entry 4").to_vec())?;
