@@ -556,6 +556,9 @@ async fn the_home_records_each_disclosure_once_with_the_change_or_before_it_leav
         (disclosed[0].3.clone(), disclosed[0].4.as_str()),
         (vec!["goals".to_string()], "changes")
     );
+    // Sealed in one transaction with the write, the chain still verifies.
+    let verified = school.node().service().store().verify_audit().await?;
+    assert!(verified.is_ok(), "{verified:?}");
 
     // Offline: nothing is recorded with the edit; the frame records the disclosure itself
     // once the clinic is back, before it leaves.

@@ -853,7 +853,7 @@ impl Store {
                 txn.remove(Tree::Feed, seq)?;
             }
             write_replication(txn, &batch.replication)?;
-            let entry = seal_audit(txn, batch.audit.clone())?;
+            let entry = seal_audit(txn, batch)?;
             *out.borrow_mut() = Some(Committed {
                 feed: vec![],
                 audit: entry,
@@ -1097,17 +1097,23 @@ impl Store {
     }
 }
 
-/// Seals `draft` into the audit chain inside `txn` (the entry after the stored head, and the
-/// new head); returns the entry.
-fn seal_audit(txn: &dyn Txn, draft: AuditDraft) -> Result<AuditEntry> {
-    let head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
+/// Seals a batch's audit entry, then its disclosure records, into the audit chain inside
+/// `txn` (the entries after the stored head, which is read and written once); returns the
+/// batch's entry.
+fn seal_audit(txn: &dyn Txn, batch: &CommitBatch) -> Result<AuditEntry> {
+    let mut head: AuditHead = match txn.get(Tree::Meta, KEY_AUDIT_HEAD)? {
         Some(b) => from_json(&b, "audit head")?,
         None => AuditHead::default(),
     };
-    let (entry, head) = audit::seal(&head, draft);
-    txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
+    let mut first = None;
+    for draft in std::iter::once(&batch.audit).chain(&batch.disclosures) {
+        let (entry, next) = audit::seal(&head, draft.clone());
+        txn.put(Tree::Audit, &entry.index.to_be_bytes(), &json(&entry))?;
+        head = next;
+        first.get_or_insert(entry);
+    }
     txn.put(Tree::Meta, KEY_AUDIT_HEAD, &json(&head))?;
-    Ok(entry)
+    Ok(first.expect("a batch has its own audit entry"))
 }
 
 /// A compaction's job for the store's writer (see [`Store::compact`]).
@@ -1219,10 +1225,7 @@ fn commit_job(batch: CommitBatch) -> (WriteFn, impl FnOnce(&Store) -> Result<Com
             feed.push(entry);
         }
         txn.put(Tree::Meta, KEY_FEED_SEQ, &seq.to_be_bytes())?;
-        let entry = seal_audit(txn, batch.audit.clone())?;
-        for draft in &batch.disclosures {
-            seal_audit(txn, draft.clone())?;
-        }
+        let entry = seal_audit(txn, &batch)?;
         *out.lock()
             .map_err(|_| Error::internal("commit result poisoned"))? =
             Some(Committed { feed, audit: entry });
