@@ -566,37 +566,33 @@ impl NodeService {
             .collect::<Vec<_>>()
             .join("; ");
         // The home records the disclosure of these changes to its connected peers with them.
+        // (A new plan has no peer holding it yet.)
         let disclosed = if new_plan {
-            Vec::new()
+            replica::Disclosures::default()
         } else {
-            self.disclosures_with(plan, docs.keys(), &consents, draft.time)
+            self.disclosures_with(plan, docs.keys(), &consents, draft.time, None)
                 .await
         };
         let batch: Vec<(&WritePermit, Vec<u8>, Vec<ChangeHash>)> = changes
             .into_iter()
             .map(|(i, bytes, heads)| (&permits[i], bytes, heads))
             .collect();
-        let disclosures = disclosed.iter().map(|(d, _, _)| d.clone()).collect();
         let committed = self
             .store
-            .write_sections(batch, new_plan.then(|| plan.clone()), draft, disclosures)
+            .write_sections(
+                batch,
+                new_plan.then(|| plan.clone()),
+                draft,
+                disclosed.drafts,
+            )
             .await?;
         let durable = std::time::SystemTime::now();
 
-        let mut section_seq: BTreeMap<&SectionName, u64> = BTreeMap::new();
-        for (entry, (section, _, _)) in committed.feed.iter().zip(&edits) {
-            section_seq.insert(section, entry.seq);
-        }
-        // Durable now: the frames carrying these changes need not record them again.
-        for (_, peer, key) in &disclosed {
-            if let Some(seq) = section_seq.get(&key.section) {
-                self.peers.note_disclosed(peer, key, *seq);
-            }
-        }
-        self.wake();
         let mut last_seq = 0;
+        let mut section_seq: BTreeMap<&SectionName, u64> = BTreeMap::new();
         for (entry, (section, edit, _)) in committed.feed.iter().zip(&edits) {
             last_seq = entry.seq;
+            section_seq.insert(section, entry.seq);
             self.events.send(PlanEvent {
                 plan: plan.id,
                 section: section.clone(),
@@ -608,6 +604,14 @@ impl NodeService {
                 durable,
             });
         }
+        // Durable now: the frames carrying these changes need not record them again (noted
+        // before the pumps wake).
+        for (peer, key) in &disclosed.covers {
+            if let Some(seq) = section_seq.get(&key.section) {
+                self.peers.note_disclosed(peer, key, *seq);
+            }
+        }
+        self.wake();
 
         // Compact sections whose chunk count passed the threshold, while still locked, and
         // keep each document for the next edit or frame of its section.

@@ -16,7 +16,7 @@
 //! Per peer it keeps a cursor into its own change feed, so catch-up after a reconnect costs
 //! O(changed sections).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use automerge::ChangeHash;
@@ -160,11 +160,19 @@ pub struct PeerBoard {
     /// Per connected peer and section, the feed sequence through which a durable disclosure
     /// record covers the section's changes: written with an edit at the home (see
     /// [`NodeService::edit`]), so the frame carrying it needs no commit of its own.
-    disclosed: Mutex<std::collections::HashMap<(AgencyId, SectionKey), u64>>,
+    disclosed: Mutex<HashMap<AgencyId, HashMap<SectionKey, u64>>>,
 }
 
 /// The most (peer, section) disclosure notes kept; past it, frames record their own.
-pub const MAX_DISCLOSURE_NOTES: usize = 65_536;
+const MAX_DISCLOSURE_NOTES: usize = 65_536;
+
+/// Disclosure records to commit with a change, and the (peer, section) each covers (see
+/// [`NodeService::disclosures_with`]).
+#[derive(Default)]
+pub(super) struct Disclosures {
+    pub drafts: Vec<AuditDraft>,
+    pub covers: Vec<(AgencyId, SectionKey)>,
+}
 
 impl PeerBoard {
     /// Updates a peer's status.
@@ -184,7 +192,7 @@ impl PeerBoard {
         let room = self
             .disclosed
             .lock()
-            .map(|d| d.len() < MAX_DISCLOSURE_NOTES)
+            .map(|d| d.values().map(HashMap::len).sum::<usize>() < MAX_DISCLOSURE_NOTES)
             .unwrap_or(false);
         if !room {
             return Vec::new();
@@ -204,7 +212,11 @@ impl PeerBoard {
     /// feed sequence `seq`.
     pub fn note_disclosed(&self, peer: &AgencyId, key: &SectionKey, seq: u64) {
         if let Ok(mut d) = self.disclosed.lock() {
-            let at = d.entry((peer.clone(), key.clone())).or_default();
+            let at = d
+                .entry(peer.clone())
+                .or_default()
+                .entry(key.clone())
+                .or_default();
             *at = (*at).max(seq);
         }
     }
@@ -215,11 +227,13 @@ impl PeerBoard {
         let Ok(mut d) = self.disclosed.lock() else {
             return false;
         };
-        let k = (peer.clone(), key.clone());
-        match d.get(&k).copied() {
+        let Some(notes) = d.get_mut(peer) else {
+            return false;
+        };
+        match notes.get(key).copied() {
             Some(at) if at > seq => true,
             Some(at) => {
-                d.remove(&k);
+                notes.remove(key);
                 at == seq
             }
             None => false,
@@ -234,14 +248,17 @@ impl PeerBoard {
             f(i)
         });
         if let Ok(mut d) = self.disclosed.lock() {
-            d.retain(|(p, _), _| p != peer);
+            d.remove(peer);
         }
     }
 
     /// Disclosure notes held (for tests).
     #[cfg(test)]
     pub fn disclosure_notes(&self) -> usize {
-        self.disclosed.lock().map(|d| d.len()).unwrap_or(0)
+        self.disclosed
+            .lock()
+            .map(|d| d.values().map(HashMap::len).sum())
+            .unwrap_or(0)
     }
 
     /// A peer's pinned consent key.
@@ -599,20 +616,25 @@ impl NodeService {
     /// one per connected peer that may hold the section and already has it (a peer with
     /// nothing is sent the whole section, which its frame records). Each comes with the
     /// (peer, section) to note once the commit is durable (see [`PeerBoard::note_disclosed`]).
-    /// What it cannot read is left to the frame, which then records its own: the change
-    /// itself must not fail on replication's bookkeeping.
+    /// `except` is a peer known to hold the change already. What it cannot read is left to
+    /// the frame, which then records its own: the change itself must not fail on
+    /// replication's bookkeeping.
     pub(super) async fn disclosures_with(
         &self,
         plan: &PlanRecord,
         sections: impl Iterator<Item = &SectionName> + Clone,
         consents: &weft_consent::ConsentSet,
         now: Timestamp,
-    ) -> Vec<(AuditDraft, AgencyId, SectionKey)> {
-        let mut out = Vec::new();
+        except: Option<&AgencyId>,
+    ) -> Disclosures {
+        let mut out = Disclosures::default();
         if plan.home != self.agency {
             return out;
         }
         for peer in self.peers.connected_for_disclosure() {
+            if except == Some(&peer) {
+                continue;
+            }
             for section in sections.clone() {
                 let Ok(permit) = gate::peer_send(&self.agency, &peer, plan, section, consents, now)
                 else {
@@ -620,8 +642,15 @@ impl NodeService {
                 };
                 let key = permit.key().clone();
                 if let Ok(Some(_)) = self.store.replication_get(heads_key(&peer, &key)).await {
-                    let draft = disclosure(now, &peer, plan, section, false, permit.reason());
-                    out.push((draft, peer.clone(), key));
+                    out.drafts.push(disclosure(
+                        now,
+                        &peer,
+                        plan,
+                        section,
+                        false,
+                        permit.reason(),
+                    ));
+                    out.covers.push((peer.clone(), key));
                 }
             }
         }
@@ -1043,23 +1072,28 @@ impl NodeService {
         batch.replication = vec![(heads_key(peer, &key), Some(encode_heads(&sender_heads)))];
         // The home records the disclosure of what it stores to its other connected peers
         // with it (the sender too, if it lacks something).
-        let mut disclosed = Vec::new();
+        let mut covers = Vec::new();
         if !bytes.is_empty() {
             batch.changes = vec![SectionWrite {
                 key: key.clone(),
                 bytes,
                 heads: heads_now.clone(),
             }];
-            disclosed = self
-                .disclosures_with(&plan, std::iter::once(&c.section), &consents, self.now())
+            let d = self
+                .disclosures_with(
+                    &plan,
+                    std::iter::once(&c.section),
+                    &consents,
+                    self.now(),
+                    batch.known_to.as_ref(),
+                )
                 .await;
-            disclosed.retain(|(_, to, _)| batch.known_to.as_ref() != Some(to));
-            batch.disclosures = disclosed.iter().map(|(d, _, _)| d.clone()).collect();
+            (batch.disclosures, covers) = (d.drafts, d.covers);
         }
         let committed = self.store.commit(batch).await?;
         let durable = std::time::SystemTime::now();
         if let Some(entry) = committed.feed.first() {
-            for (_, to, key) in &disclosed {
+            for (to, key) in &covers {
                 self.peers.note_disclosed(to, key, entry.seq);
             }
         }
