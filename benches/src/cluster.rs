@@ -223,6 +223,19 @@ pub fn weft(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// (sections, saved bytes) from what `weft seed` printed.
+pub fn seeded(out: &str) -> anyhow::Result<(u64, u64)> {
+    // "seeded P plans (S sections, B bytes saved, C consents) in T s"
+    let nums: Vec<u64> = out
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [_, sections, bytes, ..] => Ok((*sections, *bytes)),
+        _ => bail!("unexpected seed output: {out}"),
+    }
+}
+
 impl Agency {
     /// `weft seed` into the stopped node; returns (sections, saved bytes).
     pub fn seed(
@@ -245,16 +258,7 @@ impl Agency {
             args.push("--consent-to");
             args.push(c);
         }
-        let out = weft(&args)?;
-        // "seeded P plans (S sections, B bytes saved, C consents) in T s"
-        let nums: Vec<u64> = out
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        match nums.as_slice() {
-            [_, sections, bytes, ..] => Ok((*sections, *bytes)),
-            _ => bail!("unexpected seed output: {out}"),
-        }
+        seeded(&weft(&args)?)
     }
 
     /// Starts `weft serve` and waits until the API answers; returns the start time.

@@ -505,15 +505,18 @@ pub struct Filtering {
 }
 
 /// Scenario 7: the school lists `listed` peer agencies (the first `running` of them run as
-/// real nodes); each plan is consented to `pick` of them (or to every running one when
-/// `pick` is `None`). Measures delivery to the running peers, checks each holds exactly
-/// what its consents allow, then times `revocations` revocations until the clinic purged.
+/// real nodes); each of `plans` numbered plans is consented to `pick` (min, max) of them.
+/// With `only_delivered`, the school holds only the plans that go to a running peer, with
+/// only their consents to running peers: the same deliveries without the rest to filter
+/// out. Measures delivery to the running peers, checks each holds exactly what its consents
+/// allow, then times `revocations` revocations until the first peer purged.
 pub async fn filtering(
     work: &Path,
     plans: u64,
     listed: usize,
     running: usize,
-    pick: Option<(usize, usize)>,
+    pick: (usize, usize),
+    only_delivered: bool,
     revocations: usize,
 ) -> anyhow::Result<Filtering> {
     let agencies: Vec<String> = (0..listed).map(|i| format!("agency{i:02}.test")).collect();
@@ -521,6 +524,7 @@ pub async fn filtering(
     ids.extend(agencies[..running].iter().map(String::as_str));
     let mut fed = Federation::new(work, &ids, &agencies[running..], true).await?;
     let plans_s = plans.to_string();
+    let pick_s = format!("{}-{}", pick.0, pick.1);
     let config = fed.agencies[0].config.clone();
     let mut args = vec![
         "seed",
@@ -528,31 +532,37 @@ pub async fn filtering(
         config.to_str().context("utf-8")?,
         "--plans",
         &plans_s,
+        "--consent-pick",
+        &pick_s,
     ];
-    let grantees: Vec<&str> = match pick {
-        Some(_) => agencies.iter().map(String::as_str).collect(),
-        None => agencies[..running].iter().map(String::as_str).collect(),
-    };
-    for g in &grantees {
+    for g in &agencies {
         args.push("--consent-to");
         args.push(g);
     }
-    let pick_s = pick.map(|(a, b)| format!("{a}-{b}"));
-    if let Some(p) = &pick_s {
-        args.push("--consent-pick");
-        args.push(p);
+    if only_delivered {
+        for g in &agencies[..running] {
+            args.push("--only-for");
+            args.push(g);
+        }
     }
-    crate::cluster::weft(&args)?;
-    // What each running peer may hold: four sections per plan consented to it.
+    let (stored, _) = crate::cluster::seeded(&crate::cluster::weft(&args)?)?;
+    // What each running peer may hold: four sections per plan consented to it (the same
+    // with and without `only_delivered`).
+    let consents = weft_node::seed::SeedConsents {
+        grantees: agencies
+            .iter()
+            .map(|a| weft_node::model::AgencyId::parse(a))
+            .collect::<Result<_, _>>()?,
+        access: "read".into(),
+        until: "2099-12-31".into(),
+        pick: Some(pick),
+        only_for: vec![],
+    };
     let mut expected = vec![0u64; running];
     for i in 0..plans {
-        let chosen: Vec<usize> = match pick {
-            Some((min, max)) => weft_node::seed::consent_pick(i, grantees.len(), min, max),
-            None => (0..running).collect(),
-        };
-        for a in chosen {
-            if a < running {
-                expected[a] += 4;
+        for a in consents.for_plan(i) {
+            if let Some(n) = consents.grantees[..running].iter().position(|r| r == a) {
+                expected[n] += 4;
             }
         }
     }
@@ -630,7 +640,7 @@ pub async fn filtering(
         a.stop()?;
     }
     Ok(Filtering {
-        docs: plans * 4,
+        docs: stored,
         delivered,
         seconds,
         docs_per_s: delivered as f64 / seconds,

@@ -251,7 +251,7 @@ pub struct Seeded {
 }
 
 /// Plans written per transaction.
-const BATCH: u64 = 250;
+const BATCH: usize = 250;
 
 /// Which of `n` agencies sample plan `i` is consented to when each plan picks between
 /// `min` and `max` of them (deterministic, spread evenly).
@@ -273,22 +273,71 @@ pub fn consent_pick(i: u64, n: usize, min: usize, max: usize) -> Vec<usize> {
         })
 }
 
-/// Adds `plans` sample plans to the node behind `svc` (its store must not be served by
-/// another process), each consented for all four sections with `access` to every agency of
-/// `grantees`, or with `pick = Some((min, max))` to between min and max of them
-/// ([`consent_pick`]). Plans are written `BATCH` to a transaction with one audit entry each
-/// batch (`seed`); consents go through [`NodeService::grant`] as a coordinator named
-/// `seed`, so they are validated, signed and audited like any other.
-pub async fn seed(
-    svc: &Arc<NodeService>,
-    plans: u64,
-    grantees: &[AgencyId],
-    access: &str,
-    until: &str,
-    pick: Option<(usize, usize)>,
-) -> Result<Seeded> {
+/// How [`seed`] consents its plans (every consent covers all four sections).
+#[derive(Clone, Debug)]
+pub struct SeedConsents {
+    /// The agencies plans are consented to.
+    pub grantees: Vec<AgencyId>,
+    /// `read` or `read_write`.
+    pub access: String,
+    /// The consents' last day (YYYY-MM-DD).
+    pub until: String,
+    /// Consent each plan to between min and max of `grantees` ([`consent_pick`]) instead of
+    /// to all of them.
+    pub pick: Option<(usize, usize)>,
+    /// When not empty, add only the plans consented to one of these agencies, with only
+    /// their consents to these. Plans keep their numbers, so each has the content and the
+    /// picks it has in the whole set: a benchmark compares the same deliveries to these
+    /// agencies with and without the rest of the set beside them.
+    pub only_for: Vec<AgencyId>,
+}
+
+impl SeedConsents {
+    /// Every plan consented to every one of `grantees`.
+    pub fn to_all(grantees: Vec<AgencyId>, access: &str, until: &str) -> Self {
+        Self {
+            grantees,
+            access: access.into(),
+            until: until.into(),
+            pick: None,
+            only_for: vec![],
+        }
+    }
+
+    /// The agencies sample plan `i` is consented to.
+    pub fn for_plan(&self, i: u64) -> Vec<&AgencyId> {
+        let chosen: Vec<&AgencyId> = match self.pick {
+            None => self.grantees.iter().collect(),
+            Some((min, max)) => consent_pick(i, self.grantees.len(), min, max)
+                .into_iter()
+                .map(|a| &self.grantees[a])
+                .collect(),
+        };
+        if self.only_for.is_empty() {
+            return chosen;
+        }
+        chosen
+            .into_iter()
+            .filter(|a| self.only_for.contains(a))
+            .collect()
+    }
+
+    /// Whether sample plan `i` is added.
+    fn adds(&self, i: u64) -> bool {
+        self.only_for.is_empty() || !self.for_plan(i).is_empty()
+    }
+}
+
+/// Adds the sample plans numbered `0..plans` to the node behind `svc` (its store must not
+/// be served by another process), consented as `consents` says (with
+/// [`SeedConsents::only_for`], only some of them are added). Plans are written `BATCH` to a
+/// transaction with one audit entry each batch (`seed`); consents go through
+/// [`NodeService::grant`] as a coordinator named `seed`, so they are validated, signed and
+/// audited like any other.
+pub async fn seed(svc: &Arc<NodeService>, plans: u64, consents: &SeedConsents) -> Result<Seeded> {
     let home = svc.agency().clone();
-    let partner = grantees
+    let partner = consents
+        .grantees
         .first()
         .cloned()
         .unwrap_or_else(|| AgencyId::parse("partner.test").expect("a valid agency id"));
@@ -300,15 +349,15 @@ pub async fn seed(
     };
     let now = crate::model::now();
     let mut out = Seeded::default();
-    let mut start = 0u64;
-    while start < plans {
-        let end = (start + BATCH).min(plans);
+    let numbers: Vec<u64> = (0..plans).filter(|i| consents.adds(*i)).collect();
+    for numbers in numbers.chunks(BATCH) {
         // Build the documents on the blocking pool (two halves, one per core).
-        let mid = start + (end - start) / 2;
-        let build = |from: u64, to: u64| {
+        let (first, second) = numbers.split_at(numbers.len() / 2);
+        let build = |numbers: Vec<u64>| {
             let (home, partner) = (home.clone(), partner.clone());
             tokio::task::spawn_blocking(move || {
-                (from..to)
+                numbers
+                    .into_iter()
                     .map(|i| {
                         let sections = sample_plan(i, &home, &partner, now)?;
                         Ok(sections
@@ -319,7 +368,7 @@ pub async fn seed(
                     .collect::<Result<Vec<_>>>()
             })
         };
-        let (a, b) = tokio::join!(build(start, mid), build(mid, end));
+        let (a, b) = tokio::join!(build(first.to_vec()), build(second.to_vec()));
         let docs = [a, b]
             .into_iter()
             .map(|r| r.map_err(|e| Error::internal(format!("seed task failed: {e}")))?)
@@ -332,7 +381,7 @@ pub async fn seed(
             outcome: Outcome::Ok,
             plan: None,
             sections: vec![],
-            detail: format!("seed: {} sample plans", end - start),
+            detail: format!("seed: {} sample plans", numbers.len()),
             basis: "home agency".into(),
         });
         for sections in docs.into_iter().flatten() {
@@ -359,18 +408,11 @@ pub async fn seed(
         let ids: Vec<PlanId> = batch.new_plans.iter().map(|p| p.id).collect();
         svc.store().commit(batch).await?;
         out.plans += ids.len() as u64;
-        let mut wanted: Vec<(PlanId, &AgencyId)> = Vec::new();
-        for (n, id) in ids.iter().enumerate() {
-            let i = start + n as u64;
-            match pick {
-                None => wanted.extend(grantees.iter().map(|g| (*id, g))),
-                Some((min, max)) => wanted.extend(
-                    consent_pick(i, grantees.len(), min, max)
-                        .into_iter()
-                        .map(|a| (*id, &grantees[a])),
-                ),
-            }
-        }
+        let wanted: Vec<(PlanId, &AgencyId)> = ids
+            .iter()
+            .zip(numbers)
+            .flat_map(|(id, i)| consents.for_plan(*i).into_iter().map(move |g| (*id, g)))
+            .collect();
         for chunk in wanted.chunks(64) {
             let grants = chunk.iter().map(|(id, grantee)| {
                 svc.grant(
@@ -384,10 +426,10 @@ pub async fn seed(
                             "services".into(),
                             "family".into(),
                         ],
-                        access: access.into(),
+                        access: consents.access.clone(),
                         purpose: "care_coordination".into(),
                         valid_from: None,
-                        valid_until: until.into(),
+                        valid_until: consents.until.clone(),
                         grantor_name: "Sample Guardian".into(),
                         relationship: "parent".into(),
                         method: "paper".into(),
@@ -399,7 +441,6 @@ pub async fn seed(
                 out.consents += 1;
             }
         }
-        start = end;
     }
     Ok(out)
 }
@@ -440,5 +481,38 @@ mod tests {
             .render()
             .to_string();
         assert!(goals.contains("progress"), "{goals}");
+    }
+
+    #[test]
+    fn a_subset_for_some_agencies_keeps_their_plans_and_picks_and_nothing_else() {
+        let grantees: Vec<AgencyId> = (0..40)
+            .map(|i| AgencyId::parse(&format!("agency{i:02}.test")).unwrap())
+            .collect();
+        let whole = SeedConsents {
+            pick: Some((1, 5)),
+            ..SeedConsents::to_all(grantees.clone(), "read", "2099-12-31")
+        };
+        let subset = SeedConsents {
+            only_for: grantees[..4].to_vec(),
+            ..whole.clone()
+        };
+        let (mut added, mut kept) = (0, 0);
+        for i in 0..2_000 {
+            let all = whole.for_plan(i);
+            assert!((1..=5).contains(&all.len()), "plan {i}: {all:?}");
+            let wanted: Vec<&AgencyId> = all
+                .into_iter()
+                .filter(|a| grantees[..4].contains(a))
+                .collect();
+            assert_eq!(subset.for_plan(i), wanted, "plan {i}");
+            assert_eq!(subset.adds(i), !wanted.is_empty(), "plan {i}");
+            assert!(whole.adds(i));
+            added += usize::from(subset.adds(i));
+            kept += wanted.len();
+        }
+        // 1-5 of 40 each, neighbours in the list (3 on average): about 6 plans in 40 name
+        // one of the first four.
+        assert!((200..500).contains(&added), "{added} of 2,000 plans added");
+        assert!(kept >= added);
     }
 }

@@ -656,10 +656,11 @@ async fn a_later_edit_flows_after_a_backlog_larger_than_a_feed_page() -> anyhow:
     let seeded = weft_node::seed::seed(
         cluster.node("school.test").node().service(),
         80,
-        &[weft_node::model::AgencyId::parse("clinic.test")?],
-        "read",
-        "2099-12-31",
-        None,
+        &weft_node::seed::SeedConsents::to_all(
+            vec![weft_node::model::AgencyId::parse("clinic.test")?],
+            "read",
+            "2099-12-31",
+        ),
     )
     .await?;
     assert_eq!(

@@ -55,7 +55,7 @@ enum Command {
         /// The node's TOML config.
         #[arg(long)]
         config: PathBuf,
-        /// How many plans to add.
+        /// How many plans to add (with `--only-for`, how many to number).
         #[arg(long)]
         plans: u64,
         /// An agency each plan is consented to (repeat for several).
@@ -71,6 +71,11 @@ enum Command {
         /// e.g. `1-5`, instead of to all of them.
         #[arg(long, value_name = "MIN-MAX")]
         consent_pick: Option<String>,
+        /// Add only the plans consented to this agency (repeat for several), with only
+        /// their consents to it: the plans the whole set would deliver to it, as they are
+        /// in the whole set (for benchmarks that measure the cost of the rest).
+        #[arg(long = "only-for", value_name = "AGENCY")]
+        only_for: Vec<String>,
     },
     /// Config files.
     #[command(subcommand)]
@@ -277,6 +282,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             access,
             until,
             consent_pick,
+            only_for,
         } => {
             let pick = match consent_pick.as_deref() {
                 None => None,
@@ -292,7 +298,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     })?)
                 }
             };
-            seed(&config, plans, &consent_to, &access, &until, pick).await
+            seed(
+                &config,
+                plans,
+                &consent_to,
+                &access,
+                &until,
+                pick,
+                &only_for,
+            )
+            .await
         }
         Command::Config(ConfigCmd::Check { file, skip_files }) => {
             match crate::config::Config::load_with(&file, !skip_files) {
@@ -432,21 +447,35 @@ async fn seed(
     access: &str,
     until: &str,
     pick: Option<(usize, usize)>,
+    only_for: &[String],
 ) -> anyhow::Result<()> {
     let config = crate::config::Config::load(config)?;
-    let grantees = consent_to
-        .iter()
-        .map(|a| crate::model::AgencyId::parse(a.trim()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--consent-to: {e}"))?;
+    let agencies = |flag: &str, list: &[String]| {
+        list.iter()
+            .map(|a| crate::model::AgencyId::parse(a.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+    };
+    let grantees = agencies("--consent-to", consent_to)?;
     if grantees.contains(&config.agency) {
         anyhow::bail!("--consent-to: a plan's home agency needs no consent");
     }
+    let only_for = agencies("--only-for", only_for)?;
+    if let Some(a) = only_for.iter().find(|a| !grantees.contains(a)) {
+        anyhow::bail!("--only-for: {a} is not one of the --consent-to agencies");
+    }
+    let consents = crate::seed::SeedConsents {
+        grantees,
+        access: access.into(),
+        until: until.into(),
+        pick,
+        only_for,
+    };
     let store = crate::server::open_store(&config.data)?;
     let svc =
         crate::server::service_for(&config, store, std::sync::Arc::new(crate::model::now)).await?;
     let started = std::time::Instant::now();
-    let done = crate::seed::seed(&svc, plans, &grantees, access, until, pick).await?;
+    let done = crate::seed::seed(&svc, plans, &consents).await?;
     println!(
         "seeded {} plans ({} sections, {} bytes saved, {} consents) in {:.1} s",
         done.plans,
