@@ -277,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants(7) {
         let s = "7 consent filtering";
-        let (plans, running) = if args.quick { (100, 4) } else { (5_000, 4) };
+        let (plans, running) = if args.quick { (100, 4) } else { (20_000, 4) };
         let filtered = weft::filtering(
             &work.path().join("s7a"),
             plans,

@@ -786,6 +786,11 @@ async fn pump(
     // The feed sequence of what this session sent per section.
     let mut sent_seq: std::collections::HashMap<SectionKey, u64> = Default::default();
     let mut consent_pos = svc.consent_position(&peer).await?;
+    // Per plan, whether a consent record of its child names who a send needs named (see
+    // `NodeService::may_send_plan`). For most plans and most peers none does, and their
+    // feed entries are dropped here without a frame. Forgotten whenever consents change
+    // (a grant's sections then come from the backlog, as for any refused section).
+    let mut named: std::collections::HashMap<PlanId, bool> = Default::default();
     // Sections whose frame could not be prepared (a store error), with the feed sequence of
     // their change (0 when unknown): retried until they go, and the cursor the peer
     // acknowledges stays before the earliest, so a reconnect reads them again.
@@ -823,6 +828,7 @@ async fn pump(
         let mut need_marker = false;
         let generation = svc.consent_generation();
         if consents_at != Some(generation) {
+            named.clear();
             let (fresh, keys, position) =
                 flush_consents(sent_consents.clone(), consent_pos, true).await?;
             sent_consents.extend(fresh);
@@ -857,7 +863,17 @@ async fn pump(
                 .cloned()
                 .collect::<Vec<_>>(),
         );
+        let mut pages = 0u32;
         loop {
+            // Consents changed since this round began: take the next round (their records,
+            // and what they let the peer have) before the next page, so a revocation does
+            // not wait behind a long feed. One page a round at least, so the feed moves
+            // however often consents change.
+            if keys.is_empty() && pages > 0 && consents_at != Some(svc.consent_generation()) {
+                consents_at = None;
+                break;
+            }
+            pages += 1;
             let page = if keys.is_empty() {
                 svc.feed_page(cursor, 256).await?
             } else {
@@ -873,10 +889,29 @@ async fn pump(
                 .iter()
                 .map(|e| (e.key.clone(), (e.seq, e.known_to.as_ref() == Some(&peer))))
                 .collect();
-            keys.extend(page.into_iter().map(|e| e.key).filter(|k| {
-                let (seq, known) = newest[k];
-                seen.insert(k.clone()) && !known && sent_seq.get(k).is_none_or(|sent| *sent < seq)
-            }));
+            for e in page {
+                let (seq, known) = newest[&e.key];
+                if !seen.insert(e.key.clone())
+                    || known
+                    || sent_seq.get(&e.key).is_some_and(|sent| *sent >= seq)
+                {
+                    continue;
+                }
+                if named.len() >= NAMED_KEPT {
+                    named.clear();
+                }
+                let may = match named.get(&e.key.plan) {
+                    Some(may) => *may,
+                    // Unknown (a read failed): the frame decides, and retries on error.
+                    None => match svc.may_send_plan(&peer, e.key.plan).await {
+                        Ok(may) => *named.entry(e.key.plan).or_insert(may),
+                        Err(_) => true,
+                    },
+                };
+                if may {
+                    keys.push(e.key);
+                }
+            }
             // A page whose sections were all sent already still moves the cursor.
             if keys.is_empty() && last.is_none() {
                 break;
@@ -982,6 +1017,9 @@ async fn pump(
         }
     }
 }
+
+/// The most plans a pump remembers [`NodeService::may_send_plan`] of.
+const NAMED_KEPT: usize = 1 << 16;
 
 /// How soon a pump first retries sections it could not prepare, and the longest it waits.
 const RETRY_FIRST: Duration = Duration::from_millis(500);

@@ -506,11 +506,7 @@ impl NodeService {
                 id.chars().take(64).collect::<String>()
             ))
         };
-        let entries = self.store.consent_entries(None).await?;
-        let e = entries
-            .into_iter()
-            .find(|e| e.kind == ConsentKind::Consent && e.id == id)
-            .ok_or_else(not_found)?;
+        let e = self.store.consent_by_id(id).await?.ok_or_else(not_found)?;
         let signed = SignedConsent::from_bytes(&e.bytes).map_err(|_| not_found())?;
         Ok((e.subject, signed))
     }

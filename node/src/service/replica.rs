@@ -529,7 +529,8 @@ impl NodeService {
         backlog: bool,
     ) -> Result<ConsentCatchUp> {
         let now = self.now();
-        let (subjects, position) = self.store.consent_changes_since(after).await?;
+        // Only the children a record names the peer in: the rest can send it nothing.
+        let (subjects, position) = self.store.consent_changes_naming(peer, after).await?;
         let mut out = ConsentCatchUp {
             position,
             frames: Vec::new(),
@@ -657,6 +658,31 @@ impl NodeService {
         out
     }
 
+    /// Whether sections of plan `id` may go to `peer` as far as the grantee index tells
+    /// (see [`Self::may_be_named`]): `false` means no frame of it can; `true`, that the
+    /// frame asks the gate. `false` for a plan this node does not have.
+    pub async fn may_send_plan(&self, peer: &AgencyId, id: PlanId) -> Result<bool> {
+        match self.store.plan(id).await? {
+            Some(plan) => self.may_be_named(peer, &plan),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether a stored consent record of `plan`'s child names the agency a send to `peer`
+    /// needs named: the peer, at the home; this node, sending its copy back to the home.
+    /// `false` means the gate refuses whatever the records say, so the child's consents
+    /// need not be loaded and verified (most of a node's children, for most peers).
+    fn may_be_named(&self, peer: &AgencyId, plan: &PlanRecord) -> Result<bool> {
+        let needed = if plan.home == self.agency {
+            peer
+        } else if plan.home == *peer {
+            &self.agency
+        } else {
+            return Ok(false);
+        };
+        self.store.names(needed, plan.subject)
+    }
+
     /// The frame that brings `peer` up to date on one section, if it may have it and lacks
     /// anything. A home's send is recorded as a disclosure before it leaves.
     /// `sent` is what this session already sent the peer for this section (the stream is
@@ -670,6 +696,9 @@ impl NodeService {
         let Some(plan) = self.store.plan(key.plan).await? else {
             return Ok(None);
         };
+        if !self.may_be_named(peer, &plan)? {
+            return Ok(None);
+        }
         let consents = self.consents_for(plan.subject).await?;
         let Ok(permit) = gate::peer_send(
             &self.agency,

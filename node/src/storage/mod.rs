@@ -246,6 +246,42 @@ const CONSENT_END: &[u8] = b"consent_end/";
 const KEY_CONSENT_ENDS_INDEXED: &[u8] = b"consent_ends_indexed";
 /// Meta key: every consent end up to this time (ms) has been swept.
 const KEY_CONSENTS_SWEPT: &[u8] = b"consents_swept_to";
+/// Meta keys `consent_grantee/<agency>/<subject>` → empty: a stored consent record names the
+/// agency as a grantee of the child, so replication looks at only the children whose
+/// records name a peer, not at every child. From the unverified bytes and never removed:
+/// a superset of the children a peer may hold anything of. The gate decides on the
+/// verified consents.
+const CONSENT_GRANTEE: &[u8] = b"consent_grantee/";
+/// Meta key: the consents of a store written before [`CONSENT_ID`] and [`CONSENT_GRANTEE`]
+/// existed have been indexed.
+const KEY_CONSENT_IDS_GRANTEES_INDEXED: &[u8] = b"consent_ids_grantees_indexed";
+
+/// Meta keys `consent_id/<consent id>` → subject: where a consent is, so finding one by its
+/// id (to show or revoke it) reads one key, not every consent.
+const CONSENT_ID: &[u8] = b"consent_id/";
+
+fn consent_id_key(id: &str) -> Vec<u8> {
+    let mut k = CONSENT_ID.to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn index_consent_id(txn: &dyn Txn, e: &ConsentEntry) -> Result<()> {
+    if e.kind == ConsentKind::Consent {
+        txn.put(Tree::Meta, &consent_id_key(&e.id), e.subject.0.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn consent_grantee_key(agency: &AgencyId, subject: Option<SubjectId>) -> Vec<u8> {
+    let mut k = CONSENT_GRANTEE.to_vec();
+    k.extend_from_slice(agency.as_str().as_bytes());
+    k.push(b'/');
+    if let Some(s) = subject {
+        k.extend_from_slice(s.0.as_bytes());
+    }
+    k
+}
 
 fn consent_end_key(end: u64, subject: Option<SubjectId>) -> Vec<u8> {
     let mut k = CONSENT_END.to_vec();
@@ -257,22 +293,57 @@ fn consent_end_key(end: u64, subject: Option<SubjectId>) -> Vec<u8> {
     k
 }
 
-/// Schedules the ends of a stored consent's provisions for the expiry sweep. An end the sweep
-/// has already passed (a consent that arrives expired) is scheduled for its next run.
-fn index_consent_ends(txn: &dyn Txn, e: &ConsentEntry) -> Result<()> {
+/// A stored consent entry's record, unverified (`None` for revocations, marks and what does
+/// not decode): only for indexes that schedule or narrow a decision the gate makes on the
+/// verified consents.
+fn unverified_consent(e: &ConsentEntry) -> Option<weft_consent::ConsentRecord> {
     if e.kind != ConsentKind::Consent {
-        return Ok(());
+        return None;
     }
-    let Ok(record) =
-        weft_consent::SignedConsent::from_bytes(&e.bytes).and_then(|s| s.unverified_record())
-    else {
+    weft_consent::SignedConsent::from_bytes(&e.bytes)
+        .and_then(|s| s.unverified_record())
+        .ok()
+}
+
+/// Indexes a stored consent entry (see [`CONSENT_ID`], [`CONSENT_END`] and
+/// [`CONSENT_GRANTEE`]).
+fn index_consent(txn: &dyn Txn, e: &ConsentEntry) -> Result<()> {
+    index_consent_id(txn, e)?;
+    let Some(record) = unverified_consent(e) else {
         return Ok(());
     };
+    index_consent_ends(txn, e.subject, &record)?;
+    index_consent_grantees(txn, e.subject, &record)
+}
+
+/// Notes each agency `record` names as a grantee of `subject`.
+fn index_consent_grantees(
+    txn: &dyn Txn,
+    subject: SubjectId,
+    record: &weft_consent::ConsentRecord,
+) -> Result<()> {
+    for p in &record.provisions {
+        txn.put(
+            Tree::Meta,
+            &consent_grantee_key(&p.grantee, Some(subject)),
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+/// Schedules the ends of a stored consent's provisions for the expiry sweep. An end the sweep
+/// has already passed (a consent that arrives expired) is scheduled for its next run.
+fn index_consent_ends(
+    txn: &dyn Txn,
+    subject: SubjectId,
+    record: &weft_consent::ConsentRecord,
+) -> Result<()> {
     let swept = read_u64(txn, KEY_CONSENTS_SWEPT)?;
     for p in &record.provisions {
         if let Some(until) = p.valid_until {
             let end = u64::try_from(until.as_millis()).unwrap_or(0).max(swept + 1);
-            txn.put(Tree::Meta, &consent_end_key(end, Some(e.subject)), &[])?;
+            txn.put(Tree::Meta, &consent_end_key(end, Some(subject)), &[])?;
         }
     }
     Ok(())
@@ -614,7 +685,31 @@ impl Store {
         store.index_subjects()?;
         store.log_existing_consents()?;
         store.index_existing_consent_ends()?;
+        store.index_existing_consent_ids_and_grantees()?;
         Ok(store)
+    }
+
+    /// Indexes the ids and the grantees of the consents of a store written before those
+    /// indexes existed, once.
+    fn index_existing_consent_ids_and_grantees(&self) -> Result<()> {
+        self.migrate_once(
+            KEY_CONSENT_IDS_GRANTEES_INDEXED,
+            Tree::Consents,
+            |page| {
+                page.into_iter()
+                    .map(|(k, v)| parse_consent_key(&k, v))
+                    .collect::<Result<Vec<_>>>()
+            },
+            |txn, entries| {
+                entries.iter().try_for_each(|e| {
+                    index_consent_id(txn, e)?;
+                    match unverified_consent(e) {
+                        Some(record) => index_consent_grantees(txn, e.subject, &record),
+                        None => Ok(()),
+                    }
+                })
+            },
+        )
     }
 
     /// Schedules the ends of the consents of a store written before the schedule existed,
@@ -628,7 +723,14 @@ impl Store {
                     .map(|(k, v)| parse_consent_key(&k, v))
                     .collect::<Result<Vec<_>>>()
             },
-            |txn, entries| entries.iter().try_for_each(|e| index_consent_ends(txn, e)),
+            |txn, entries| {
+                entries
+                    .iter()
+                    .try_for_each(|e| match unverified_consent(e) {
+                        Some(record) => index_consent_ends(txn, e.subject, &record),
+                        None => Ok(()),
+                    })
+            },
         )
     }
 
@@ -744,6 +846,54 @@ impl Store {
             }
         }
         Ok((subjects.into_iter().collect(), last))
+    }
+
+    /// Like [`Store::consent_changes_since`], but only the subjects a stored consent record
+    /// names `agency` a grantee of (a superset of those it may hold anything of). From the
+    /// start of the log this reads the grantee index, not the log: O(children named), not
+    /// O(children).
+    pub fn consent_changes_naming(
+        &self,
+        agency: &AgencyId,
+        after: u64,
+    ) -> Result<(Vec<SubjectId>, u64)> {
+        if after > 0 {
+            let (subjects, position) = self.consent_changes_since(after)?;
+            let mut named = Vec::new();
+            for s in subjects {
+                if self.names(agency, s)? {
+                    named.push(s);
+                }
+            }
+            return Ok((named, position));
+        }
+        // The position first: a record committed after it is in a later change either way.
+        let position = decode_u64(self.backend.get(Tree::Meta, KEY_CONSENT_SEQ)?);
+        let prefix = consent_grantee_key(agency, None);
+        let mut subjects = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .backend
+                .scan(Tree::Meta, &prefix, cursor.as_deref(), 10_000)?;
+            let Some((k, _)) = page.last() else { break };
+            cursor = Some(k.clone());
+            for (k, _) in &page {
+                let id = uuid::Uuid::from_slice(&k[prefix.len()..])
+                    .map_err(|_| Error::Storage("malformed consent grantee key".into()))?;
+                subjects.push(SubjectId(id));
+            }
+        }
+        Ok((subjects, position))
+    }
+
+    /// Whether a stored consent record names `agency` a grantee of `subject` (unverified:
+    /// `false` means no consent of the child can let `agency` hold anything of it).
+    pub fn names(&self, agency: &AgencyId, subject: SubjectId) -> Result<bool> {
+        Ok(self
+            .backend
+            .get(Tree::Meta, &consent_grantee_key(agency, Some(subject)))?
+            .is_some())
     }
 
     /// Builds the subject index of a store written before it existed (or restored from such
@@ -1014,6 +1164,21 @@ impl Store {
             .collect()
     }
 
+    /// The consent (not a revocation) with this id, if stored.
+    pub fn consent_by_id(&self, id: &str) -> Result<Option<ConsentEntry>> {
+        let Some(subject) = self.backend.get(Tree::Meta, &consent_id_key(id))? else {
+            return Ok(None);
+        };
+        let subject = uuid::Uuid::from_slice(&subject)
+            .map(SubjectId)
+            .map_err(|_| Error::Storage("malformed consent id index entry".into()))?;
+        let key = consent_key(subject, ConsentKind::Consent, id);
+        self.backend
+            .get(Tree::Consents, &key)?
+            .map(|v| parse_consent_key(&key, v))
+            .transpose()
+    }
+
     /// Every user.
     pub fn users(&self) -> Result<Vec<UserRecord>> {
         self.backend
@@ -1197,7 +1362,7 @@ fn commit_job(batch: CommitBatch) -> (WriteFn, impl FnOnce(&Store) -> Result<Com
                 return Err(Error::AlreadyExists(format!("consent entry `{}`", e.id)));
             }
             txn.put(Tree::Consents, &key, &e.bytes)?;
-            index_consent_ends(txn, e)?;
+            index_consent(txn, e)?;
         }
         log_consent_changes(txn, batch.consent_entries.iter().map(|e| e.subject))?;
         let mut seq = read_u64(txn, KEY_FEED_SEQ)?;
@@ -1457,6 +1622,28 @@ impl StoreHandle {
     /// See [`Store::consent_changes_since`].
     pub async fn consent_changes_since(&self, after: u64) -> Result<(Vec<SubjectId>, u64)> {
         self.run(move |s| s.consent_changes_since(after)).await
+    }
+
+    /// See [`Store::consent_by_id`].
+    pub async fn consent_by_id(&self, id: &str) -> Result<Option<ConsentEntry>> {
+        let id = id.to_string();
+        self.run(move |s| s.consent_by_id(&id)).await
+    }
+
+    /// See [`Store::consent_changes_naming`].
+    pub async fn consent_changes_naming(
+        &self,
+        agency: &AgencyId,
+        after: u64,
+    ) -> Result<(Vec<SubjectId>, u64)> {
+        let agency = agency.clone();
+        self.run(move |s| s.consent_changes_naming(&agency, after))
+            .await
+    }
+
+    /// See [`Store::names`] (a point read, made in place).
+    pub fn names(&self, agency: &AgencyId, subject: SubjectId) -> Result<bool> {
+        self.read_now(|s| s.names(agency, subject))
     }
 
     /// See [`Store::plans_of_subject`].

@@ -312,6 +312,12 @@ impl Writer {
         lock_queue(&self.queue)
     }
 
+    /// Whether a writer leads (a leader may still be settling after its last answer).
+    #[cfg(test)]
+    pub(super) fn is_leading(&self) -> bool {
+        self.queue().leading
+    }
+
     /// Holds the writer lock: no transaction lands until the guard drops (purges, backups).
     pub(super) fn pause(&self) -> Result<MutexGuard<'_, ()>> {
         self.lock.lock().map_err(poisoned)
