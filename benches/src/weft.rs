@@ -495,7 +495,10 @@ pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result
 pub struct Filtering {
     pub docs: u64,
     pub delivered: u64,
+    /// The median round's.
     pub seconds: f64,
+    /// Each round's delivery time.
+    pub rounds: Vec<f64>,
     pub docs_per_s: f64,
     /// Sections held by a peer beyond what its consents allow (must be 0).
     pub excess: i64,
@@ -504,148 +507,215 @@ pub struct Filtering {
     pub revocations: Vec<f64>,
 }
 
-/// Scenario 7: the school lists `listed` peer agencies (the first `running` of them run as
-/// real nodes); each of `plans` numbered plans is consented to `pick` (min, max) of them.
-/// With `only_delivered`, the school holds only the plans that go to a running peer, with
-/// only their consents to running peers: the same deliveries without the rest to filter
-/// out. Measures delivery to the running peers, checks each holds exactly what its consents
-/// allow, then times `revocations` revocations until the first peer purged.
-pub async fn filtering(
-    work: &Path,
-    plans: u64,
-    listed: usize,
-    running: usize,
-    pick: (usize, usize),
-    only_delivered: bool,
-    revocations: usize,
-) -> anyhow::Result<Filtering> {
-    let agencies: Vec<String> = (0..listed).map(|i| format!("agency{i:02}.test")).collect();
-    let mut ids: Vec<&str> = vec![SCHOOL];
-    ids.extend(agencies[..running].iter().map(String::as_str));
-    let mut fed = Federation::new(work, &ids, &agencies[running..], true).await?;
-    let plans_s = plans.to_string();
-    let pick_s = format!("{}-{}", pick.0, pick.1);
-    let config = fed.agencies[0].config.clone();
-    let mut args = vec![
-        "seed",
-        "--config",
-        config.to_str().context("utf-8")?,
-        "--plans",
-        &plans_s,
-        "--consent-pick",
-        &pick_s,
-    ];
-    for g in &agencies {
-        args.push("--consent-to");
-        args.push(g);
+/// Copies directory `from` (files and subdirectories) to a new `to`.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), &target)?;
+        }
     }
-    if only_delivered {
-        for g in &agencies[..running] {
-            args.push("--only-for");
+    Ok(())
+}
+
+/// Scenario 7's federation: the school lists `listed` peer agencies (the first `running` of
+/// them run as real nodes); each of `plans` numbered plans is consented to `pick` (min,
+/// max) of them. With `only_delivered`, the school holds only the plans that go to a
+/// running peer, with only their consents to running peers: the same deliveries without
+/// the rest to filter out. Each [`Filtered::round`] delivers from the stores as seeded.
+pub struct Filtered {
+    fed: Federation,
+    running: usize,
+    /// Sections each running peer may hold.
+    expected: Vec<u64>,
+    /// Sections stored at the school.
+    docs: u64,
+    rounds: Vec<f64>,
+}
+
+impl Filtered {
+    /// Writes the configs, seeds the school and keeps a copy of every store as seeded.
+    pub async fn new(
+        work: &Path,
+        plans: u64,
+        listed: usize,
+        running: usize,
+        pick: (usize, usize),
+        only_delivered: bool,
+    ) -> anyhow::Result<Self> {
+        let agencies: Vec<String> = (0..listed).map(|i| format!("agency{i:02}.test")).collect();
+        let mut ids: Vec<&str> = vec![SCHOOL];
+        ids.extend(agencies[..running].iter().map(String::as_str));
+        let fed = Federation::new(work, &ids, &agencies[running..], false).await?;
+        let plans_s = plans.to_string();
+        let pick_s = format!("{}-{}", pick.0, pick.1);
+        let config = fed.agencies[0].config.clone();
+        let mut args = vec![
+            "seed",
+            "--config",
+            config.to_str().context("utf-8")?,
+            "--plans",
+            &plans_s,
+            "--consent-pick",
+            &pick_s,
+        ];
+        for g in &agencies {
+            args.push("--consent-to");
             args.push(g);
         }
-    }
-    let (stored, _) = crate::cluster::seeded(&crate::cluster::weft(&args)?)?;
-    // What each running peer may hold: four sections per plan consented to it (the same
-    // with and without `only_delivered`).
-    let consents = weft_node::seed::SeedConsents {
-        grantees: agencies
-            .iter()
-            .map(|a| weft_node::model::AgencyId::parse(a))
-            .collect::<Result<_, _>>()?,
-        access: "read".into(),
-        until: "2099-12-31".into(),
-        pick: Some(pick),
-        only_for: vec![],
-    };
-    let mut expected = vec![0u64; running];
-    for i in 0..plans {
-        for a in consents.for_plan(i) {
-            if let Some(n) = consents.grantees[..running].iter().position(|r| r == a) {
-                expected[n] += 4;
+        if only_delivered {
+            for g in &agencies[..running] {
+                args.push("--only-for");
+                args.push(g);
             }
         }
-    }
-    fed.agencies[0].start().await?;
-    let t0 = Instant::now();
-    for a in 1..=running {
-        fed.agencies[a].start().await?;
-    }
-    let mut last = t0;
-    for (a, want) in expected.iter().enumerate() {
-        let want = *want;
-        last = last.max(
-            fed.agencies[a + 1]
-                .wait_until("its consented sections", Duration::from_secs(3600), |p| {
-                    value(p, "weft_feed_sequence") as u64 >= want
-                })
-                .await?,
-        );
-    }
-    let seconds = last.duration_since(t0).as_secs_f64();
-    // Settle, then compare what each holds with what it may hold.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (mut excess, mut missing) = (0i64, 0i64);
-    for (a, want) in expected.iter().enumerate() {
-        let held = value(&fed.agencies[a + 1].metrics().await?, "weft_feed_sequence") as i64;
-        excess += (held - *want as i64).max(0);
-        missing += (*want as i64 - held).max(0);
-    }
-    let delivered: u64 = expected.iter().sum();
-    // Revocations: consents to the first running peer, one at a time.
-    let mut times = Vec::new();
-    if revocations > 0 {
-        let school = &fed.agencies[0];
-        let peer = &fed.agencies[1];
-        let mut consents =
-            pb::consent_service_client::ConsentServiceClient::new(school.channel().await?);
-        let plan_list = plan_ids(school, plans as usize).await?;
-        let mut done = 0;
-        for plan in plan_list {
-            if done >= revocations {
-                break;
+        let (docs, _) = crate::cluster::seeded(&crate::cluster::weft(&args)?)?;
+        // What each running peer may hold: four sections per plan consented to it (the
+        // same with and without `only_delivered`).
+        let consents = weft_node::seed::SeedConsents {
+            grantees: agencies
+                .iter()
+                .map(|a| weft_node::model::AgencyId::parse(a))
+                .collect::<Result<_, _>>()?,
+            access: "read".into(),
+            until: "2099-12-31".into(),
+            pick: Some(pick),
+            only_for: vec![],
+        };
+        let mut expected = vec![0u64; running];
+        for i in 0..plans {
+            for a in consents.for_plan(i) {
+                if let Some(n) = consents.grantees[..running].iter().position(|r| r == a) {
+                    expected[n] += 4;
+                }
             }
-            let list = consents
-                .list(pb::ListConsentsRequest {
-                    plan_id: plan.clone(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            let Some(c) = list.consents.into_iter().find(|c| {
-                c.state == "active" && c.provisions.iter().any(|p| p.grantee_agency == peer.id)
-            }) else {
-                continue;
-            };
-            let series = format!("weft_purges_total{{peer=\"{SCHOOL}\"}}");
-            let purges = value(&peer.metrics().await?, &series);
-            let t = Instant::now();
-            consents
-                .revoke(pb::RevokeRequest {
-                    consent_id: c.consent_id,
-                    reason: "benchmark".into(),
-                })
-                .await?;
-            let at = peer
-                .wait_until("the purge", Duration::from_secs(30), |p| {
-                    value(p, &series) > purges
-                })
-                .await?;
-            times.push(at.duration_since(t).as_secs_f64() * 1e3);
-            done += 1;
         }
+        for a in &fed.agencies[..=running] {
+            copy_dir(&a.data, &a.data.with_extension("seeded"))?;
+        }
+        Ok(Self {
+            fed,
+            running,
+            expected,
+            docs,
+            rounds: Vec::new(),
+        })
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    for a in &mut fed.agencies {
-        a.stop()?;
+
+    /// Starts every node from the stores as seeded and times the delivery of every
+    /// consented section. The nodes stop after it unless `keep_up` (for
+    /// [`Filtered::finish`]).
+    pub async fn round(&mut self, keep_up: bool) -> anyhow::Result<f64> {
+        let running = self.running;
+        if !self.rounds.is_empty() {
+            for a in &self.fed.agencies[..=running] {
+                std::fs::remove_dir_all(&a.data)?;
+                copy_dir(&a.data.with_extension("seeded"), &a.data)?;
+            }
+        }
+        self.fed.agencies[0].start().await?;
+        let t0 = Instant::now();
+        for a in 1..=running {
+            self.fed.agencies[a].start().await?;
+        }
+        let mut last = t0;
+        for (a, want) in self.expected.iter().enumerate() {
+            let want = *want;
+            last = last.max(
+                self.fed.agencies[a + 1]
+                    .wait_until("its consented sections", Duration::from_secs(3600), |p| {
+                        value(p, "weft_feed_sequence") as u64 >= want
+                    })
+                    .await?,
+            );
+        }
+        let seconds = last.duration_since(t0).as_secs_f64();
+        self.rounds.push(seconds);
+        if !keep_up {
+            for a in &mut self.fed.agencies[..=running] {
+                a.stop()?;
+            }
+        }
+        Ok(seconds)
     }
-    Ok(Filtering {
-        docs: stored,
-        delivered,
-        seconds,
-        docs_per_s: delivered as f64 / seconds,
-        excess,
-        missing,
-        revocations: times,
-    })
+
+    /// Right after the last round (kept up): checks each running peer holds exactly what
+    /// its consents allow, times `revocations` revocations until the first peer purged, stops the nodes.
+    pub async fn finish(mut self, revocations: usize) -> anyhow::Result<Filtering> {
+        let fed = &mut self.fed;
+        // Settle, then compare what each holds with what it may hold.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (mut excess, mut missing) = (0i64, 0i64);
+        for (a, want) in self.expected.iter().enumerate() {
+            let held = value(&fed.agencies[a + 1].metrics().await?, "weft_feed_sequence") as i64;
+            excess += (held - *want as i64).max(0);
+            missing += (*want as i64 - held).max(0);
+        }
+        let delivered: u64 = self.expected.iter().sum();
+        // Revocations: consents to the first running peer, one at a time.
+        let mut times = Vec::new();
+        if revocations > 0 {
+            let school = &fed.agencies[0];
+            let peer = &fed.agencies[1];
+            let mut consents =
+                pb::consent_service_client::ConsentServiceClient::new(school.channel().await?);
+            let plan_list = plan_ids(school, (self.docs / 4) as usize).await?;
+            let mut done = 0;
+            for plan in plan_list {
+                if done >= revocations {
+                    break;
+                }
+                let list = consents
+                    .list(pb::ListConsentsRequest {
+                        plan_id: plan.clone(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                let Some(c) = list.consents.into_iter().find(|c| {
+                    c.state == "active" && c.provisions.iter().any(|p| p.grantee_agency == peer.id)
+                }) else {
+                    continue;
+                };
+                let series = format!("weft_purges_total{{peer=\"{SCHOOL}\"}}");
+                let purges = value(&peer.metrics().await?, &series);
+                let t = Instant::now();
+                consents
+                    .revoke(pb::RevokeRequest {
+                        consent_id: c.consent_id,
+                        reason: "benchmark".into(),
+                    })
+                    .await?;
+                let at = peer
+                    .wait_until("the purge", Duration::from_secs(30), |p| {
+                        value(p, &series) > purges
+                    })
+                    .await?;
+                times.push(at.duration_since(t).as_secs_f64() * 1e3);
+                done += 1;
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        for a in &mut fed.agencies {
+            a.stop()?;
+        }
+        // The median round: one stall of the host moves one round, not the figure.
+        let mut sorted = self.rounds.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let seconds = sorted[sorted.len() / 2];
+        Ok(Filtering {
+            docs: self.docs,
+            delivered,
+            seconds,
+            rounds: self.rounds,
+            docs_per_s: delivered as f64 / seconds,
+            excess,
+            missing,
+            revocations: times,
+        })
+    }
 }

@@ -667,6 +667,13 @@ async fn a_later_edit_flows_after_a_backlog_larger_than_a_feed_page() -> anyhow:
         seeded.sections, 320,
         "more sections than one feed page (256)"
     );
+    // The clinic has nothing from the school yet: its session may start at the feed's
+    // head, the backlog sending it every section whole.
+    let service = cluster.node("school.test").node().service();
+    assert_eq!(
+        service.head_for_new(&AgencyIdExt::clinic()).await?,
+        Some(service.feed_head().await?)
+    );
     cluster.node_mut("clinic.test").restart().await?;
     let school = cluster.node("school.test");
     let clinic = cluster.node("clinic.test");
@@ -716,6 +723,15 @@ async fn a_later_edit_flows_after_a_backlog_larger_than_a_feed_page() -> anyhow:
         Ok((profile["preferred_name"] == "after the backlog").then_some(()))
     })
     .await?;
+    // Once it holds something, a session pages the feed from where it acknowledged.
+    assert_eq!(
+        school
+            .node()
+            .service()
+            .head_for_new(&AgencyIdExt::clinic())
+            .await?,
+        None
+    );
     Ok(())
 }
 

@@ -786,6 +786,9 @@ async fn pump(
     // The feed sequence of what this session sent per section.
     let mut sent_seq: std::collections::HashMap<SectionKey, u64> = Default::default();
     let mut consent_pos = svc.consent_position(&peer).await?;
+    // A new peer's cursor moves to the feed's head once the first round's backlog is
+    // taken (see `NodeService::head_for_new`): it need not page through the whole feed.
+    let mut new_head = svc.head_for_new(&peer).await?;
     // Per plan, whether a consent record of its child names who a send needs named (see
     // `NodeService::may_send_plan`). For most plans and most peers none does, and their
     // feed entries are dropped here without a frame. Forgotten whenever consents change
@@ -839,6 +842,9 @@ async fn pump(
                 consent_pos = position;
             }
             consents_at = Some(generation);
+            if let Some(head) = new_head.take() {
+                cursor = cursor.max(head);
+            }
         }
         for (key, frame) in svc.pending_receipts(&peer).await? {
             if sent_receipts.insert(key.clone()) {

@@ -357,8 +357,12 @@ impl PurgeReceipt {
     }
 }
 
+fn heads_prefix(peer: &AgencyId) -> Vec<u8> {
+    format!("heads/{peer}/").into_bytes()
+}
+
 fn heads_key(peer: &AgencyId, key: &SectionKey) -> Vec<u8> {
-    let mut k = format!("heads/{peer}/").into_bytes();
+    let mut k = heads_prefix(peer);
     k.extend_from_slice(&section_key_bytes(key));
     k
 }
@@ -485,6 +489,21 @@ impl NodeService {
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0))
+    }
+
+    /// The feed's head, when `peer` has nothing from this node and this node nothing from
+    /// it: no acknowledged cursor or consent position, no heads noted either way. A session
+    /// with such a peer sends every section it may hold whole, from its first round's
+    /// backlog (every child its consents name), so the feed up to this head tells it nothing
+    /// more. Read before that backlog.
+    pub async fn head_for_new(&self, peer: &AgencyId) -> Result<Option<u64>> {
+        let new = self.cursor(peer).await? == 0
+            && self.consent_position(peer).await? == 0
+            && !self.store.replication_any(&heads_prefix(peer))?;
+        Ok(match new {
+            true => Some(self.feed_head().await?),
+            false => None,
+        })
     }
 
     /// Feed entries after `after`.

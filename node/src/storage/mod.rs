@@ -1057,6 +1057,14 @@ impl Store {
             .scan(Tree::Replication, prefix, None, usize::MAX)
     }
 
+    /// Whether any replication key starts with `prefix`.
+    pub fn replication_any(&self, prefix: &[u8]) -> Result<bool> {
+        Ok(!self
+            .backend
+            .scan(Tree::Replication, prefix, None, 1)?
+            .is_empty())
+    }
+
     /// The plans of a subject (at every home this node knows), through the subject index.
     pub fn plans_of_subject(&self, subject: SubjectId) -> Result<Vec<PlanRecord>> {
         let mut out = Vec::new();
@@ -1830,6 +1838,11 @@ impl StoreHandle {
     /// Replication keys with a prefix.
     pub async fn replication_scan(&self, prefix: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.read_now(move |s| s.replication_scan(&prefix))
+    }
+
+    /// See [`Store::replication_any`].
+    pub fn replication_any(&self, prefix: &[u8]) -> Result<bool> {
+        self.read_now(|s| s.replication_any(prefix))
     }
 
     /// Writes replication keys.
