@@ -869,17 +869,7 @@ async fn pump(
                 .cloned()
                 .collect::<Vec<_>>(),
         );
-        let mut pages = 0u32;
         loop {
-            // Consents changed since this round began: take the next round (their records,
-            // and what they let the peer have) before the next page, so a revocation does
-            // not wait behind a long feed. One page a round at least, so the feed moves
-            // however often consents change.
-            if keys.is_empty() && pages > 0 && consents_at != Some(svc.consent_generation()) {
-                consents_at = None;
-                break;
-            }
-            pages += 1;
             let page = if keys.is_empty() {
                 svc.feed_page(cursor, 256).await?
             } else {
