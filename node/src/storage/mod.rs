@@ -692,45 +692,44 @@ impl Store {
     /// Indexes the ids and the grantees of the consents of a store written before those
     /// indexes existed, once.
     fn index_existing_consent_ids_and_grantees(&self) -> Result<()> {
-        self.migrate_once(
-            KEY_CONSENT_IDS_GRANTEES_INDEXED,
-            Tree::Consents,
-            |page| {
-                page.into_iter()
-                    .map(|(k, v)| parse_consent_key(&k, v))
-                    .collect::<Result<Vec<_>>>()
-            },
-            |txn, entries| {
-                entries.iter().try_for_each(|e| {
-                    index_consent_id(txn, e)?;
-                    match unverified_consent(e) {
-                        Some(record) => index_consent_grantees(txn, e.subject, &record),
-                        None => Ok(()),
-                    }
-                })
-            },
-        )
+        self.migrate_consents(KEY_CONSENT_IDS_GRANTEES_INDEXED, |txn, e| {
+            index_consent_id(txn, e)?;
+            match unverified_consent(e) {
+                Some(record) => index_consent_grantees(txn, e.subject, &record),
+                None => Ok(()),
+            }
+        })
     }
 
     /// Schedules the ends of the consents of a store written before the schedule existed,
     /// once.
     fn index_existing_consent_ends(&self) -> Result<()> {
-        self.migrate_once(
+        self.migrate_consents(
             KEY_CONSENT_ENDS_INDEXED,
+            |txn, e| match unverified_consent(e) {
+                Some(record) => index_consent_ends(txn, e.subject, &record),
+                None => Ok(()),
+            },
+        )
+    }
+
+    /// [`Store::migrate_once`] over the stored consent entries, `index` for each.
+    fn migrate_consents(
+        &self,
+        flag: &'static [u8],
+        index: fn(&dyn Txn, &ConsentEntry) -> Result<()>,
+    ) -> Result<()> {
+        self.migrate_once(
+            flag,
             Tree::Consents,
-            |page| {
-                page.into_iter()
+            move |page| {
+                let entries = page
+                    .into_iter()
                     .map(|(k, v)| parse_consent_key(&k, v))
-                    .collect::<Result<Vec<_>>>()
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((entries, index))
             },
-            |txn, entries| {
-                entries
-                    .iter()
-                    .try_for_each(|e| match unverified_consent(e) {
-                        Some(record) => index_consent_ends(txn, e.subject, &record),
-                        None => Ok(()),
-                    })
-            },
+            |txn, (entries, index)| entries.iter().try_for_each(|e| index(txn, e)),
         )
     }
 
