@@ -331,12 +331,7 @@ async fn watchers_see_changes_as_they_happen() -> anyhow::Result<()> {
             fields: vec![field("profile", "grade", "2")],
         })
         .await?;
-    let unix_us = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as i64
-    };
+    let unix_us = || weft_node::api::convert::unix_us(std::time::SystemTime::now());
     let before = unix_us();
     let answer = plans
         .set_fields(pb::SetFieldsRequest {

@@ -893,14 +893,17 @@ async fn pump(
                 {
                     continue;
                 }
-                if named.len() >= NAMED_KEPT {
-                    named.clear();
-                }
                 let may = match named.get(&e.key.plan) {
                     Some(may) => *may,
-                    // Unknown (a read failed): the frame decides, and retries on error.
                     None => match svc.may_send_plan(&peer, e.key.plan).await {
-                        Ok(may) => *named.entry(e.key.plan).or_insert(may),
+                        Ok(may) => {
+                            if named.len() >= NAMED_KEPT {
+                                named.clear();
+                            }
+                            named.insert(e.key.plan, may);
+                            may
+                        }
+                        // Unknown (a read failed): the frame decides, and retries on error.
                         Err(_) => true,
                     },
                 };

@@ -722,14 +722,12 @@ impl Store {
         self.migrate_once(
             flag,
             Tree::Consents,
-            move |page| {
-                let entries = page
-                    .into_iter()
+            |page| {
+                page.into_iter()
                     .map(|(k, v)| parse_consent_key(&k, v))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok((entries, index))
+                    .collect::<Result<Vec<_>>>()
             },
-            |txn, (entries, index)| entries.iter().try_for_each(|e| index(txn, e)),
+            move |txn, entries| entries.iter().try_for_each(|e| index(txn, e)),
         )
     }
 
@@ -740,7 +738,7 @@ impl Store {
         flag: &'static [u8],
         tree: Tree,
         parse: impl Fn(Vec<(Vec<u8>, Vec<u8>)>) -> Result<T>,
-        apply: fn(&dyn Txn, &T) -> Result<()>,
+        apply: impl Fn(&dyn Txn, &T) -> Result<()> + Copy + Send + Sync + 'static,
     ) -> Result<()> {
         if self.backend.get(Tree::Meta, flag)?.is_some() {
             return Ok(());
