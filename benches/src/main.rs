@@ -354,6 +354,39 @@ async fn main() -> anyhow::Result<()> {
             )
             .note("1 - filtered rate / rate with nothing to filter out"),
         );
+        figures.push(
+            Figure::new(
+                s,
+                "filtering cost, % of CPU time",
+                opt(100.0 * (filtered.cpu_seconds / alone.cpu_seconds - 1.0)),
+                None,
+                "<= 5",
+            )
+            .note(format!(
+                "the nodes' CPU time for the same deliveries, median round: {:.1} s (rounds {}) against {:.1} s (rounds {})",
+                filtered.cpu_seconds,
+                seconds(&filtered.cpu),
+                alone.cpu_seconds,
+                seconds(&alone.cpu)
+            )),
+        );
+        // Its peers' work is the same in both runs: what filtering costs the sender alone,
+        // the bound on a school whose peers run elsewhere.
+        let school = |f: &weft::Filtering| report::median(&f.school_cpu).unwrap_or(f64::NAN);
+        figures.push(
+            Figure::new(
+                s,
+                "the school's CPU time, % above nothing to filter out",
+                opt(100.0 * (school(&filtered) / school(&alone) - 1.0)),
+                None,
+                "",
+            )
+            .note(format!(
+                "the sender's own cost, the bound on one whose peers run elsewhere: rounds {} against {}",
+                seconds(&filtered.school_cpu),
+                seconds(&alone.school_cpu)
+            )),
+        );
         let r = &filtered.revocations;
         figures.push(
             Figure::new(

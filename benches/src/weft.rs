@@ -499,6 +499,13 @@ pub struct Filtering {
     pub seconds: f64,
     /// Each round's delivery time.
     pub rounds: Vec<f64>,
+    /// The CPU time of the median-CPU round: the school's and the running peers', from their
+    /// start until the last delivery.
+    pub cpu_seconds: f64,
+    /// Each round's.
+    pub cpu: Vec<f64>,
+    /// The school's CPU time in each round: the sender's share of [`Filtering::cpu`].
+    pub school_cpu: Vec<f64>,
     pub docs_per_s: f64,
     /// Sections held by a peer beyond what its consents allow (must be 0).
     pub excess: i64,
@@ -535,6 +542,8 @@ pub struct Filtered {
     /// Sections stored at the school.
     docs: u64,
     rounds: Vec<f64>,
+    cpu: Vec<f64>,
+    school_cpu: Vec<f64>,
 }
 
 impl Filtered {
@@ -603,6 +612,8 @@ impl Filtered {
             expected,
             docs,
             rounds: Vec::new(),
+            cpu: Vec::new(),
+            school_cpu: Vec::new(),
         })
     }
 
@@ -635,6 +646,15 @@ impl Filtered {
         }
         let seconds = last.duration_since(t0).as_secs_f64();
         self.rounds.push(seconds);
+        // The nodes' CPU time: far less moved by the host's slow spells than the wall clock,
+        // so the steadier measure of what filtering costs on a federation that uses every core.
+        let mut cpu = Vec::new();
+        for a in &self.fed.agencies[..=running] {
+            let pid = a.pid().context("a node of the round is not running")?;
+            cpu.push(crate::report::cpu_seconds(pid).context("no CPU time for a node")?);
+        }
+        self.cpu.push(cpu.iter().sum());
+        self.school_cpu.push(cpu[0]);
         if !keep_up {
             for a in &mut self.fed.agencies[..=running] {
                 a.stop()?;
@@ -704,14 +724,16 @@ impl Filtered {
             a.stop()?;
         }
         // The median round: one stall of the host moves one round, not the figure.
-        let mut sorted = self.rounds.clone();
-        sorted.sort_by(|a, b| a.total_cmp(b));
-        let seconds = sorted[sorted.len() / 2];
+        let median = |v: &[f64]| crate::report::median(v).unwrap_or(f64::NAN);
+        let seconds = median(&self.rounds);
         Ok(Filtering {
             docs: self.docs,
             delivered,
             seconds,
             rounds: self.rounds,
+            cpu_seconds: median(&self.cpu),
+            cpu: self.cpu,
+            school_cpu: self.school_cpu,
             docs_per_s: delivered as f64 / seconds,
             excess,
             missing,
