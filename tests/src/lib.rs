@@ -851,9 +851,19 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf
 ///
 /// Naming `weft-bench` too gives the build the bench's feature set, so the test run and the
 /// benchmark share one build of the node and its dependencies instead of two.
+///
+/// `WEFT_BIN`, when set, names the binary to run instead (nothing is built): to compare two
+/// builds of the node under one harness.
 pub fn weft_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("WEFT_BIN") {
+            let bin = PathBuf::from(bin);
+            return match bin.is_file() {
+                true => Ok(bin),
+                false => Err(format!("WEFT_BIN: no binary at {}", bin.display())),
+            };
+        }
         // Test binaries live in target/<profile>/deps/, other binaries (weft-bench) in
         // target/<profile>/.
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
