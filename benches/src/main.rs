@@ -27,7 +27,8 @@ struct Args {
     /// full run.
     #[arg(long)]
     quick: bool,
-    /// Sections at the school in scenarios 1-2 (default 100,000; 1,000 with --quick).
+    /// Sections at the school in scenarios 1, 2, 4 and 5 (default 100,000; 1,000 with
+    /// --quick). Scenario 3 holds 20,000 (1,000 with --quick), scenario 7 80,000 (400).
     #[arg(long)]
     docs: Option<u64>,
     /// Run only these scenarios (numbers 1-7, comma separated).

@@ -1,5 +1,5 @@
 //! A Weft node: one agency's store of children's success plans, its client API, its audit
-//! log, and (in later steps) consent-scoped replication with peer agencies.
+//! log, and its consent-scoped replication with peer agencies.
 //!
 //! The server is a library; `main.rs` is a thin CLI over it. See ARCHITECTURE.md for the map.
 //!

@@ -23,7 +23,7 @@ use crate::config::{PeerConfig, TlsFiles};
 use crate::error::{Error, Result};
 use crate::model::{AgencyId, PlanId, PlanRecord, SectionKey, SectionName, SubjectId, Timestamp};
 use crate::service::replica::{Frame, SectionChanges};
-use crate::service::NodeService;
+use crate::service::{insert_bounded, NodeService};
 
 /// Reads the agency id from a peer certificate: its one DNS subject alternative name other
 /// than `localhost`.
@@ -897,10 +897,7 @@ async fn pump(
                     Some(may) => *may,
                     None => match svc.may_send_plan(&peer, e.key.plan).await {
                         Ok(may) => {
-                            if named.len() >= NAMED_KEPT {
-                                named.clear();
-                            }
-                            named.insert(e.key.plan, may);
+                            insert_bounded(&mut named, e.key.plan, may, NAMED_KEPT);
                             may
                         }
                         // Unknown (a read failed): the frame decides, and retries on error.

@@ -27,6 +27,79 @@ use crate::storage::{ConsentEntry, ConsentKind};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// The verified consent sets of the children touched lately (a grant, a read, a section
+/// sent or received). Bounded, emptied when full ([`insert_bounded`]): every child's set
+/// stays readable from the store, so an emptied cache costs reloads, never an answer. Until
+/// this bound, a node that had touched every child held every child's set for good (a quarter
+/// of a million at a million sections); 65,536 children is 262,144 sections.
+pub(crate) struct ConsentCache {
+    sets: std::collections::HashMap<SubjectId, Arc<ConsentSet>>,
+    most: usize,
+    /// How many times it was emptied: a set read from the store before it was emptied may be
+    /// older than one a refresh put here meanwhile and lost with it.
+    emptied: u64,
+}
+
+/// The most children whose consent sets [`ConsentCache`] keeps.
+pub(crate) const CONSENTS_KEPT: usize = 1 << 16;
+
+impl ConsentCache {
+    pub(crate) fn new(most: usize) -> Self {
+        Self {
+            sets: Default::default(),
+            most,
+            emptied: 0,
+        }
+    }
+
+    fn get(&self, subject: SubjectId) -> Option<Arc<ConsentSet>> {
+        self.sets.get(&subject).cloned()
+    }
+
+    /// Keeps `set` as the subject's newest: the caller read it under `consent_refresh`.
+    fn put(&mut self, subject: SubjectId, set: Arc<ConsentSet>) {
+        if insert_bounded(&mut self.sets, subject, set, self.most) {
+            self.emptied += 1;
+        }
+    }
+
+    /// The set to use for `subject`, given `set`, read from the store without
+    /// `consent_refresh` when the cache had been emptied `emptied` times: a set a refresh put
+    /// here meanwhile is newer and wins; `set` is kept only if nothing newer can have been
+    /// put and emptied away since.
+    fn put_read(
+        &mut self,
+        subject: SubjectId,
+        set: Arc<ConsentSet>,
+        emptied: u64,
+    ) -> Arc<ConsentSet> {
+        if let Some(newer) = self.get(subject) {
+            return newer;
+        }
+        if self.emptied == emptied {
+            self.put(subject, set.clone());
+        }
+        set
+    }
+}
+
+/// Inserts `key`, first emptying `map` when it holds `most` entries and not `key`; true when
+/// it emptied it. The node's memos stay bounded without tracking use: what is dropped is read
+/// or worked out again when next needed.
+pub(crate) fn insert_bounded<K: std::hash::Hash + Eq, V>(
+    map: &mut std::collections::HashMap<K, V>,
+    key: K,
+    value: V,
+    most: usize,
+) -> bool {
+    let empty = map.len() >= most && !map.contains_key(&key);
+    if empty {
+        map.clear();
+    }
+    map.insert(key, value);
+    empty
+}
+
 /// Consent records and revocations whose signatures verified, by a hash of the signer's key
 /// and the envelope's bytes: a subject's set is verified again on every refresh (a grant,
 /// a consent or revocation from a peer, a cache miss), and an Ed25519 check costs far more
@@ -62,10 +135,7 @@ impl Verified {
         }
         let verified = verify()?;
         if let Ok(mut m) = memo.lock() {
-            if m.len() >= VERIFIED_KEPT {
-                m.clear();
-            }
-            m.insert(digest, verified.clone());
+            insert_bounded(&mut m, digest, verified.clone(), VERIFIED_KEPT);
         }
         Ok(verified)
     }
@@ -227,30 +297,27 @@ impl NodeService {
 
     /// Loads, verifies and caches the consents of a subject.
     pub(crate) async fn consents_for(&self, subject: SubjectId) -> Result<Arc<ConsentSet>> {
-        if let Some(set) = self
-            .consents
-            .read()
-            .ok()
-            .and_then(|c| c.get(&subject).cloned())
-        {
-            return Ok(set);
-        }
+        let emptied = match self.consents.read() {
+            Ok(cache) => match cache.get(subject) {
+                Some(set) => return Ok(set),
+                None => cache.emptied,
+            },
+            Err(_) => u64::MAX,
+        };
         let entries = self.store.consent_entries(Some(subject)).await?;
         let set = Arc::new(self.verified_set(&entries));
         // A miss never replaces a newer entry that a refresh put there meanwhile.
         Ok(match self.consents.write() {
-            Ok(mut cache) => cache.entry(subject).or_insert(set).clone(),
+            Ok(mut cache) => cache.put_read(subject, set, emptied),
             Err(_) => set,
         })
     }
 
-    /// The cached consents of a subject (empty if not loaded).
-    pub(crate) fn cached_consents(&self, subject: SubjectId) -> Arc<ConsentSet> {
-        self.consents
-            .read()
-            .ok()
-            .and_then(|c| c.get(&subject).cloned())
-            .unwrap_or_default()
+    /// Keeps a subject's set, read under `consent_refresh`.
+    pub(crate) fn cache_consents(&self, subject: SubjectId, set: Arc<ConsentSet>) {
+        if let Ok(mut cache) = self.consents.write() {
+            cache.put(subject, set);
+        }
     }
 
     pub(crate) fn verified_set(&self, entries: &[ConsentEntry]) -> ConsentSet {
@@ -316,9 +383,7 @@ impl NodeService {
         let _refresh = self.consent_refresh.lock().await;
         let entries = self.store.consent_entries(Some(subject)).await?;
         let set = Arc::new(self.verified_set(&entries));
-        if let Ok(mut cache) = self.consents.write() {
-            cache.insert(subject, set.clone());
-        }
+        self.cache_consents(subject, set.clone());
         Ok(set)
     }
 
@@ -900,5 +965,66 @@ mod tests {
             1,
             "failures are not kept"
         );
+    }
+
+    /// A set holding one consent of `subject`, told apart by its id.
+    fn set_of(subject: SubjectId, id: &str) -> Arc<ConsentSet> {
+        let entry = crate::storage::tests::consent_ending(subject, id, [10, 20]);
+        let key = SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let record = SignedConsent::from_bytes(&entry.bytes)
+            .unwrap()
+            .verify(&key)
+            .unwrap();
+        let mut set = ConsentSet::new();
+        set.add_consent(record);
+        Arc::new(set)
+    }
+
+    fn ids(set: &ConsentSet) -> Vec<String> {
+        set.consents().map(|c| c.id.to_string()).collect()
+    }
+
+    #[test]
+    fn the_consent_cache_stays_bounded_and_never_keeps_a_set_older_than_one_it_lost() {
+        let mut cache = ConsentCache::new(2);
+        let (a, b, c) = (
+            SubjectId::random(),
+            SubjectId::random(),
+            SubjectId::random(),
+        );
+        cache.put(a, set_of(a, "c-a"));
+        cache.put(b, set_of(b, "c-b"));
+        cache.put(b, set_of(b, "c-b2"));
+        assert_eq!(
+            cache.sets.len(),
+            2,
+            "a newer set replaces the subject's own"
+        );
+        assert_eq!(ids(&cache.get(b).unwrap()), ["c-b2"]);
+        cache.put(c, set_of(c, "c-c"));
+        assert_eq!(cache.sets.len(), 1, "full: emptied before the third child");
+        assert!(cache.get(a).is_none() && cache.get(c).is_some());
+
+        // A miss read `a` before a refresh put a newer set, which was then emptied away:
+        // the older read is used once but not kept.
+        let before = cache.emptied;
+        cache.put(a, set_of(a, "c-a-new"));
+        cache.put(b, set_of(b, "c-b3"));
+        assert_eq!(cache.emptied, before + 1);
+        assert!(cache.get(a).is_none());
+        let used = cache.put_read(a, set_of(a, "c-a-old"), before);
+        assert_eq!(ids(&used), ["c-a-old"]);
+        assert!(cache.get(a).is_none(), "the older read is not cached");
+
+        // A newer set put meanwhile wins over the read.
+        let now = cache.emptied;
+        cache.put(a, set_of(a, "c-a-newer"));
+        let used = cache.put_read(a, set_of(a, "c-a-old"), now);
+        assert_eq!(ids(&used), ["c-a-newer"]);
+        // Nothing happened meanwhile: the read is kept.
+        let now = cache.emptied;
+        let d = SubjectId::random();
+        cache.put_read(d, set_of(d, "c-d"), now);
+        assert_eq!(ids(&cache.get(d).unwrap()), ["c-d"]);
     }
 }

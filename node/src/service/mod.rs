@@ -15,7 +15,6 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use weft_consent::ed25519_dalek::SigningKey;
-use weft_consent::ConsentSet;
 
 use crate::audit::{AuditAction, AuditDraft, AuditEntry, Outcome};
 use crate::catalogue::{self, FieldSpec, FieldValue, GOALS, REFERRALS};
@@ -32,6 +31,7 @@ mod consent;
 mod events;
 pub mod family;
 pub mod replica;
+pub(crate) use consent::insert_bounded;
 pub use consent::{ConsentState, ConsentView, GrantInput};
 pub use events::KEPT_PER_PLAN;
 
@@ -183,7 +183,7 @@ pub struct NodeService {
     started: Instant,
     options: ServiceOptions,
     signing_key: SigningKey,
-    consents: RwLock<HashMap<SubjectId, Arc<ConsentSet>>>,
+    consents: RwLock<consent::ConsentCache>,
     /// Held from reading a subject's consent entries until their set is in `consents`, so
     /// two refreshes (consents received side by side, say) cannot finish out of order and
     /// leave the older set cached.
@@ -287,7 +287,7 @@ impl NodeService {
             started: Instant::now(),
             options,
             signing_key,
-            consents: RwLock::new(HashMap::new()),
+            consents: RwLock::new(consent::ConsentCache::new(consent::CONSENTS_KEPT)),
             consent_refresh: tokio::sync::Mutex::new(()),
             consent_generation: std::sync::atomic::AtomicU64::new(0),
             verified: Default::default(),
@@ -1130,7 +1130,9 @@ impl NodeService {
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
-                let consents = service.cached_consents(plan.subject);
+                // From the store if the cache let the set go (it is bounded); unreadable, the
+                // event is withheld.
+                let consents = service.consents_for(plan.subject).await.unwrap_or_default();
                 if gate::read(&caller, &plan, &ev.section, &consents, service.now()).is_ok() {
                     return Some((Ok(ev), Some((rx, service, caller, plan))));
                 }

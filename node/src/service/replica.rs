@@ -601,9 +601,7 @@ impl NodeService {
             // The gate reads the cache when these sections go out: make it as fresh as what
             // was just read, or a section could be refused before the grant's own refresh
             // lands and never be retried (the position has moved past it).
-            if let Ok(mut cache) = self.consents.write() {
-                cache.insert(subject, set.clone());
-            }
+            self.cache_consents(subject, set.clone());
             drop(refresh);
             let Some(plan) = self.plan_of_subject(subject, &self.agency).await? else {
                 continue;
