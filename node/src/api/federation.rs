@@ -775,7 +775,7 @@ async fn pump(
         async move { tx.send(to_pb(f)).await.map_err(|_| closed()) }
     };
     let mut changes = svc.subscribe_changes();
-    let mut sent_consents: HashSet<String> = HashSet::new();
+    // The consent generation this round's backlog and `named` were worked out under.
     let mut consents_at: Option<u64> = None;
     let mut cursors_sent = 0u64;
     let mut receipts_in_flight: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -786,6 +786,11 @@ async fn pump(
     // The feed sequence of what this session sent per section.
     let mut sent_seq: std::collections::HashMap<SectionKey, u64> = Default::default();
     let mut consent_pos = svc.consent_position(&peer).await?;
+    let mut records = RecordsSent {
+        ids: HashSet::new(),
+        pos: consent_pos,
+        at: None,
+    };
     // A new peer's cursor moves to the feed's head once the first round's backlog is
     // taken (see `NodeService::head_for_new`): it need not page through the whole feed.
     let mut new_head = svc.head_for_new(&peer).await?;
@@ -807,24 +812,6 @@ async fn pump(
             .map(|seq| seq.saturating_sub(1))
             .fold(cursor, u64::min)
     };
-    // Sends the consent records and revocations changed since `consent_pos` that the peer
-    // has not had in this session. Called before any section the gate allowed under
-    // consents newer than the last call, so the peer never sees a section before the
-    // consent that lets it hold it.
-    let flush_consents = |sent_consents: HashSet<String>, from: u64, backlog: bool| {
-        let (svc, peer) = (svc.clone(), peer.clone());
-        async move {
-            let up = svc.consent_catch_up(&peer, from, backlog).await?;
-            let mut fresh = Vec::new();
-            for (id, frame) in up.frames {
-                if !sent_consents.contains(&id) {
-                    send(frame).await?;
-                    fresh.push(id);
-                }
-            }
-            Ok::<_, Error>((fresh, up.backlog, up.position))
-        }
-    };
     loop {
         changes.borrow_and_update();
         let mut backlog = Vec::new();
@@ -832,9 +819,7 @@ async fn pump(
         let generation = svc.consent_generation();
         if consents_at != Some(generation) {
             named.clear();
-            let (fresh, keys, position) =
-                flush_consents(sent_consents.clone(), consent_pos, true).await?;
-            sent_consents.extend(fresh);
+            let (keys, position) = records.send(&svc, &peer, &tx, consent_pos, true).await?;
             backlog = keys;
             if position != consent_pos {
                 positions_in_flight.push((position, cursors_sent + 1));
@@ -948,13 +933,8 @@ async fn pump(
                     }
                 };
                 failed.remove(&key);
-                let generation = svc.consent_generation();
-                if consents_at != Some(generation) {
-                    // Only the records here; the next round takes the backlog and moves the
-                    // position.
-                    let (fresh, _, _) =
-                        flush_consents(sent_consents.clone(), consent_pos, false).await?;
-                    sent_consents.extend(fresh);
+                // The peer never sees a section before the consent that lets it hold it.
+                if records.send_new(&svc, &peer, &tx).await? {
                     consents_at = None;
                 }
                 if let Frame::Changes(c) = &frame {
@@ -968,6 +948,11 @@ async fn pump(
                     }
                 }
                 send(frame).await?;
+            }
+            // Between pages too: a revocation need not wait for a long feed in which
+            // nothing goes to this peer.
+            if records.send_new(&svc, &peer, &tx).await? {
+                consents_at = None;
             }
             if let Some(last) = last {
                 cursor = last;
@@ -1011,6 +996,59 @@ async fn pump(
                 }
             }
         }
+    }
+}
+
+/// The consent records and revocations a pump has sent its peer in this session.
+struct RecordsSent {
+    /// Their ids: each goes once.
+    ids: HashSet<String>,
+    /// The consent-log position up to which every record naming the peer has gone.
+    pos: u64,
+    /// The consent generation read before `pos` was.
+    at: Option<u64>,
+}
+
+impl RecordsSent {
+    /// Sends the records and revocations naming `peer` that changed after consent-log
+    /// position `from` and have not gone yet; returns the sections it may now hold but was
+    /// never sent (with `backlog`: their signatures are checked) and the position read.
+    async fn send(
+        &mut self,
+        svc: &NodeService,
+        peer: &AgencyId,
+        tx: &mpsc::Sender<pb::Frame>,
+        from: u64,
+        backlog: bool,
+    ) -> Result<(Vec<SectionKey>, u64)> {
+        let generation = svc.consent_generation();
+        let up = svc.consent_catch_up(peer, from, backlog).await?;
+        for (id, frame) in up.frames {
+            if !self.ids.contains(&id) {
+                tx.send(to_pb(frame)).await.map_err(|_| closed())?;
+                self.ids.insert(id);
+            }
+        }
+        self.pos = self.pos.max(up.position);
+        self.at = Some(generation);
+        Ok((up.backlog, up.position))
+    }
+
+    /// When consents changed since the last send, sends the records that changed after
+    /// it (only those: each send costs what changed since the last, not since the round
+    /// began); true if they changed, so the next round takes the backlog and moves the
+    /// peer's position.
+    async fn send_new(
+        &mut self,
+        svc: &NodeService,
+        peer: &AgencyId,
+        tx: &mpsc::Sender<pb::Frame>,
+    ) -> Result<bool> {
+        if self.at == Some(svc.consent_generation()) {
+            return Ok(false);
+        }
+        self.send(svc, peer, tx, self.pos, false).await?;
+        Ok(true)
     }
 }
 
