@@ -403,6 +403,20 @@ async fn main() -> anyhow::Result<()> {
                 report::percentile(r, 50.0).unwrap_or(f64::NAN)
             )),
         );
+        if let Some((ms, sections)) = filtered.during_long_feed {
+            figures.push(
+                Figure::new(
+                    s,
+                    "revocation to purge while the school pages a long feed, ms",
+                    opt(ms),
+                    None,
+                    "<= 1000",
+                )
+                .note(format!(
+                    "one revocation, once the peer reconnected to a school just seeded with {sections} sections for an agency that does not run"
+                )),
+            );
+        }
     }
 
     if args.wants(6) {

@@ -512,6 +512,64 @@ pub struct Filtering {
     /// Sections missing at a peer that its consents allow.
     pub missing: i64,
     pub revocations: Vec<f64>,
+    /// One more revocation, made while the school pages a long feed that holds nothing for
+    /// the peer (ms until the peer purged), with that feed's length.
+    pub during_long_feed: Option<(f64, u64)>,
+}
+
+/// Up to `n` ids of active consents at `school` that name `peer`, from its first `plans`
+/// plans.
+async fn active_consents_to(
+    school: &Agency,
+    peer: &Agency,
+    plans: u64,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut consents =
+        pb::consent_service_client::ConsentServiceClient::new(school.channel().await?);
+    let mut out = Vec::new();
+    for plan in plan_ids(school, plans as usize).await? {
+        if out.len() >= n {
+            break;
+        }
+        let list = consents
+            .list(pb::ListConsentsRequest {
+                plan_id: plan,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        out.extend(
+            list.consents
+                .into_iter()
+                .find(|c| {
+                    c.state == "active" && c.provisions.iter().any(|p| p.grantee_agency == peer.id)
+                })
+                .map(|c| c.consent_id),
+        );
+    }
+    Ok(out)
+}
+
+/// Revokes consent `id` at `school`; the ms until `peer` purged something of it.
+async fn revoke_until_purged(school: &Agency, peer: &Agency, id: String) -> anyhow::Result<f64> {
+    let mut consents =
+        pb::consent_service_client::ConsentServiceClient::new(school.channel().await?);
+    let series = format!("weft_purges_total{{peer=\"{SCHOOL}\"}}");
+    let purges = value(&peer.metrics().await?, &series);
+    let t = Instant::now();
+    consents
+        .revoke(pb::RevokeRequest {
+            consent_id: id,
+            reason: "benchmark".into(),
+        })
+        .await?;
+    let at = peer
+        .wait_until("the purge", Duration::from_secs(30), |p| {
+            value(p, &series) > purges
+        })
+        .await?;
+    Ok(at.duration_since(t).as_secs_f64() * 1e3)
 }
 
 /// Copies directory `from` (files and subdirectories) to a new `to`.
@@ -544,6 +602,8 @@ pub struct Filtered {
     rounds: Vec<f64>,
     cpu: Vec<f64>,
     school_cpu: Vec<f64>,
+    /// A listed agency that does not run.
+    idle: String,
 }
 
 impl Filtered {
@@ -614,6 +674,7 @@ impl Filtered {
             rounds: Vec::new(),
             cpu: Vec::new(),
             school_cpu: Vec::new(),
+            idle: agencies.last().context("no agency listed")?.clone(),
         })
     }
 
@@ -664,7 +725,9 @@ impl Filtered {
     }
 
     /// Right after the last round (kept up): checks each running peer holds exactly what
-    /// its consents allow, times `revocations` revocations until the first peer purged, stops the nodes.
+    /// its consents allow, times `revocations` revocations until the first peer purged (and,
+    /// with any, one more while the school pages a long feed: see [`Filtering`]), stops the
+    /// nodes.
     pub async fn finish(mut self, revocations: usize) -> anyhow::Result<Filtering> {
         let fed = &mut self.fed;
         // Settle, then compare what each holds with what it may hold.
@@ -678,46 +741,34 @@ impl Filtered {
         let delivered: u64 = self.expected.iter().sum();
         // Revocations: consents to the first running peer, one at a time.
         let mut times = Vec::new();
+        let mut during_long_feed = None;
         if revocations > 0 {
-            let school = &fed.agencies[0];
-            let peer = &fed.agencies[1];
-            let mut consents =
-                pb::consent_service_client::ConsentServiceClient::new(school.channel().await?);
-            let plan_list = plan_ids(school, (self.docs / 4) as usize).await?;
-            let mut done = 0;
-            for plan in plan_list {
-                if done >= revocations {
-                    break;
-                }
-                let list = consents
-                    .list(pb::ListConsentsRequest {
-                        plan_id: plan.clone(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                let Some(c) = list.consents.into_iter().find(|c| {
-                    c.state == "active" && c.provisions.iter().any(|p| p.grantee_agency == peer.id)
-                }) else {
-                    continue;
-                };
-                let series = format!("weft_purges_total{{peer=\"{SCHOOL}\"}}");
-                let purges = value(&peer.metrics().await?, &series);
-                let t = Instant::now();
-                consents
-                    .revoke(pb::RevokeRequest {
-                        consent_id: c.consent_id,
-                        reason: "benchmark".into(),
-                    })
-                    .await?;
-                let at = peer
-                    .wait_until("the purge", Duration::from_secs(30), |p| {
-                        value(p, &series) > purges
-                    })
-                    .await?;
-                times.push(at.duration_since(t).as_secs_f64() * 1e3);
-                done += 1;
+            let mut ids = active_consents_to(
+                &fed.agencies[0],
+                &fed.agencies[1],
+                self.docs / 4,
+                revocations + 1,
+            )
+            .await?;
+            let last = ids.pop().context("no consent left to revoke")?;
+            for id in ids {
+                times.push(revoke_until_purged(&fed.agencies[0], &fed.agencies[1], id).await?);
             }
+            // Plans for an agency that does not run, seeded into the stopped school: once it
+            // is back, its pump for the peer pages their whole feed and sends nothing.
+            let school = &mut fed.agencies[0];
+            school.stop()?;
+            let plans = 20_000.min(self.docs / 4);
+            let (sections, _) = school.seed(plans, &[self.idle.as_str()], "read")?;
+            school.start().await?;
+            let connected = format!("weft_peer_connected{{peer=\"{}\"}}", fed.agencies[1].id);
+            fed.agencies[0]
+                .wait_until("the peer to reconnect", Duration::from_secs(60), |p| {
+                    value(p, &connected) == 1.0
+                })
+                .await?;
+            let ms = revoke_until_purged(&fed.agencies[0], &fed.agencies[1], last).await?;
+            during_long_feed = Some((ms, sections));
         }
         times.sort_by(|a, b| a.total_cmp(b));
         for a in &mut fed.agencies {
@@ -738,6 +789,7 @@ impl Filtered {
             excess,
             missing,
             revocations: times,
+            during_long_feed,
         })
     }
 }
