@@ -676,7 +676,7 @@ impl NodeService {
     }
 
     /// Whether sections of plan `id` may go to `peer` as far as the grantee index tells
-    /// (see [`Self::may_be_named`]): `false` means no frame of it can; `true`, that the
+    /// (see `may_be_named`): `false` means no frame of it can; `true`, that the
     /// frame asks the gate. `false` for a plan this node does not have.
     pub async fn may_send_plan(&self, peer: &AgencyId, id: PlanId) -> Result<bool> {
         match self.store.plan(id).await? {

@@ -1437,7 +1437,7 @@ impl Drop for Leader {
 }
 
 /// The async face of the store: cheap to clone; writes go through the writer's queue (see
-/// [`StoreHandle::write`]), scans and document loads through `spawn_blocking`; takes a permit
+/// `StoreHandle::write`), scans and document loads through `spawn_blocking`; takes a permit
 /// from the gate for every section read and write.
 #[derive(Clone)]
 pub struct StoreHandle {
@@ -1484,7 +1484,7 @@ impl StoreHandle {
 
     /// What a peer that has `known` of a section lacks, told from the store's bookkeeping
     /// without loading the document: nothing when `known` are the section's heads, else the
-    /// newest chunks as stored, when at most [`TAIL_CHUNKS`] of them lead from `known` to the
+    /// newest chunks as stored, when at most `TAIL_CHUNKS` of them lead from `known` to the
     /// heads (every dependency of their changes is in `known` or an earlier one of them; see
     /// [`heads_after`]). `None` when the bookkeeping cannot tell (the caller loads the
     /// document). Point reads, on this thread (see `read_now`).

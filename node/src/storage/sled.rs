@@ -1,5 +1,5 @@
 //! The embedded default [`Backend`]: sled, one tree per [`Tree`], made durable and atomic by
-//! a write-ahead log ([`super::wal`]).
+//! a write-ahead log (`storage/wal.rs`).
 //!
 //! *Architecture invariant:* this is the only file that imports sled.
 //!
