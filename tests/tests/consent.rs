@@ -677,3 +677,82 @@ async fn partner_staff_hold_no_rights_beyond_consented_sections() -> anyhow::Res
     assert_eq!(partner_denials, 4);
     cluster.stop().await
 }
+
+/// A revocation whose caller goes away once it is stored (a client that hangs up) still
+/// reaches the gate: the consent cache is refreshed in the store's own task, not the
+/// caller's. (It was refreshed by the caller: the set from before the revocation stayed
+/// cached, and the gate allowed what the revocation forbids, until the next change.)
+#[tokio::test]
+async fn a_revocation_takes_effect_even_if_its_caller_goes_away_once_it_is_stored(
+) -> anyhow::Result<()> {
+    use weft_node::storage::ConsentKind;
+
+    let cluster = Cluster::builder().start().await?;
+    let school = cluster.node("school.test");
+    let coord = school.coordinator_token.clone();
+    let plan = school.create_plan("Maya", "Example").await?;
+    add_goal(school, &coord, &plan, "Asthma action plan at school").await?;
+    let clinic = school
+        .add_partner("nurse.kim", "caseworker", "clinic.test")
+        .await?;
+    let consent = school
+        .consents(&coord)
+        .await?
+        .grant(grant(
+            &plan,
+            "clinic.test",
+            &["goals"],
+            "read",
+            "2027-06-30",
+        ))
+        .await?
+        .into_inner()
+        .consent_id;
+    assert!(read(school, &clinic, &plan, "goals").await.is_ok());
+
+    let svc = school.node().service().clone();
+    let caller = svc.authenticate(Some(&coord)).await?;
+    let subject = svc
+        .store()
+        .consent_by_id(&consent)
+        .await?
+        .expect("the consent is stored")
+        .subject;
+    let stored = || async {
+        anyhow::Ok(
+            svc.store()
+                .consent_entries(Some(subject))
+                .await?
+                .iter()
+                .any(|e| e.kind == ConsentKind::Revocation),
+        )
+    };
+    // Polled by hand only while the revocation is not stored, and dropped as soon as it is:
+    // whatever the call does after its commit, it does not do it here.
+    let mut revoke = Box::pin(svc.revoke(&caller, &consent, Some("family withdrew")));
+    loop {
+        if stored().await? {
+            drop(revoke);
+            break;
+        }
+        if let std::task::Poll::Ready(r) = futures::poll!(&mut revoke) {
+            // Seen through between two looks (rare): the cache must be fresh all the same.
+            r?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let mut denied = false;
+    for _ in 0..200 {
+        if read(school, &clinic, &plan, "goals").await == Err(Code::PermissionDenied) {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        denied,
+        "the revocation is stored, but the clinic still reads the goals"
+    );
+    Ok(())
+}

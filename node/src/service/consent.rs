@@ -63,6 +63,13 @@ impl ConsentCache {
         }
     }
 
+    /// Lets the subject's set go, and any set a miss is reading meanwhile (it may be older
+    /// than what was just written).
+    fn forget(&mut self, subject: SubjectId) {
+        self.sets.remove(&subject);
+        self.emptied += 1;
+    }
+
     /// The set to use for `subject`, given `set`, read from the store without
     /// `consent_refresh` when the cache had been emptied `emptied` times: a set a refresh put
     /// here meanwhile is newer and wins; `set` is kept only if nothing newer can have been
@@ -377,14 +384,51 @@ impl NodeService {
         set
     }
 
+    /// Reads a subject's consents again into the cache. If they cannot be read, the cached
+    /// set goes (the next use reads the store), so a set from before a change never stays.
     pub(crate) async fn refresh_consents(&self, subject: SubjectId) -> Result<Arc<ConsentSet>> {
         self.consent_generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _refresh = self.consent_refresh.lock().await;
-        let entries = self.store.consent_entries(Some(subject)).await?;
+        let entries = match self.store.consent_entries(Some(subject)).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                if let Ok(mut cache) = self.consents.write() {
+                    cache.forget(subject);
+                }
+                return Err(e);
+            }
+        };
         let set = Arc::new(self.verified_set(&entries));
         self.cache_consents(subject, set.clone());
         Ok(set)
+    }
+
+    /// Stores consent entries of `subject` (a grant, a revocation, a record from a peer),
+    /// refreshes its cached set and wakes the pumps, in a task of its own: once the entries
+    /// may have landed, the cache must follow them even if the caller goes away. (A client
+    /// that disconnected right after its revocation landed left the set from before it
+    /// cached, and the gate allowing what the revocation forbids, until the next change.)
+    /// The refresh runs whatever the write's outcome; the write's error comes back after it.
+    pub(crate) async fn store_consents(
+        &self,
+        subject: SubjectId,
+        entries: Vec<ConsentEntry>,
+        draft: crate::audit::AuditDraft,
+    ) -> Result<Arc<ConsentSet>> {
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Error::internal("the node is stopping"))?;
+        tokio::spawn(async move {
+            let written = me.store.write_consent_entries(entries, draft).await;
+            let set = me.refresh_consents(subject).await;
+            me.wake();
+            written?;
+            set
+        })
+        .await
+        .map_err(|e| Error::internal(format!("consent task failed: {e}")))?
     }
 
     /// Who may manage consents of `plan`: the home agency's coordinators, and the guardians
@@ -540,9 +584,9 @@ impl NodeService {
             record.id,
             valid_until.map(|u| u.to_string()).unwrap_or_default()
         );
-        self.store.write_consent_entries(vec![entry], draft).await?;
-        let set = self.refresh_consents(plan.subject).await?;
-        self.wake();
+        let set = self
+            .store_consents(plan.subject, vec![entry], draft)
+            .await?;
         tracing::info!(target: "weft::audit", consent = %record.id, grantee = %grantee, "consent recorded");
         Ok(self.consent_view(&record, &set, &signed.signer, signed.digest()))
     }
@@ -664,9 +708,7 @@ impl NodeService {
             .flat_map(|p| p.sections.clone())
             .collect();
         draft.detail = format!("{} revoked by {}", record.id, revocation.id);
-        self.store.write_consent_entries(vec![entry], draft).await?;
-        let set = self.refresh_consents(subject).await?;
-        self.wake();
+        let set = self.store_consents(subject, vec![entry], draft).await?;
         tracing::info!(target: "weft::audit", consent = %record.id, "consent revoked");
         Ok(self.consent_view(&record, &set, &signed.signer, signed.digest()))
     }

@@ -184,6 +184,9 @@ pub struct NodeService {
     options: ServiceOptions,
     signing_key: SigningKey,
     consents: RwLock<consent::ConsentCache>,
+    /// This service, for work that must finish even if the caller that started it goes away
+    /// (see `store_consents`).
+    me: std::sync::Weak<NodeService>,
     /// Held from reading a subject's consent entries until their set is in `consents`, so
     /// two refreshes (consents received side by side, say) cannot finish out of order and
     /// leave the older set cached.
@@ -272,7 +275,8 @@ impl NodeService {
             .into_iter()
             .map(|u| (u.token_hash.clone(), u))
             .collect();
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             agency,
             store,
             users: RwLock::new(users),
@@ -1130,9 +1134,12 @@ impl NodeService {
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
-                // From the store if the cache let the set go (it is bounded); unreadable, the
-                // event is withheld.
-                let consents = service.consents_for(plan.subject).await.unwrap_or_default();
+                // From the store if the cache let the set go (it is bounded). Unreadable, the
+                // stream ends with the error: a watcher must not carry on past a gap.
+                let consents = match service.consents_for(plan.subject).await {
+                    Ok(consents) => consents,
+                    Err(e) => return Some((Err(e), None)),
+                };
                 if gate::read(&caller, &plan, &ev.section, &consents, service.now()).is_ok() {
                     return Some((Ok(ev), Some((rx, service, caller, plan))));
                 }

@@ -515,6 +515,13 @@ impl NodeService {
         self.store.feed_since(after, limit).await
     }
 
+    /// The consent log's last position (see [`Store::consent_head`]).
+    ///
+    /// [`Store::consent_head`]: crate::storage::Store::consent_head
+    pub async fn consent_head(&self) -> Result<u64> {
+        self.store.consent_head().await
+    }
+
     /// Where `peer` is in this node's consent log: everything before it has been delivered.
     pub async fn consent_position(&self, peer: &AgencyId) -> Result<u64> {
         Ok(self
@@ -1353,12 +1360,10 @@ impl NodeService {
             detail,
             basis: String::new(),
         };
-        match self.store.write_consent_entries(vec![entry], draft).await {
+        match self.store_consents(subject, vec![entry], draft).await {
             Ok(_) | Err(Error::AlreadyExists(_)) => {}
             Err(e) => return Err(e),
         }
-        self.refresh_consents(subject).await?;
-        self.wake();
         Ok(true)
     }
 
