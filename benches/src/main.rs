@@ -403,7 +403,7 @@ async fn main() -> anyhow::Result<()> {
                 report::percentile(r, 50.0).unwrap_or(f64::NAN)
             )),
         );
-        if let Some((ms, sections)) = filtered.during_long_feed {
+        if let Some((ms, sections, left)) = filtered.during_long_feed {
             figures.push(
                 Figure::new(
                     s,
@@ -413,7 +413,7 @@ async fn main() -> anyhow::Result<()> {
                     "<= 1000",
                 )
                 .note(format!(
-                    "one revocation, once the peer reconnected to a school just seeded with {sections} sections for an agency that does not run"
+                    "one revocation, once the peer reconnected to a school just seeded with {sections} sections for an agency that does not run; {left} feed entries still to page for the peer at the purge (0: the paging had ended first)"
                 )),
             );
         }

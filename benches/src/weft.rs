@@ -513,8 +513,10 @@ pub struct Filtering {
     pub missing: i64,
     pub revocations: Vec<f64>,
     /// One more revocation, made while the school pages a long feed that holds nothing for
-    /// the peer (ms until the peer purged), with that feed's length.
-    pub during_long_feed: Option<(f64, u64)>,
+    /// the peer: ms until the peer purged, that feed's length, and the entries the school
+    /// still had to page for the peer when it did (0: the paging had ended, and the figure
+    /// says nothing about it).
+    pub during_long_feed: Option<(f64, u64, u64)>,
 }
 
 /// Up to `n` ids of active consents at `school` that name `peer`, from its first `plans`
@@ -750,10 +752,13 @@ impl Filtered {
                 revocations + 1,
             )
             .await?;
-            let last = ids.pop().context("no consent left to revoke")?;
+            let last = ids.pop();
             for id in ids {
                 times.push(revoke_until_purged(&fed.agencies[0], &fed.agencies[1], id).await?);
             }
+            let Some(last) = last else {
+                anyhow::bail!("scenario 7 found no consent to the first running peer to revoke");
+            };
             // Plans for an agency that does not run, seeded into the stopped school: once it
             // is back, its pump for the peer pages their whole feed and sends nothing.
             let school = &mut fed.agencies[0];
@@ -768,7 +773,9 @@ impl Filtered {
                 })
                 .await?;
             let ms = revoke_until_purged(&fed.agencies[0], &fed.agencies[1], last).await?;
-            during_long_feed = Some((ms, sections));
+            let lag = format!("weft_replication_lag{{peer=\"{}\"}}", fed.agencies[1].id);
+            let left = value(&fed.agencies[0].metrics().await?, &lag) as u64;
+            during_long_feed = Some((ms, sections, left));
         }
         times.sort_by(|a, b| a.total_cmp(b));
         for a in &mut fed.agencies {

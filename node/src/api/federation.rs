@@ -789,7 +789,6 @@ async fn pump(
     let mut records = RecordsSent {
         ids: HashSet::new(),
         pos: consent_pos,
-        at: None,
     };
     // A new peer's cursor moves to the feed's head once the first round's backlog is
     // taken (see `NodeService::head_for_new`): it need not page through the whole feed.
@@ -1005,8 +1004,6 @@ struct RecordsSent {
     ids: HashSet<String>,
     /// The consent-log position up to which every record naming the peer has gone.
     pos: u64,
-    /// The consent generation read before `pos` was.
-    at: Option<u64>,
 }
 
 impl RecordsSent {
@@ -1021,7 +1018,6 @@ impl RecordsSent {
         from: u64,
         backlog: bool,
     ) -> Result<(Vec<SectionKey>, u64)> {
-        let generation = svc.consent_generation();
         let up = svc.consent_catch_up(peer, from, backlog).await?;
         for (id, frame) in up.frames {
             if !self.ids.contains(&id) {
@@ -1030,21 +1026,22 @@ impl RecordsSent {
             }
         }
         self.pos = self.pos.max(up.position);
-        self.at = Some(generation);
         Ok((up.backlog, up.position))
     }
 
-    /// When consents changed since the last send, sends the records that changed after
+    /// When the consent log moved past the last send, sends the records that changed after
     /// it (only those: each send costs what changed since the last, not since the round
-    /// began); true if they changed, so the next round takes the backlog and moves the
-    /// peer's position.
+    /// began); true if it moved, so the next round takes the backlog and moves the peer's
+    /// position. The log, not the consent generation: a gate may allow a section under a
+    /// consent committed a moment before its refresh bumps the generation (a cache miss
+    /// reads the store), and that consent must still go first.
     async fn send_new(
         &mut self,
         svc: &NodeService,
         peer: &AgencyId,
         tx: &mpsc::Sender<pb::Frame>,
     ) -> Result<bool> {
-        if self.at == Some(svc.consent_generation()) {
+        if svc.consent_head().await? <= self.pos {
             return Ok(false);
         }
         self.send(svc, peer, tx, self.pos, false).await?;

@@ -845,6 +845,11 @@ impl Store {
         Ok((subjects.into_iter().collect(), last))
     }
 
+    /// The consent log's last position: it moves in the transaction of every consent entry.
+    pub fn consent_head(&self) -> Result<u64> {
+        Ok(decode_u64(self.backend.get(Tree::Meta, KEY_CONSENT_SEQ)?))
+    }
+
     /// Like [`Store::consent_changes_since`], but only the subjects a stored consent record
     /// names `agency` a grantee of (a superset of those it may hold anything of). From the
     /// start of the log this reads the grantee index, not the log: O(children named), not
@@ -865,7 +870,7 @@ impl Store {
             return Ok((named, position));
         }
         // The position first: a record committed after it is in a later change either way.
-        let position = decode_u64(self.backend.get(Tree::Meta, KEY_CONSENT_SEQ)?);
+        let position = self.consent_head()?;
         let prefix = consent_grantee_key(agency, None);
         let mut subjects = Vec::new();
         let mut cursor: Option<Vec<u8>> = None;
@@ -1627,6 +1632,11 @@ impl StoreHandle {
     /// See [`Store::consent_changes_since`].
     pub async fn consent_changes_since(&self, after: u64) -> Result<(Vec<SubjectId>, u64)> {
         self.run(move |s| s.consent_changes_since(after)).await
+    }
+
+    /// See [`Store::consent_head`] (a point read).
+    pub async fn consent_head(&self) -> Result<u64> {
+        self.read_now(|s| s.consent_head())
     }
 
     /// See [`Store::consent_by_id`].
