@@ -244,6 +244,97 @@ fn consent_for(id: &str, subject: &str, section: &str, key: &[u8; 32]) -> anyhow
     Ok(sign_consent(&record, &home, &signing)?.to_bytes())
 }
 
+/// A revocation from the test's own (home) key of consent `consent`.
+fn revocation_of(consent: &str, id: &str, key: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
+    use weft_consent::*;
+    let home = AgencyId::parse("clinic.test")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let revocation = Revocation {
+        id: RevocationId::parse(id)?,
+        consent: ConsentId::parse(consent)?,
+        revoked_by: Recorder {
+            agency: home.clone(),
+            user: "coordinator".into(),
+        },
+        revoked_at: Timestamp(now),
+        reason: None,
+    };
+    let signing = ed25519_dalek::SigningKey::from_bytes(key);
+    Ok(sign_revocation(&revocation, &home, &signing)?.to_bytes())
+}
+
+/// A home's revocation is filed under the child of the consent it revokes, found by the
+/// consent's id; one of a consent the school never received is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_is_filed_under_its_consents_child_and_one_of_an_unknown_consent_refused(
+) -> anyhow::Result<()> {
+    use weft_node::model::SubjectId;
+    use weft_node::storage::ConsentKind;
+
+    let cluster = school_and_played_clinic().await?;
+    let store = cluster.node("school.test").node().service().store().clone();
+    let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
+    let key = [9u8; 32];
+    hello(&tx, &key).await?;
+    next(&mut rx, |k| {
+        matches!(k, pb::frame::Kind::Hello(_)).then_some(())
+    })
+    .await?;
+    let subject = uuid::Uuid::new_v4();
+    let record = |kind: fn(pb::SignedRecord) -> pb::frame::Kind, envelope: Vec<u8>| {
+        frame(kind(pb::SignedRecord { envelope }))
+    };
+    tx.send(record(
+        pb::frame::Kind::Consent,
+        consent_for("c-goals", &subject.to_string(), "goals", &key)?,
+    ))
+    .await?;
+    tx.send(record(
+        pb::frame::Kind::Revocation,
+        revocation_of("c-never-sent", "v-unknown", &key)?,
+    ))
+    .await?;
+    let reason = next(&mut rx, |k| match k {
+        pb::frame::Kind::Rejected(r) => Some(r.reason),
+        _ => None,
+    })
+    .await?;
+    assert!(reason.starts_with("revocation_unknown"), "{reason}");
+
+    tx.send(record(
+        pb::frame::Kind::Revocation,
+        revocation_of("c-goals", "v-goals", &key)?,
+    ))
+    .await?;
+    let filed = tokio::time::timeout(weft_tests::DEADLINE, async {
+        loop {
+            let entries = store.consent_entries(Some(SubjectId(subject))).await?;
+            if entries
+                .iter()
+                .any(|e| e.kind == ConsentKind::Revocation && e.id == "v-goals")
+            {
+                return anyhow::Ok(entries);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await??;
+    assert_eq!(filed.len(), 2, "the consent and its revocation: {filed:?}");
+    assert!(
+        !store
+            .consent_entries(None)
+            .await?
+            .iter()
+            .any(|e| e.id == "v-unknown"),
+        "the refused revocation is stored nowhere"
+    );
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    cluster.stop().await
+}
+
 /// A receiver handles consents side by side, but a section still waits for the consents sent
 /// before it: two consents of one subject and the two sections each allows, all in one
 /// message, are all stored (a section checked before its consent, or a consent set refreshed

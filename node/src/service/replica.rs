@@ -1286,18 +1286,31 @@ impl NodeService {
                     .await
             }
         };
-        // File it under the subject of the consent it revokes.
-        let entries = self.store.consent_entries(None).await?;
-        let Some(subject) = entries
-            .iter()
-            // Only the agency that recorded a consent may revoke it.
-            .find(|e| {
-                e.kind == ConsentKind::Consent
-                    && e.id == revocation.consent.as_str()
-                    && SignedConsent::from_bytes(&e.bytes).is_ok_and(|c| c.signer == *peer)
-            })
-            .map(|e| e.subject)
-        else {
+        // File it under the subject of the consent it revokes. Only the agency that recorded a
+        // consent may revoke it.
+        let revoked = |e: &ConsentEntry| {
+            e.kind == ConsentKind::Consent
+                && e.id == revocation.consent.as_str()
+                && SignedConsent::from_bytes(&e.bytes).is_ok_and(|c| c.signer == *peer)
+        };
+        // By the `consent_id/` index (it read every consent entry of the node); by a scan
+        // only when the id it holds is another agency's consent's (two ids alike).
+        let subject = match self
+            .store
+            .consent_by_id(revocation.consent.as_str())
+            .await?
+        {
+            Some(e) if revoked(&e) => Some(e.subject),
+            Some(_) => self
+                .store
+                .consent_entries(None)
+                .await?
+                .into_iter()
+                .find(|e| revoked(e))
+                .map(|e| e.subject),
+            None => None,
+        };
+        let Some(subject) = subject else {
             return self
                 .reject(
                     peer,
