@@ -58,6 +58,21 @@ async fn hello(tx: &tokio::sync::mpsc::Sender<pb::Frame>, key: &[u8; 32]) -> any
     Ok(())
 }
 
+/// The played clinic's stream to the school, with its hello (consent key from `key`) sent
+/// and the school's answered.
+async fn greeted(
+    cluster: &Cluster,
+    key: &[u8; 32],
+) -> anyhow::Result<(tokio::sync::mpsc::Sender<pb::Frame>, weft_tests::PeerFrames)> {
+    let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
+    hello(&tx, key).await?;
+    next(&mut rx, |k| {
+        matches!(k, pb::frame::Kind::Hello(_)).then_some(())
+    })
+    .await?;
+    Ok((tx, rx))
+}
+
 fn heads(h: &[ChangeHash]) -> Vec<Vec<u8>> {
     h.iter().map(|h| h.0.to_vec()).collect()
 }
@@ -275,13 +290,8 @@ async fn a_revocation_is_filed_under_its_consents_child_and_one_of_an_unknown_co
 
     let cluster = school_and_played_clinic().await?;
     let store = cluster.node("school.test").node().service().store().clone();
-    let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
     let key = [9u8; 32];
-    hello(&tx, &key).await?;
-    next(&mut rx, |k| {
-        matches!(k, pb::frame::Kind::Hello(_)).then_some(())
-    })
-    .await?;
+    let (tx, mut rx) = greeted(&cluster, &key).await?;
     let subject = uuid::Uuid::new_v4();
     let record = |kind: fn(pb::SignedRecord) -> pb::frame::Kind, envelope: Vec<u8>| {
         frame(kind(pb::SignedRecord { envelope }))
@@ -343,13 +353,8 @@ async fn a_revocation_is_filed_under_its_consents_child_and_one_of_an_unknown_co
 async fn consents_and_the_sections_they_allow_in_one_batch_are_all_stored() -> anyhow::Result<()> {
     let cluster = school_and_played_clinic().await?;
     let school = cluster.node("school.test");
-    let (tx, mut rx) = cluster.peer_stream("clinic.test", "school.test").await?;
     let key = [9u8; 32];
-    hello(&tx, &key).await?;
-    next(&mut rx, |k| {
-        matches!(k, pb::frame::Kind::Hello(_)).then_some(())
-    })
-    .await?;
+    let (tx, mut rx) = greeted(&cluster, &key).await?;
 
     let plan = uuid::Uuid::new_v4().to_string();
     let subject = uuid::Uuid::new_v4().to_string();
