@@ -1639,10 +1639,9 @@ impl StoreHandle {
         self.read_now(|s| s.consent_head())
     }
 
-    /// See [`Store::consent_by_id`].
+    /// See [`Store::consent_by_id`] (two point reads).
     pub async fn consent_by_id(&self, id: &str) -> Result<Option<ConsentEntry>> {
-        let id = id.to_string();
-        self.run(move |s| s.consent_by_id(&id)).await
+        self.read_now(|s| s.consent_by_id(id))
     }
 
     /// See [`Store::consent_changes_naming`].
