@@ -499,10 +499,8 @@ pub struct Filtering {
     pub seconds: f64,
     /// Each round's delivery time.
     pub rounds: Vec<f64>,
-    /// The CPU time of the median-CPU round: the school's and the running peers', from their
-    /// start until the last delivery.
-    pub cpu_seconds: f64,
-    /// Each round's.
+    /// Each round's CPU time: the school's and the running peers', from their start until
+    /// the last delivery.
     pub cpu: Vec<f64>,
     /// The school's CPU time in each round: the sender's share of [`Filtering::cpu`].
     pub school_cpu: Vec<f64>,
@@ -782,14 +780,12 @@ impl Filtered {
             a.stop()?;
         }
         // The median round: one stall of the host moves one round, not the figure.
-        let median = |v: &[f64]| crate::report::median(v).unwrap_or(f64::NAN);
-        let seconds = median(&self.rounds);
+        let seconds = crate::report::median(&self.rounds).unwrap_or(f64::NAN);
         Ok(Filtering {
             docs: self.docs,
             delivered,
             seconds,
             rounds: self.rounds,
-            cpu_seconds: median(&self.cpu),
             cpu: self.cpu,
             school_cpu: self.school_cpu,
             docs_per_s: delivered as f64 / seconds,
