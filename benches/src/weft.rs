@@ -49,6 +49,9 @@ pub struct Latency {
     pub lost: usize,
     /// The edit RPC at the sender alone (commit, durable), p50 in ms.
     pub commit_p50: Option<f64>,
+    /// Scenario 3: the nodes' CPU time over the step (watches set up, edits, drain) per edit,
+    /// in ms. The steadier figure: the 2 cores' limit is 2,000 ms / this.
+    pub cpu_ms_per_edit: Option<f64>,
 }
 
 /// A two-agency federation with `plans` seeded at the school, all consented to the clinic;
@@ -263,6 +266,7 @@ pub async fn propagation(
         p99: percentile(&l, 99.0),
         p999: percentile(&l, 99.9),
         lost,
+        cpu_ms_per_edit: None,
     })
 }
 
@@ -466,17 +470,26 @@ pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result
     }
     settled(&fed.agencies[0], &[CLINIC, NUTRITION]).await?;
     let ids = plan_ids(&fed.agencies[0], plans as usize).await?;
+    let cpu = |fed: &Federation| -> anyhow::Result<f64> {
+        fed.agencies.iter().try_fold(0.0, |sum, a| {
+            let pid = a.pid().context("a node is not running")?;
+            Ok(sum + crate::report::cpu_seconds(pid).context("no CPU time for a node")?)
+        })
+    };
     let mut out = Vec::new();
     for &rate in rates {
         let n = ((rate as usize).max(50)).min(ids.len());
-        let l = propagation(
+        let edits = (rate * 3.0) as usize;
+        let before = cpu(&fed)?;
+        let mut l = propagation(
             &fed.agencies[0],
             &[&fed.agencies[1], &fed.agencies[2]],
             &ids[..n],
             rate,
-            (rate * 3.0) as usize,
+            edits,
         )
         .await?;
+        l.cpu_ms_per_edit = Some((cpu(&fed)? - before) * 1e3 / edits as f64);
         eprintln!("scenario 3: {l:?}");
         let over = l.p99.is_none_or(|p| p > 100.0) || l.lost > 0;
         out.push(l);
