@@ -160,6 +160,15 @@ async fn partner_staff_get_exactly_what_was_consented_for_as_long_as_it_lasts() 
         ))
         .await?
         .into_inner();
+    // Consent ids are unique across the federation: 128 random bits, not a plan-local id.
+    for id in [&read_only.consent_id, &rw.consent_id] {
+        let hex = id.strip_prefix("c-").expect("a consent id starts with c-");
+        assert!(
+            hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    assert_ne!(read_only.consent_id, rw.consent_id);
     add_goal(school, &clinic, &plan, "Inhaler check every visit").await?;
     let history = school
         .plans(&coord)

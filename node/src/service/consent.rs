@@ -16,7 +16,7 @@ use weft_consent::{
     Revocation, RevocationId, SignedConsent, SignedRevocation,
 };
 
-use super::{short_id, NodeService};
+use super::{unique_id, NodeService};
 use crate::audit::{AuditAction, AuditEntry};
 use crate::error::{Error, Result};
 use crate::gate::{self, Denial};
@@ -544,7 +544,7 @@ impl NodeService {
             ));
         }
         let record = ConsentRecord {
-            id: ConsentId::parse(&short_id("c")).map_err(Error::internal)?,
+            id: ConsentId::parse(&unique_id("c")).map_err(Error::internal)?,
             subject: plan.subject.to_string(),
             grantor: Grantor {
                 name: input.grantor_name.trim().to_string(),
@@ -684,7 +684,7 @@ impl NodeService {
             return Err(Error::invalid("reason: at most 500 characters"));
         }
         let revocation = Revocation {
-            id: RevocationId::parse(&short_id("v")).map_err(Error::internal)?,
+            id: RevocationId::parse(&unique_id("v")).map_err(Error::internal)?,
             consent: record.id.clone(),
             revoked_by: Recorder {
                 agency: self.agency.clone(),

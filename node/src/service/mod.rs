@@ -218,8 +218,21 @@ pub fn new_token() -> String {
     format!("weft_{}", hex::encode(bytes))
 }
 
+/// An id unique within one plan (a goal, a referral): `prefix-` and 48 random bits in hex.
 fn short_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 6];
+    random_id::<6>(prefix)
+}
+
+/// An id unique across the federation (a consent, a revocation): `prefix-` and 128 random
+/// bits in hex. Every holder files a consent under its id and a revocation finds its consent
+/// by it, across millions of consents: with 48 bits, two of ten million would share an id
+/// with odds of about one in six.
+fn unique_id(prefix: &str) -> String {
+    random_id::<16>(prefix)
+}
+
+fn random_id<const N: usize>(prefix: &str) -> String {
+    let mut bytes = [0u8; N];
     rand::rng().fill_bytes(&mut bytes);
     format!("{prefix}-{}", hex::encode(bytes))
 }
