@@ -284,6 +284,12 @@ impl Agency {
         self.process.as_ref().map(|p| p.child.id())
     }
 
+    /// The running node's CPU time so far, user and system, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let pid = self.pid().context("the node is not running")?;
+        crate::report::cpu_seconds(pid).context("no CPU time for the node")
+    }
+
     /// A client channel as the coordinator.
     pub async fn channel(&self) -> anyhow::Result<Chan> {
         channel(self.api, &self.ca, Some(&self.token)).await

@@ -471,10 +471,7 @@ pub async fn sustained(work: &Path, plans: u64, rates: &[f64]) -> anyhow::Result
     settled(&fed.agencies[0], &[CLINIC, NUTRITION]).await?;
     let ids = plan_ids(&fed.agencies[0], plans as usize).await?;
     let cpu = |fed: &Federation| -> anyhow::Result<f64> {
-        fed.agencies.iter().try_fold(0.0, |sum, a| {
-            let pid = a.pid().context("a node is not running")?;
-            Ok(sum + crate::report::cpu_seconds(pid).context("no CPU time for a node")?)
-        })
+        fed.agencies.iter().map(Agency::cpu_seconds).sum()
     };
     let mut out = Vec::new();
     for &rate in rates {
@@ -722,11 +719,10 @@ impl Filtered {
         self.rounds.push(seconds);
         // The nodes' CPU time: far less moved by the host's slow spells than the wall clock,
         // so the steadier measure of what filtering costs on a federation that uses every core.
-        let mut cpu = Vec::new();
-        for a in &self.fed.agencies[..=running] {
-            let pid = a.pid().context("a node of the round is not running")?;
-            cpu.push(crate::report::cpu_seconds(pid).context("no CPU time for a node")?);
-        }
+        let cpu = self.fed.agencies[..=running]
+            .iter()
+            .map(Agency::cpu_seconds)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         self.cpu.push(cpu.iter().sum());
         self.school_cpu.push(cpu[0]);
         if !keep_up {
