@@ -16,7 +16,7 @@ use weft_consent::{
     Revocation, RevocationId, SignedConsent, SignedRevocation,
 };
 
-use super::{unique_id, NodeService};
+use super::{insert_bounded, unique_id, NodeService};
 use crate::audit::{AuditAction, AuditEntry};
 use crate::error::{Error, Result};
 use crate::gate::{self, Denial};
@@ -88,23 +88,6 @@ impl ConsentCache {
         }
         set
     }
-}
-
-/// Inserts `key`, first emptying `map` when it holds `most` entries and not `key`; true when
-/// it emptied it. The node's memos stay bounded without tracking use: what is dropped is read
-/// or worked out again when next needed.
-pub(crate) fn insert_bounded<K: std::hash::Hash + Eq, V>(
-    map: &mut std::collections::HashMap<K, V>,
-    key: K,
-    value: V,
-    most: usize,
-) -> bool {
-    let empty = map.len() >= most && !map.contains_key(&key);
-    if empty {
-        map.clear();
-    }
-    map.insert(key, value);
-    empty
 }
 
 /// Consent records and revocations whose signatures verified, by a hash of the signer's key

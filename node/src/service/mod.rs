@@ -31,7 +31,6 @@ mod consent;
 mod events;
 pub mod family;
 pub mod replica;
-pub(crate) use consent::insert_bounded;
 pub use consent::{ConsentState, ConsentView, GrantInput};
 pub use events::KEPT_PER_PLAN;
 
@@ -216,6 +215,23 @@ pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!("weft_{}", hex::encode(bytes))
+}
+
+/// Inserts `key`, first emptying `map` when it holds `most` entries and not `key`; true when
+/// it emptied it. The node's memos stay bounded without tracking use: what is dropped is read
+/// or worked out again when next needed.
+pub(crate) fn insert_bounded<K: std::hash::Hash + Eq, V>(
+    map: &mut std::collections::HashMap<K, V>,
+    key: K,
+    value: V,
+    most: usize,
+) -> bool {
+    let empty = map.len() >= most && !map.contains_key(&key);
+    if empty {
+        map.clear();
+    }
+    map.insert(key, value);
+    empty
 }
 
 /// An id unique within one plan (a goal, a referral): `prefix-` and 48 random bits in hex.
