@@ -428,6 +428,16 @@ async fn catch_up_sends_only_what_changed_while_offline() -> anyhow::Result<()> 
         Ok((!school.peers()[&AgencyIdExt::clinic()].connected).then_some(()))
     })
     .await?;
+    // The session's end stored how far the clinic acknowledged, and what it holds.
+    let acked = school.peers()[&AgencyIdExt::clinic()].acked_seq;
+    assert_eq!(
+        school
+            .node()
+            .service()
+            .cursor(&AgencyIdExt::clinic())
+            .await?,
+        acked
+    );
     let before = school.peers()[&AgencyIdExt::clinic()].sections_sent;
     for plan in plans.iter().take(3) {
         add_goal(cluster.node("school.test"), plan, "while offline").await?;

@@ -536,29 +536,12 @@ async fn run_session(
             }
             Ok(())
         };
-        // Acknowledged heads, held while more frames are already waiting (up to HELD_ACKS)
-        // and written as one hint (a peer acknowledges every section it stores: one write
-        // each was a transaction and two thread hand-offs per section).
-        let mut held_acks: Vec<(SectionKey, Vec<ChangeHash>)> = Vec::new();
+        let mut held = HeldAcks::default();
         let outcome = loop {
-            let ready = if held_acks.is_empty() || held_acks.len() >= HELD_ACKS {
-                None
-            } else {
-                futures::FutureExt::now_or_never(inbound.next())
-            };
-            if ready.is_none() && !held_acks.is_empty() {
-                if let Err(e) = svc
-                    .acknowledged(&peer, std::mem::take(&mut held_acks))
-                    .await
-                {
-                    break Err(e);
-                }
-            }
-            let next = if let Some(next) = ready {
-                next
-            } else {
-                tokio::select! {
-                f = inbound.next() => f,
+            let next = tokio::select! {
+                f = inbound.next() => Some(f),
+                // The held acknowledgements are due.
+                _ = held.due() => None,
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
                     match finish(done, &mut pending) {
                         Ok(()) => continue,
@@ -571,37 +554,47 @@ async fn run_session(
                     Err(e) => Err(Error::internal(format!("replication pump failed: {e}"))),
                 },
                 _ = shutdown.wait_for(|s| *s) => break Ok(()),
-                }
             };
             let frame = match next {
-                None => break Ok(()),
+                None => None,
+                Some(None) => break Ok(()),
                 // The stream itself failed (the connection broke): end the session.
-                Some(Err(e)) => break Err(e),
-                Some(Ok(f)) => f,
+                Some(Some(Err(e))) => break Err(e),
+                Some(Some(Ok(f))) => match from_pb(f) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(peer = %peer, error = %e, "malformed frame from peer");
+                        let _ = out.replies.send(to_pb(Frame::Rejected {
+                            key: None,
+                            reason: format!("malformed: {e}"),
+                        }));
+                        continue;
+                    }
+                },
             };
-            let frame = match from_pb(frame) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(peer = %peer, error = %e, "malformed frame from peer");
-                    let _ = out.replies.send(to_pb(Frame::Rejected {
-                        key: None,
-                        reason: format!("malformed: {e}"),
-                    }));
-                    continue;
+            let (frame, write_held) = match frame {
+                None => (None, true),
+                Some(Frame::Ack { key, heads }) => {
+                    // The first heads noted of a section (it went whole) say the peer holds
+                    // it, which lets the home record the disclosure of its next change with
+                    // the change: written at once. Later ones only move them on.
+                    let first = sent.lock().map_or(true, |m| !m.contains_key(&key));
+                    held.hold(key, heads);
+                    (None, first || held.is_full())
                 }
+                // Cursors say nothing about sections: held acknowledgements may wait past
+                // them.
+                Some(f @ (Frame::Cursor(_) | Frame::CursorAck(_))) => (Some(f), false),
+                // Any other frame may change what is noted of a section (a refusal forgets
+                // it, the peer's own changes note newer heads): they are written first.
+                Some(f) => (Some(f), true),
             };
-            if let Frame::Ack { key, heads } = frame {
-                held_acks.push((key, heads));
-                continue;
-            }
-            if !held_acks.is_empty() {
-                if let Err(e) = svc
-                    .acknowledged(&peer, std::mem::take(&mut held_acks))
-                    .await
-                {
+            if write_held && !held.acks.is_empty() {
+                if let Err(e) = svc.acknowledged(&peer, held.take()).await {
                     break Err(e);
                 }
             }
+            let Some(frame) = frame else { continue };
             let receipt = match &frame {
                 Frame::CursorAck(_) => {
                     acks += 1;
@@ -685,6 +678,11 @@ async fn run_session(
         };
         pump.abort();
         in_flight.abort_all();
+        if !held.acks.is_empty() {
+            if let Err(e) = svc.acknowledged(&peer, held.take()).await {
+                tracing::warn!(peer = %peer, error = %e, "could not note the peer's last acknowledgements");
+            }
+        }
         outcome
     }
     .await;
@@ -692,7 +690,8 @@ async fn run_session(
         if let Err(e) = &result {
             i.last_error = e.to_string();
         }
-    });
+    })
+    .await;
     match &result {
         Ok(()) => tracing::info!(peer = %peer, "peer disconnected"),
         Err(e) => tracing::warn!(peer = %peer, error = %e, "peer session ended with an error"),
@@ -752,6 +751,48 @@ type Handled = std::result::Result<(InFlight, Result<Vec<Frame>>), tokio::task::
 
 /// The most acknowledgements held for one write.
 const HELD_ACKS: usize = 512;
+
+/// How long acknowledgements are held before they are written (see [`HeldAcks`]). They are
+/// hints: within a session the pump goes by what it sent, and one lost to a crash only
+/// means sending a section's older changes again.
+const ACKS_HELD_FOR: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Acknowledged heads, held for up to [`ACKS_HELD_FOR`] (or [`HELD_ACKS`] of them) and
+/// written as one hint: a peer acknowledges every section it stores, and one write each was
+/// a transaction of its own (in scenario 3 of the benchmark, one per edit per peer at the
+/// home). Only acknowledgements of changes sent after heads the peer had are held.
+#[derive(Default)]
+struct HeldAcks {
+    acks: Vec<(SectionKey, Vec<ChangeHash>)>,
+    /// When the oldest held one is due.
+    due: Option<tokio::time::Instant>,
+}
+
+impl HeldAcks {
+    fn hold(&mut self, key: SectionKey, heads: Vec<ChangeHash>) {
+        self.acks.push((key, heads));
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + ACKS_HELD_FOR);
+    }
+
+    fn is_full(&self) -> bool {
+        self.acks.len() >= HELD_ACKS
+    }
+
+    /// The held acknowledgements, to write.
+    fn take(&mut self) -> Vec<(SectionKey, Vec<ChangeHash>)> {
+        self.due = None;
+        std::mem::take(&mut self.acks)
+    }
+
+    /// Returns once the held acknowledgements are due; never while none are held.
+    async fn due(&self) {
+        match self.due {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
 
 /// Changes and consent frames from one peer handled concurrently (their commits share
 /// syncs). 128 was tried: at N = 100,000 it replicated no faster (858 cold docs/s, against

@@ -161,10 +161,28 @@ pub struct PeerBoard {
     /// record covers the section's changes: written with an edit at the home (see
     /// [`NodeService::edit`]), so the frame carrying it needs no commit of its own.
     disclosed: Mutex<HashMap<AgencyId, HashMap<SectionKey, u64>>>,
+    /// Per peer, when its acknowledged cursor was last stored, and the newer one not stored
+    /// yet (see [`CURSOR_SAVE_EVERY`]).
+    cursors: Mutex<HashMap<AgencyId, CursorSave>>,
 }
 
 /// The most (peer, section) disclosure notes kept; past it, frames record their own.
 const MAX_DISCLOSURE_NOTES: usize = 65_536;
+
+/// How often a peer's acknowledged cursor is stored while its session runs; the last one is
+/// stored when the session ends. A peer acknowledges a cursor after every page the pump
+/// sends (in scenario 3 of the benchmark, ~1.7 per edit at every node), and each was a
+/// transaction of its own. The cursor is a hint: one older by up to this much (after a
+/// crash) only makes the next session page that much more of the feed, whose sections the
+/// peer's noted heads then mostly rule out.
+const CURSOR_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// See [`PeerBoard::cursors`].
+#[derive(Default)]
+struct CursorSave {
+    saved_at: Option<std::time::Instant>,
+    unsaved: Option<u64>,
+}
 
 /// Disclosure records to commit with a change, and the (peer, section) each covers (see
 /// [`NodeService::disclosures_with`]).
@@ -250,6 +268,39 @@ impl PeerBoard {
         if let Ok(mut d) = self.disclosed.lock() {
             d.remove(peer);
         }
+    }
+
+    /// Notes that `peer` acknowledged cursor `seq`; whether to store it now (the first of a
+    /// session, or [`CURSOR_SAVE_EVERY`] after the last stored), else it waits for
+    /// [`PeerBoard::unsaved_cursor`].
+    fn cursor_due(&self, peer: &AgencyId, seq: u64) -> bool {
+        let Ok(mut c) = self.cursors.lock() else {
+            return true;
+        };
+        let save = c.entry(peer.clone()).or_default();
+        let now = std::time::Instant::now();
+        if save
+            .saved_at
+            .is_some_and(|at| now.duration_since(at) < CURSOR_SAVE_EVERY)
+        {
+            save.unsaved = Some(seq);
+            return false;
+        }
+        *save = CursorSave {
+            saved_at: Some(now),
+            unsaved: None,
+        };
+        true
+    }
+
+    /// The newest cursor `peer` acknowledged that is not stored yet; forgets the peer, so
+    /// its next session stores its first cursor at once.
+    fn unsaved_cursor(&self, peer: &AgencyId) -> Option<u64> {
+        self.cursors
+            .lock()
+            .ok()
+            .and_then(|mut c| c.remove(peer))
+            .and_then(|s| s.unsaved)
     }
 
     /// Disclosure notes held (for tests).
@@ -440,9 +491,23 @@ impl NodeService {
         });
     }
 
-    /// Notes that the stream with `peer` is down; `f` records how it ended.
-    pub fn peer_disconnected(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
-        self.peers.disconnected(peer, f)
+    /// Notes that the stream with `peer` is down; `f` records how it ended. Stores the
+    /// newest cursor the peer acknowledged, if it waited (see [`CURSOR_SAVE_EVERY`]).
+    pub async fn peer_disconnected(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
+        if let Some(seq) = self.peers.unsaved_cursor(peer) {
+            if let Err(e) = self.store_cursor(peer, seq).await {
+                tracing::warn!(peer = %peer, error = %e, "could not store the peer's cursor");
+            }
+        }
+        self.peers.disconnected(peer, f);
+    }
+
+    /// Stores how far `peer` acknowledged this node's feed (a hint: see
+    /// [`CURSOR_SAVE_EVERY`]).
+    async fn store_cursor(&self, peer: &AgencyId, seq: u64) -> Result<()> {
+        self.store
+            .replication_hint(vec![(cursor_key(peer), Some(seq.to_be_bytes().to_vec()))])
+            .await
     }
 
     /// This node's current feed head.
@@ -848,9 +913,9 @@ impl NodeService {
             Frame::Receipt(bytes) => self.receive_receipt(peer, bytes).await,
             Frame::Cursor(seq) => Ok(vec![Frame::CursorAck(seq)]),
             Frame::CursorAck(seq) => {
-                self.store
-                    .replication_hint(vec![(cursor_key(peer), Some(seq.to_be_bytes().to_vec()))])
-                    .await?;
+                if self.peers.cursor_due(peer, seq) {
+                    self.store_cursor(peer, seq).await?;
+                }
                 self.peers.update(peer, |i| i.acked_seq = seq);
                 Ok(vec![])
             }
@@ -1586,5 +1651,32 @@ mod tests {
         assert_eq!(board.disclosure_notes(), 1);
         assert!(!board.take_disclosed(&clinic, &key, 9));
         assert!(board.connected_for_disclosure().is_empty());
+    }
+
+    #[test]
+    fn a_peers_cursor_is_stored_first_then_at_most_once_a_period_and_the_last_at_the_end() {
+        let board = PeerBoard::default();
+        let (clinic, nutrition) = (
+            AgencyId::parse("clinic.test").unwrap(),
+            AgencyId::parse("nutrition.test").unwrap(),
+        );
+        // A session's first cursor is stored at once; those soon after wait, newest kept.
+        assert!(board.cursor_due(&clinic, 10));
+        assert!(!board.cursor_due(&clinic, 11));
+        assert!(!board.cursor_due(&clinic, 12));
+        // Each peer on its own.
+        assert!(board.cursor_due(&nutrition, 4));
+        assert_eq!(board.unsaved_cursor(&nutrition), None);
+        // The session's end stores the newest waiting one, and the next session starts over.
+        assert_eq!(board.unsaved_cursor(&clinic), Some(12));
+        assert_eq!(board.unsaved_cursor(&clinic), None);
+        assert!(board.cursor_due(&clinic, 13));
+        // Once the period has passed, the next one is stored, and none waits.
+        if let Ok(mut c) = board.cursors.lock() {
+            let save = c.get_mut(&clinic).unwrap();
+            save.saved_at = save.saved_at.map(|at| at - CURSOR_SAVE_EVERY);
+        }
+        assert!(board.cursor_due(&clinic, 14));
+        assert_eq!(board.unsaved_cursor(&clinic), None);
     }
 }
