@@ -492,7 +492,7 @@ impl NodeService {
     }
 
     /// Notes that the stream with `peer` is down; `f` records how it ended. Stores the
-    /// newest cursor the peer acknowledged, if it waited (see [`CURSOR_SAVE_EVERY`]).
+    /// newest cursor the peer acknowledged, if it waited (see `CURSOR_SAVE_EVERY`).
     pub async fn peer_disconnected(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
         if let Some(seq) = self.peers.unsaved_cursor(peer) {
             if let Err(e) = self.store_cursor(peer, seq).await {
