@@ -1184,7 +1184,8 @@ impl NodeService {
         });
         batch.ensure_plan = Some(plan.clone());
         // Nothing here that the sender lacks: the pump need not send this change back.
-        if same_heads(&heads_now, &sender_heads) {
+        let quiet = same_heads(&heads_now, &sender_heads);
+        if quiet {
             batch.known_to = Some(peer.clone());
         }
         batch.replication = vec![(heads_key(peer, &key), Some(encode_heads(&sender_heads)))];
@@ -1229,7 +1230,12 @@ impl NodeService {
             i.bytes_received += n;
         });
         if let Some(entry) = committed.feed.first() {
-            self.wake();
+            // At a grantee, a change that left nothing the home lacks goes nowhere.
+            if plan.home != self.agency && quiet {
+                self.wake_later();
+            } else {
+                self.wake();
+            }
             self.events.send(super::PlanEvent {
                 plan: plan.id,
                 section: c.section.clone(),
