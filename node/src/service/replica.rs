@@ -1621,13 +1621,17 @@ impl NodeService {
 mod tests {
     use super::*;
 
+    fn two_peers() -> (AgencyId, AgencyId) {
+        (
+            AgencyId::parse("clinic.test").unwrap(),
+            AgencyId::parse("nutrition.test").unwrap(),
+        )
+    }
+
     #[test]
     fn a_disclosure_note_covers_frames_up_to_its_change_and_goes_with_the_peer() {
         let board = PeerBoard::default();
-        let (clinic, nutrition) = (
-            AgencyId::parse("clinic.test").unwrap(),
-            AgencyId::parse("nutrition.test").unwrap(),
-        );
+        let (clinic, nutrition) = two_peers();
         let key = SectionKey {
             plan: PlanId::random(),
             section: SectionName::parse("goals").unwrap(),
@@ -1662,10 +1666,7 @@ mod tests {
     #[test]
     fn a_peers_cursor_is_stored_first_then_at_most_once_a_period_and_the_last_at_the_end() {
         let board = PeerBoard::default();
-        let (clinic, nutrition) = (
-            AgencyId::parse("clinic.test").unwrap(),
-            AgencyId::parse("nutrition.test").unwrap(),
-        );
+        let (clinic, nutrition) = two_peers();
         // A session's first cursor is stored at once; those soon after wait, newest kept.
         assert!(board.cursor_due(&clinic, 10));
         assert!(!board.cursor_due(&clinic, 11));
