@@ -169,18 +169,22 @@ pub struct PeerBoard {
 /// The most (peer, section) disclosure notes kept; past it, frames record their own.
 const MAX_DISCLOSURE_NOTES: usize = 65_536;
 
-/// How often a peer's acknowledged cursor is stored while its session runs; the last one is
-/// stored when the session ends. A peer acknowledges a cursor after every page the pump
+/// How often a peer's acknowledged cursor is stored while its session runs, at most: one
+/// acknowledged sooner after the last stored waits for the next acknowledgement after this
+/// long, or for the session's end. A peer acknowledges a cursor after every page the pump
 /// sends (in scenario 3 of the benchmark, ~1.7 per edit at every node), and each was a
-/// transaction of its own. The cursor is a hint: one older by up to this much (after a
-/// crash) only makes the next session page that much more of the feed, whose sections the
-/// peer's noted heads then mostly rule out.
+/// transaction of its own. A stored cursor older than the peer's (after a crash) only makes
+/// the next session page more of the feed, whose sections the peer's noted heads then mostly
+/// rule out. A cursor lower than the one stored is stored at once: the pump lowers it to
+/// have a section it could not send read again, and a stored cursor past that section
+/// would skip it.
 const CURSOR_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// See [`PeerBoard::cursors`].
 #[derive(Default)]
 struct CursorSave {
-    saved_at: Option<std::time::Instant>,
+    /// When the last was stored, and what it was.
+    saved: Option<(std::time::Instant, u64)>,
     unsaved: Option<u64>,
 }
 
@@ -271,23 +275,23 @@ impl PeerBoard {
     }
 
     /// Notes that `peer` acknowledged cursor `seq`; whether to store it now (the first of a
-    /// session, or [`CURSOR_SAVE_EVERY`] after the last stored), else it waits for
-    /// [`PeerBoard::unsaved_cursor`].
+    /// session, one lower than the last stored, or one [`CURSOR_SAVE_EVERY`] after the last
+    /// stored), else it waits for [`PeerBoard::unsaved_cursor`].
     fn cursor_due(&self, peer: &AgencyId, seq: u64) -> bool {
         let Ok(mut c) = self.cursors.lock() else {
             return true;
         };
         let save = c.entry(peer.clone()).or_default();
         let now = std::time::Instant::now();
-        if save
-            .saved_at
-            .is_some_and(|at| now.duration_since(at) < CURSOR_SAVE_EVERY)
-        {
+        let wait = save.saved.is_some_and(|(at, stored)| {
+            seq >= stored && now.duration_since(at) < CURSOR_SAVE_EVERY
+        });
+        if wait {
             save.unsaved = Some(seq);
             return false;
         }
         *save = CursorSave {
-            saved_at: Some(now),
+            saved: Some((now, seq)),
             unsaved: None,
         };
         true
@@ -1681,9 +1685,16 @@ mod tests {
         // Once the period has passed, the next one is stored, and none waits.
         if let Ok(mut c) = board.cursors.lock() {
             let save = c.get_mut(&clinic).unwrap();
-            save.saved_at = save.saved_at.map(|at| at - CURSOR_SAVE_EVERY);
+            save.saved = save.saved.map(|(at, seq)| (at - CURSOR_SAVE_EVERY, seq));
         }
         assert!(board.cursor_due(&clinic, 14));
         assert_eq!(board.unsaved_cursor(&clinic), None);
+        // A cursor lowered below the stored one (a section to read again) is stored at
+        // once, and one raised again soon after waits.
+        assert!(board.cursor_due(&clinic, 20));
+        assert!(!board.cursor_due(&clinic, 25));
+        assert!(board.cursor_due(&clinic, 7));
+        assert!(!board.cursor_due(&clinic, 30));
+        assert_eq!(board.unsaved_cursor(&clinic), Some(30));
     }
 }
