@@ -266,11 +266,17 @@ impl Node {
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until the node has stopped.
+    /// Waits until the node has stopped (its replication sessions too, for up to
+    /// `SESSIONS_END_WITHIN`: each writes the peer's newest cursor and heads as it ends).
     pub async fn join(self) -> Result<()> {
-        self.task
+        let served = self
+            .task
             .await
-            .map_err(|e| Error::internal(format!("node task failed: {e}")))?
+            .map_err(|e| Error::internal(format!("node task failed: {e}")))?;
+        if !self.service.sessions_ended(SESSIONS_END_WITHIN).await {
+            tracing::warn!("replication sessions did not end in time; their peers' newest cursors may not be stored");
+        }
+        served
     }
 
     /// Stops the node and waits for it.
@@ -279,6 +285,9 @@ impl Node {
         self.join().await
     }
 }
+
+/// How long a stopping node waits for its replication sessions to end.
+const SESSIONS_END_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves the federation stream over mutual TLS: a client certificate from the federation
 /// CA is required, and the agency it names must be a configured peer.

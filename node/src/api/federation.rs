@@ -490,6 +490,9 @@ async fn run_session(
     out: Outbound,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    // Until the end, after the peer's newest cursor and heads are written: a stopping node
+    // waits for it.
+    let _live = svc.session_started();
     let result = async {
         out.replies
             .send(to_pb(svc.hello().await?))

@@ -177,6 +177,8 @@ pub struct NodeService {
     changed: tokio::sync::watch::Sender<u64>,
     /// A wake of the pumps is due within [`LATER_WAKE`] (see [`NodeService::wake_later`]).
     wake_due: std::sync::atomic::AtomicBool,
+    /// Replication sessions running (see [`NodeService::session_started`]).
+    sessions: tokio::sync::watch::Sender<usize>,
     /// Replication status per peer.
     pub(crate) peers: replica::PeerBoard,
     closing: tokio::sync::watch::Sender<bool>,
@@ -205,6 +207,15 @@ pub struct NodeService {
     family_lock: tokio::sync::Mutex<()>,
     /// The family page's public address, once it listens.
     family_url: std::sync::OnceLock<String>,
+}
+
+/// A running replication session (see [`NodeService::session_started`]).
+pub(crate) struct LiveSession(Arc<NodeService>);
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        self.0.sessions.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// How soon [`NodeService::wake_later`] wakes the pumps. A grantee stores every change its
@@ -324,6 +335,7 @@ impl NodeService {
             closing: tokio::sync::watch::channel(false).0,
             changed: tokio::sync::watch::channel(0).0,
             wake_due: Default::default(),
+            sessions: tokio::sync::watch::channel(0).0,
             peers: replica::PeerBoard::default(),
             clock,
             started: Instant::now(),
@@ -383,6 +395,22 @@ impl NodeService {
                 .store(false, std::sync::atomic::Ordering::Release);
             me.wake();
         });
+    }
+
+    /// Counts a replication session as running until the returned guard drops (after the
+    /// session has written what it held back: the peer's newest cursor and heads).
+    pub(crate) fn session_started(self: &Arc<Self>) -> LiveSession {
+        self.sessions.send_modify(|n| *n += 1);
+        LiveSession(self.clone())
+    }
+
+    /// Waits up to `within` for every replication session to end (the node is stopping);
+    /// false if some did not.
+    pub async fn sessions_ended(&self, within: std::time::Duration) -> bool {
+        let mut running = self.sessions.subscribe();
+        tokio::time::timeout(within, running.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// A receiver that changes whenever something is stored.
@@ -1505,12 +1533,13 @@ pub fn parse_field_edits(
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_later_wake_comes_once_for_the_changes_stored_meanwhile() {
+    use std::time::Duration;
+
+    async fn service() -> Arc<NodeService> {
         let store =
             crate::storage::Store::open(Arc::new(crate::storage::memory::MemoryBackend::new()))
                 .unwrap();
-        let svc = NodeService::new(
+        NodeService::new(
             AgencyId::parse("clinic.test").unwrap(),
             StoreHandle::new(store),
             Arc::new(crate::model::now),
@@ -1518,7 +1547,12 @@ mod tests {
             SigningKey::from_bytes(&[7; 32]),
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_wake_comes_once_for_the_changes_stored_meanwhile() {
+        let svc = service().await;
         let mut changes = svc.subscribe_changes();
         for _ in 0..3 {
             svc.wake_later();
@@ -1534,5 +1568,24 @@ mod tests {
         svc.wake_later();
         tokio::time::sleep(LATER_WAKE * 2).await;
         assert_eq!(*changes.borrow_and_update(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_node_waits_for_its_sessions_to_end() {
+        let svc = service().await;
+        assert!(svc.sessions_ended(Duration::from_millis(10)).await);
+        let (one, two) = (svc.session_started(), svc.session_started());
+        drop(one);
+        assert!(!svc.sessions_ended(Duration::from_secs(1)).await);
+        let waiting = tokio::spawn({
+            let svc = svc.clone();
+            async move { svc.sessions_ended(Duration::from_secs(1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(two);
+        assert!(
+            waiting.await.unwrap(),
+            "the wait ends when the last session does"
+        );
     }
 }
