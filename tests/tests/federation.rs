@@ -428,7 +428,7 @@ async fn catch_up_sends_only_what_changed_while_offline() -> anyhow::Result<()> 
         Ok((!school.peers()[&AgencyIdExt::clinic()].connected).then_some(()))
     })
     .await?;
-    // The session's end stored how far the clinic acknowledged, and what it holds.
+    // The session's end stored how far the clinic acknowledged.
     let acked = school.peers()[&AgencyIdExt::clinic()].acked_seq;
     assert_eq!(
         school
