@@ -508,7 +508,7 @@ async fn run_session(
             Frame::Hello { key, .. } => svc.accept_hello(&peer, &key).await?,
             _ => return Err(Error::invalid("the first frame must be a hello")),
         }
-        svc.peer_connected(&peer);
+        let session = svc.peer_connected(&peer);
         tracing::info!(peer = %peer, "peer connected");
         let (acks_tx, acks_rx) = watch::channel(0u64);
         let mut acks = 0u64;
@@ -539,11 +539,11 @@ async fn run_session(
             }
             Ok(())
         };
-        let mut held = HeldAcks::default();
+        let mut held = Held::default();
         let outcome = loop {
             let next = tokio::select! {
                 f = inbound.next() => Some(f),
-                // The held acknowledgements are due.
+                // What is held is due.
                 _ = held.due() => None,
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
                     match finish(done, &mut pending) {
@@ -582,18 +582,20 @@ async fn run_session(
                     // it, which lets the home record the disclosure of its next change with
                     // the change: written at once. Later ones only move them on.
                     let first = sent.lock().map_or(true, |m| !m.contains_key(&key));
-                    held.hold(key, heads);
+                    held.ack(key, heads);
                     (None, first || held.is_full())
                 }
                 // Cursors say nothing about sections: held acknowledgements may wait past
                 // them.
-                Some(f @ (Frame::Cursor(_) | Frame::CursorAck(_))) => (Some(f), false),
+                Some(Frame::CursorAck(seq)) => (Some(Frame::CursorAck(seq)), held.cursor(seq)),
+                Some(f @ Frame::Cursor(_)) => (Some(f), false),
                 // Any other frame may change what is noted of a section (a refusal forgets
                 // it, the peer's own changes note newer heads): they are written first.
-                Some(f) => (Some(f), true),
+                Some(f) => (Some(f), !held.acks.is_empty()),
             };
-            if write_held && !held.acks.is_empty() {
-                if let Err(e) = svc.acknowledged(&peer, held.take()).await {
+            if write_held {
+                let (acks, cursor) = held.take();
+                if let Err(e) = svc.acknowledged(&peer, acks, cursor).await {
                     break Err(e);
                 }
             }
@@ -681,19 +683,21 @@ async fn run_session(
         };
         pump.abort();
         in_flight.abort_all();
-        if !held.acks.is_empty() {
-            if let Err(e) = svc.acknowledged(&peer, held.take()).await {
+        // What a newer session with the peer runs on may be newer than what this one holds
+        // (a purge receipt forgets a section's heads): its hints are dropped.
+        if !held.is_empty() && svc.is_newest_session(&peer, session) {
+            let (acks, cursor) = held.take();
+            if let Err(e) = svc.acknowledged(&peer, acks, cursor).await {
                 tracing::warn!(peer = %peer, error = %e, "could not note the peer's last acknowledgements");
             }
         }
+        svc.peer_disconnected(&peer, session, |i| {
+            if let Err(e) = &outcome {
+                i.last_error = e.to_string();
+            }
+        });
         outcome
     }
-    .await;
-    svc.peer_disconnected(&peer, |i| {
-        if let Err(e) = &result {
-            i.last_error = e.to_string();
-        }
-    })
     .await;
     match &result {
         Ok(()) => tracing::info!(peer = %peer, "peer disconnected"),
@@ -755,42 +759,80 @@ type Handled = std::result::Result<(InFlight, Result<Vec<Frame>>), tokio::task::
 /// The most acknowledgements held for one write.
 const HELD_ACKS: usize = 512;
 
-/// How long acknowledgements are held before they are written (see [`HeldAcks`]). They are
+/// How long acknowledgements are held before they are written (see [`Held`]). They are
 /// hints: within a session the pump goes by what it sent, and one lost to a crash only
 /// means sending a section's older changes again.
-const ACKS_HELD_FOR: std::time::Duration = std::time::Duration::from_millis(250);
+const ACKS_HELD_FOR: Duration = Duration::from_millis(250);
 
-/// Acknowledged heads, held for up to [`ACKS_HELD_FOR`] (or [`HELD_ACKS`] of them) and
-/// written as one hint: a peer acknowledges every section it stores, and one write each was
-/// a transaction of its own (in scenario 3 of the benchmark, one per edit per peer at the
-/// home). Only acknowledgements of changes sent after heads the peer had are held.
+/// How often the peer's acknowledged cursor is stored while its session runs, at most (see
+/// [`Held`]). A peer acknowledges a cursor after every page the pump sends (in scenario 3 of
+/// the benchmark, ~1.7 per edit at every node), and each was a transaction of its own. A
+/// stored cursor older than the peer's (after a crash) only makes the next session page
+/// more of the feed, whose sections the peer's noted heads then mostly rule out.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the peer acknowledged, held by its session and written as one hint:
+///
+/// - a section's heads, held for up to [`ACKS_HELD_FOR`] (or until [`HELD_ACKS`] are held).
+///   A peer acknowledges every section it stores, and one write each was a transaction of
+///   its own (in scenario 3 of the benchmark, one per edit per peer at the home). Only
+///   acknowledgements of changes sent after heads the peer had are held.
+/// - the cursor: the session's first is stored at once, then at most once every
+///   [`CURSOR_SAVE_EVERY`]. One lower than the last stored goes at once: the pump lowers it
+///   to have a section it could not send read again, and a stored cursor past that
+///   section would skip it.
+///
+/// Whatever is held is also written when the session ends.
 #[derive(Default)]
-struct HeldAcks {
+struct Held {
     acks: Vec<(SectionKey, Vec<ChangeHash>)>,
-    /// When the oldest held one is due.
-    due: Option<tokio::time::Instant>,
+    /// When the oldest held acknowledgement is due.
+    acks_due: Option<tokio::time::Instant>,
+    /// The newest cursor acknowledged and not stored yet.
+    cursor: Option<u64>,
+    /// When this session last stored a cursor, and which.
+    stored: Option<(tokio::time::Instant, u64)>,
 }
 
-impl HeldAcks {
-    fn hold(&mut self, key: SectionKey, heads: Vec<ChangeHash>) {
+impl Held {
+    fn ack(&mut self, key: SectionKey, heads: Vec<ChangeHash>) {
         self.acks.push((key, heads));
-        self.due
+        self.acks_due
             .get_or_insert_with(|| tokio::time::Instant::now() + ACKS_HELD_FOR);
+    }
+
+    /// Holds the cursor the peer acknowledged; whether to write what is held now.
+    fn cursor(&mut self, seq: u64) -> bool {
+        self.cursor = Some(seq);
+        self.stored
+            .is_none_or(|(at, stored)| seq < stored || at.elapsed() >= CURSOR_SAVE_EVERY)
     }
 
     fn is_full(&self) -> bool {
         self.acks.len() >= HELD_ACKS
     }
 
-    /// The held acknowledgements, to write.
-    fn take(&mut self) -> Vec<(SectionKey, Vec<ChangeHash>)> {
-        self.due = None;
-        std::mem::take(&mut self.acks)
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.cursor.is_none()
     }
 
-    /// Returns once the held acknowledgements are due; never while none are held.
+    /// Everything held, to write.
+    fn take(&mut self) -> (Vec<(SectionKey, Vec<ChangeHash>)>, Option<u64>) {
+        self.acks_due = None;
+        let cursor = self.cursor.take();
+        if let Some(seq) = cursor {
+            self.stored = Some((tokio::time::Instant::now(), seq));
+        }
+        (std::mem::take(&mut self.acks), cursor)
+    }
+
+    /// Returns once something held is due; never while nothing is held.
     async fn due(&self) {
-        match self.due {
+        let cursor_due = self
+            .cursor
+            .and(self.stored)
+            .map(|(at, _)| at + CURSOR_SAVE_EVERY);
+        match self.acks_due.into_iter().chain(cursor_due).min() {
             Some(at) => tokio::time::sleep_until(at).await,
             None => std::future::pending().await,
         }
@@ -1209,6 +1251,74 @@ mod tests {
 
     fn cursor(seq: u64) -> pb::Frame {
         to_pb(Frame::Cursor(seq))
+    }
+
+    /// Whether something held is due within `d` (time is paused: waiting is instant).
+    async fn due_within(held: &Held, d: Duration) -> bool {
+        tokio::time::timeout(d, held.due()).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_holds_heads_for_a_while_and_stores_a_cursor_at_most_once_a_period() {
+        let key = |_| SectionKey {
+            plan: PlanId::random(),
+            section: SectionName::parse("goals").unwrap(),
+        };
+        let mut held = Held::default();
+        assert!(held.is_empty());
+        assert!(!due_within(&held, Duration::from_secs(3600)).await);
+
+        // Heads are due ACKS_HELD_FOR after the first of them, not after each.
+        held.ack(key(1), vec![]);
+        tokio::time::advance(ACKS_HELD_FOR / 2).await;
+        held.ack(key(2), vec![]);
+        assert!(!due_within(&held, ACKS_HELD_FOR / 2 - Duration::from_millis(1)).await);
+        assert!(due_within(&held, Duration::from_millis(1)).await);
+        let (acks, cursor) = held.take();
+        assert_eq!((acks.len(), cursor), (2, None));
+        assert!(held.is_empty());
+        assert!(!due_within(&held, Duration::from_secs(3600)).await);
+
+        // The session's first cursor is written at once; one soon after waits, the newest
+        // kept, until CURSOR_SAVE_EVERY after the last stored.
+        assert!(held.cursor(10));
+        assert_eq!(held.take(), (vec![], Some(10)));
+        tokio::time::advance(CURSOR_SAVE_EVERY / 4).await;
+        assert!(!held.cursor(11));
+        assert!(!held.cursor(12));
+        assert!(!due_within(&held, CURSOR_SAVE_EVERY * 3 / 4 - Duration::from_millis(1)).await);
+        assert!(due_within(&held, Duration::from_millis(1)).await);
+        assert_eq!(held.take(), (vec![], Some(12)));
+
+        // Written with heads written sooner, it restarts the period.
+        tokio::time::advance(CURSOR_SAVE_EVERY / 2).await;
+        assert!(!held.cursor(13));
+        held.ack(key(3), vec![]);
+        let (acks, cursor) = held.take();
+        assert_eq!((acks.len(), cursor), (1, Some(13)));
+        assert!(!held.cursor(14));
+        assert!(!due_within(&held, CURSOR_SAVE_EVERY - Duration::from_millis(1)).await);
+        // Acknowledged once the period has passed, it is written at once.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(held.cursor(15));
+        assert_eq!(held.take(), (vec![], Some(15)));
+
+        // One lowered below the stored one (a section to read again) is written at once,
+        // and one raised again soon after waits.
+        assert!(held.cursor(7));
+        assert_eq!(held.take(), (vec![], Some(7)));
+        assert!(!held.cursor(30));
+        // What is held when the session ends is all written.
+        held.ack(key(4), vec![]);
+        let (acks, cursor) = held.take();
+        assert_eq!((acks.len(), cursor), (1, Some(30)));
+
+        // Full at HELD_ACKS.
+        for n in 0..HELD_ACKS {
+            assert!(!held.is_full());
+            held.ack(key(n), vec![]);
+        }
+        assert!(held.is_full());
     }
 
     fn seqs(frame: &pb::Frame) -> Vec<u64> {

@@ -161,32 +161,13 @@ pub struct PeerBoard {
     /// record covers the section's changes: written with an edit at the home (see
     /// [`NodeService::edit`]), so the frame carrying it needs no commit of its own.
     disclosed: Mutex<HashMap<AgencyId, HashMap<SectionKey, u64>>>,
-    /// Per peer, when its acknowledged cursor was last stored, and the newer one not stored
-    /// yet (see [`CURSOR_SAVE_EVERY`]).
-    cursors: Mutex<HashMap<AgencyId, CursorSave>>,
+    /// The number of the newest session, and per peer the number of its newest (see
+    /// [`PeerBoard::connected`]).
+    sessions: Mutex<(u64, HashMap<AgencyId, u64>)>,
 }
 
 /// The most (peer, section) disclosure notes kept; past it, frames record their own.
 const MAX_DISCLOSURE_NOTES: usize = 65_536;
-
-/// How often a peer's acknowledged cursor is stored while its session runs, at most: one
-/// acknowledged sooner after the last stored waits for the next acknowledgement after this
-/// long, or for the session's end. A peer acknowledges a cursor after every page the pump
-/// sends (in scenario 3 of the benchmark, ~1.7 per edit at every node), and each was a
-/// transaction of its own. A stored cursor older than the peer's (after a crash) only makes
-/// the next session page more of the feed, whose sections the peer's noted heads then mostly
-/// rule out. A cursor lower than the one stored is stored at once: the pump lowers it to
-/// have a section it could not send read again, and a stored cursor past that section
-/// would skip it.
-const CURSOR_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// See [`PeerBoard::cursors`].
-#[derive(Default)]
-struct CursorSave {
-    /// When the last was stored, and what it was.
-    saved: Option<(std::time::Instant, u64)>,
-    unsaved: Option<u64>,
-}
 
 /// Disclosure records to commit with a change, and the (peer, section) each covers (see
 /// [`NodeService::disclosures_with`]).
@@ -262,9 +243,48 @@ impl PeerBoard {
         }
     }
 
-    /// Notes that `peer`'s stream is down, forgetting its disclosure notes (a later
-    /// session records its own).
-    pub fn disconnected(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
+    /// Notes that a session with `peer` is up; returns its number. Two may overlap: one
+    /// whose connection died unnoticed (until keepalives time it out) while the peer
+    /// reconnected.
+    pub fn connected(&self, peer: &AgencyId, now_ms: i64) -> u64 {
+        let session = match self.sessions.lock() {
+            Ok(mut s) => {
+                s.0 += 1;
+                let n = s.0;
+                s.1.insert(peer.clone(), n);
+                n
+            }
+            Err(_) => 0,
+        };
+        self.update(peer, |i| {
+            i.connected = true;
+            i.connected_since_ms = now_ms;
+            i.last_error.clear();
+        });
+        session
+    }
+
+    /// Whether `session` is the newest with `peer`.
+    pub fn is_newest(&self, peer: &AgencyId, session: u64) -> bool {
+        self.sessions
+            .lock()
+            .is_ok_and(|s| s.1.get(peer) == Some(&session))
+    }
+
+    /// Notes that `session` with `peer` ended, and `f` how; if it was the newest, the
+    /// peer's stream is down and its disclosure notes are forgotten (a later session
+    /// records its own). An older one's end changes nothing: a newer session runs.
+    pub fn disconnected(&self, peer: &AgencyId, session: u64, f: impl FnOnce(&mut PeerInfo)) {
+        let newest = self.sessions.lock().is_ok_and(|mut s| {
+            let newest = s.1.get(peer) == Some(&session);
+            if newest {
+                s.1.remove(peer);
+            }
+            newest
+        });
+        if !newest {
+            return;
+        }
         self.update(peer, |i| {
             i.connected = false;
             f(i)
@@ -272,39 +292,6 @@ impl PeerBoard {
         if let Ok(mut d) = self.disclosed.lock() {
             d.remove(peer);
         }
-    }
-
-    /// Notes that `peer` acknowledged cursor `seq`; whether to store it now (the first of a
-    /// session, one lower than the last stored, or one [`CURSOR_SAVE_EVERY`] after the last
-    /// stored), else it waits for [`PeerBoard::unsaved_cursor`].
-    fn cursor_due(&self, peer: &AgencyId, seq: u64) -> bool {
-        let Ok(mut c) = self.cursors.lock() else {
-            return true;
-        };
-        let save = c.entry(peer.clone()).or_default();
-        let now = std::time::Instant::now();
-        let wait = save.saved.is_some_and(|(at, stored)| {
-            seq >= stored && now.duration_since(at) < CURSOR_SAVE_EVERY
-        });
-        if wait {
-            save.unsaved = Some(seq);
-            return false;
-        }
-        *save = CursorSave {
-            saved: Some((now, seq)),
-            unsaved: None,
-        };
-        true
-    }
-
-    /// The newest cursor `peer` acknowledged that is not stored yet; forgets the peer, so
-    /// its next session stores its first cursor at once.
-    fn unsaved_cursor(&self, peer: &AgencyId) -> Option<u64> {
-        self.cursors
-            .lock()
-            .ok()
-            .and_then(|mut c| c.remove(peer))
-            .and_then(|s| s.unsaved)
     }
 
     /// Disclosure notes held (for tests).
@@ -485,33 +472,21 @@ impl NodeService {
         self.peers.update(peer, f)
     }
 
-    /// Notes that a stream with `peer` is up (its hello was accepted).
-    pub fn peer_connected(&self, peer: &AgencyId) {
-        let now = self.now().as_millis();
-        self.peers.update(peer, |i| {
-            i.connected = true;
-            i.connected_since_ms = now;
-            i.last_error.clear();
-        });
+    /// Notes that a session with `peer` is up (its hello was accepted); returns its
+    /// number, for [`NodeService::peer_disconnected`].
+    pub fn peer_connected(&self, peer: &AgencyId) -> u64 {
+        self.peers.connected(peer, self.now().as_millis())
     }
 
-    /// Notes that the stream with `peer` is down; `f` records how it ended. Stores the
-    /// newest cursor the peer acknowledged, if it waited (see `CURSOR_SAVE_EVERY`).
-    pub async fn peer_disconnected(&self, peer: &AgencyId, f: impl FnOnce(&mut PeerInfo)) {
-        if let Some(seq) = self.peers.unsaved_cursor(peer) {
-            if let Err(e) = self.store_cursor(peer, seq).await {
-                tracing::warn!(peer = %peer, error = %e, "could not store the peer's cursor");
-            }
-        }
-        self.peers.disconnected(peer, f);
+    /// Whether `session` is the newest with `peer` (an older one's hints may be stale).
+    pub fn is_newest_session(&self, peer: &AgencyId, session: u64) -> bool {
+        self.peers.is_newest(peer, session)
     }
 
-    /// Stores how far `peer` acknowledged this node's feed (a hint: see
-    /// [`CURSOR_SAVE_EVERY`]).
-    async fn store_cursor(&self, peer: &AgencyId, seq: u64) -> Result<()> {
-        self.store
-            .replication_hint(vec![(cursor_key(peer), Some(seq.to_be_bytes().to_vec()))])
-            .await
+    /// Notes that `session` with `peer` ended; `f` records how (see
+    /// [`PeerBoard::disconnected`]).
+    pub fn peer_disconnected(&self, peer: &AgencyId, session: u64, f: impl FnOnce(&mut PeerInfo)) {
+        self.peers.disconnected(peer, session, f);
     }
 
     /// This node's current feed head.
@@ -885,18 +860,21 @@ impl NodeService {
             .await
     }
 
-    /// Notes the heads `peer` acknowledged for these sections, in one write (a hint: losing
-    /// it only means sending more next time).
+    /// Notes the heads `peer` acknowledged for these sections, and how far it acknowledged
+    /// this node's feed, in one write (hints: losing them only means sending or paging more
+    /// next time).
     pub async fn acknowledged(
         &self,
         peer: &AgencyId,
         acks: Vec<(SectionKey, Vec<ChangeHash>)>,
+        cursor: Option<u64>,
     ) -> Result<()> {
         self.peers
             .update(peer, |i| i.last_sync_ms = self.now().as_millis());
         let writes = acks
             .iter()
             .map(|(key, heads)| (heads_key(peer, key), Some(encode_heads(heads))))
+            .chain(cursor.map(|seq| (cursor_key(peer), Some(seq.to_be_bytes().to_vec()))))
             .collect();
         self.store.replication_hint(writes).await
     }
@@ -909,17 +887,15 @@ impl NodeService {
             Frame::Hello { .. } => Err(Error::invalid("a second hello")),
             Frame::Changes(c) => self.receive_changes(peer, c).await,
             Frame::Ack { key, heads } => {
-                self.acknowledged(peer, vec![(key, heads)]).await?;
+                self.acknowledged(peer, vec![(key, heads)], None).await?;
                 Ok(vec![])
             }
             Frame::Consent(bytes) => self.receive_consent(peer, bytes).await,
             Frame::Revocation(bytes) => self.receive_revocation(peer, bytes).await,
             Frame::Receipt(bytes) => self.receive_receipt(peer, bytes).await,
             Frame::Cursor(seq) => Ok(vec![Frame::CursorAck(seq)]),
+            // The session stores the cursor (with the hints it holds).
             Frame::CursorAck(seq) => {
-                if self.peers.cursor_due(peer, seq) {
-                    self.store_cursor(peer, seq).await?;
-                }
                 self.peers.update(peer, |i| i.acked_seq = seq);
                 Ok(vec![])
             }
@@ -1640,7 +1616,7 @@ mod tests {
             plan: PlanId::random(),
             section: SectionName::parse("goals").unwrap(),
         };
-        board.update(&clinic, |i| i.connected = true);
+        let session = board.connected(&clinic, 1);
         board.update(&nutrition, |i| i.connected = false);
         assert_eq!(board.connected_for_disclosure(), vec![clinic.clone()]);
 
@@ -1661,40 +1637,44 @@ mod tests {
         board.note_disclosed(&nutrition, &key, 9);
         assert!(!board.take_disclosed(&clinic, &key, 9));
         board.note_disclosed(&clinic, &key, 9);
-        board.disconnected(&clinic, |_| {});
+        board.disconnected(&clinic, session, |_| {});
         assert_eq!(board.disclosure_notes(), 1);
         assert!(!board.take_disclosed(&clinic, &key, 9));
         assert!(board.connected_for_disclosure().is_empty());
     }
 
     #[test]
-    fn a_peers_cursor_is_stored_first_then_at_most_once_a_period_and_the_last_at_the_end() {
+    fn an_older_sessions_end_leaves_the_newer_one_connected() {
         let board = PeerBoard::default();
         let (clinic, nutrition) = two_peers();
-        // A session's first cursor is stored at once; those soon after wait, newest kept.
-        assert!(board.cursor_due(&clinic, 10));
-        assert!(!board.cursor_due(&clinic, 11));
-        assert!(!board.cursor_due(&clinic, 12));
-        // Each peer on its own.
-        assert!(board.cursor_due(&nutrition, 4));
-        assert_eq!(board.unsaved_cursor(&nutrition), None);
-        // The session's end stores the newest waiting one, and the next session starts over.
-        assert_eq!(board.unsaved_cursor(&clinic), Some(12));
-        assert_eq!(board.unsaved_cursor(&clinic), None);
-        assert!(board.cursor_due(&clinic, 13));
-        // Once the period has passed, the next one is stored, and none waits.
-        if let Ok(mut c) = board.cursors.lock() {
-            let save = c.get_mut(&clinic).unwrap();
-            save.saved = save.saved.map(|(at, seq)| (at - CURSOR_SAVE_EVERY, seq));
-        }
-        assert!(board.cursor_due(&clinic, 14));
-        assert_eq!(board.unsaved_cursor(&clinic), None);
-        // A cursor lowered below the stored one (a section to read again) is stored at
-        // once, and one raised again soon after waits.
-        assert!(board.cursor_due(&clinic, 20));
-        assert!(!board.cursor_due(&clinic, 25));
-        assert!(board.cursor_due(&clinic, 7));
-        assert!(!board.cursor_due(&clinic, 30));
-        assert_eq!(board.unsaved_cursor(&clinic), Some(30));
+        // The clinic reconnected while its first session's dead connection was not yet
+        // noticed.
+        let old = board.connected(&clinic, 1);
+        let new = board.connected(&clinic, 2);
+        let other = board.connected(&nutrition, 3);
+        assert!(!board.is_newest(&clinic, old));
+        assert!(board.is_newest(&clinic, new) && board.is_newest(&nutrition, other));
+        let key = SectionKey {
+            plan: PlanId::random(),
+            section: SectionName::parse("goals").unwrap(),
+        };
+        board.note_disclosed(&clinic, &key, 4);
+
+        // The old one's end changes nothing, not even the error shown.
+        board.disconnected(&clinic, old, |i| i.last_error = "stream reset".into());
+        let info = board.snapshot()[&clinic].clone();
+        assert!(info.connected);
+        assert_eq!((info.connected_since_ms, info.last_error.as_str()), (2, ""));
+        assert_eq!(board.disclosure_notes(), 1);
+        assert!(board.is_newest(&clinic, new));
+
+        // The newest one's end does.
+        board.disconnected(&clinic, new, |i| i.last_error = "stream reset".into());
+        let info = board.snapshot()[&clinic].clone();
+        assert!(!info.connected);
+        assert_eq!(info.last_error, "stream reset");
+        assert_eq!(board.disclosure_notes(), 0);
+        assert!(!board.is_newest(&clinic, new));
+        assert!(board.snapshot()[&nutrition].connected);
     }
 }
