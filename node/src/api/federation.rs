@@ -941,11 +941,12 @@ async fn pump(
         );
         loop {
             let page = if keys.is_empty() {
-                svc.feed_page(cursor, 256).await?
+                svc.feed_page(cursor, FEED_PAGE).await?
             } else {
                 Vec::new()
             };
             let last = page.last().map(|e| e.seq);
+            let page_len = page.len();
             let mut seen = HashSet::new();
             // Skip sections this session already sent at or after this change (a whole
             // document sent from the grant backlog covers the feed entries behind it), and
@@ -1045,6 +1046,11 @@ async fn pump(
                 send(Frame::Cursor(acked_from)).await?;
                 cursors_sent += 1;
                 need_marker = false;
+                // Caught up with the feed: what came meanwhile waits for the peer's
+                // acknowledgement (see `ACK_WAIT`). A full page goes on at once (catch-up).
+                if page_len < FEED_PAGE {
+                    break;
+                }
             }
         }
         // A retried section that went lifts the cap: say so.
@@ -1063,23 +1069,32 @@ async fn pump(
             _ = tokio::time::sleep(retry_in), if !failed.is_empty() => {
                 retry_in = (retry_in * 2).min(RETRY_MAX);
             }
-            r = changes.changed() => { if r.is_err() { return Ok(()); } }
-            r = acks.changed() => {
+            r = changes.changed() => {
                 if r.is_err() { return Ok(()); }
-                let acked = *acks.borrow_and_update();
-                let (done, rest): (Vec<_>, Vec<_>) =
-                    receipts_in_flight.into_iter().partition(|(_, marker)| *marker <= acked);
-                receipts_in_flight = rest;
-                if !done.is_empty() {
-                    svc.receipts_delivered(done.into_iter().map(|(k, _)| k).collect()).await?;
-                }
-                let (done, rest): (Vec<_>, Vec<_>) =
-                    positions_in_flight.into_iter().partition(|(_, marker)| *marker <= acked);
-                positions_in_flight = rest;
-                if let Some(pos) = done.into_iter().map(|(p, _)| p).max() {
-                    svc.consent_delivered(&peer, pos).await?;
+                // Changes wait for the peer to acknowledge what was sent before them, so
+                // that those that come meanwhile go together (see `ACK_WAIT`).
+                if cursors_sent > *acks.borrow() {
+                    let _ = tokio::time::timeout(ACK_WAIT, acks.wait_for(|n| *n >= cursors_sent))
+                        .await;
                 }
             }
+            r = acks.changed() => { if r.is_err() { return Ok(()); } }
+        }
+        let acked = *acks.borrow_and_update();
+        let (done, rest): (Vec<_>, Vec<_>) = receipts_in_flight
+            .into_iter()
+            .partition(|(_, marker)| *marker <= acked);
+        receipts_in_flight = rest;
+        if !done.is_empty() {
+            svc.receipts_delivered(done.into_iter().map(|(k, _)| k).collect())
+                .await?;
+        }
+        let (done, rest): (Vec<_>, Vec<_>) = positions_in_flight
+            .into_iter()
+            .partition(|(_, marker)| *marker <= acked);
+        positions_in_flight = rest;
+        if let Some(pos) = done.into_iter().map(|(p, _)| p).max() {
+            svc.consent_delivered(&peer, pos).await?;
         }
     }
 }
@@ -1137,6 +1152,18 @@ impl RecordsSent {
 
 /// The most plans a pump remembers [`NodeService::may_send_plan`] of.
 const NAMED_KEPT: usize = 1 << 16;
+
+/// The feed entries a pump reads at a time.
+const FEED_PAGE: usize = 256;
+
+/// The longest a pump holds changes back while the peer has not acknowledged the last
+/// cursor it sent. Once caught up with the feed, a pump sends what came meanwhile only when
+/// the peer has stored what went before (it answers a `Cursor` once everything before it is
+/// stored), like Nagle's algorithm: a change alone goes at once, and under load the changes
+/// of one acknowledgement's wait go as one page. The peer then stores them in one commit and
+/// answers with one `CursorAck`, where each went with a frame, a commit and an answer of its
+/// own. The wait is bounded in case an acknowledgement is lost.
+const ACK_WAIT: Duration = Duration::from_millis(25);
 
 /// How soon a pump first retries sections it could not prepare, and the longest it waits.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
