@@ -126,6 +126,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Runs `f` atomically; when it returns `Ok`, its writes are visible to later reads and
     /// become durable at the next [`Backend::sync`]. `f` may be run more than once and must
     /// only act through the `Txn`.
+    ///
+    /// A node's replication pump sends peers what it reads without waiting for a sync, so
+    /// the engine a node runs on must not show a transaction's writes before they are
+    /// durable: `SledBackend` syncs its log record before sled gets them (a crash would
+    /// otherwise take back a change a peer already holds, and its disclosure record). The
+    /// in-memory engine has nothing to lose; the harness-only engines serve no node.
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()>;
     /// A [`Backend::transact`] whose writes may reach the engine's files before they are
     /// durable anywhere, so a crash may keep any part of them: only for writes that are
