@@ -16,16 +16,25 @@
 //! grows past [`CHECKPOINT_BYTES`], on demand after a purge, so purged values do not linger
 //! here, and when the store closes.
 //!
+//! Appends overwrite zeros written ahead of them ([`Current::zeroed`]), not the file's end:
+//! an `fdatasync` after an append that grew the file must also commit the new size through
+//! ext4's journal, one after an overwrite only writes the data and flushes the drive (p50 ~140
+//! against ~200 µs, and ~35% less CPU, back to back on the benchmark machine). So the file
+//! grows in steps of zeros (64 KiB at first, doubling to 1 MiB), each made durable by the
+//! next sync, and a log file ends in zeros.
+//!
 //! File format: `WEFTWAL1`, then records `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload`,
 //! payload `seq: u64 LE` then per write `tree: u8 ‖ key_len: u32 LE ‖ key ‖ present: u8`
 //! (`‖ value_len: u32 LE ‖ value` when present). A record that is short or fails its checksum
 //! at the end of the newest file is a torn append from a crash, never acknowledged, and is
-//! dropped; anywhere else it is damage, and the store does not open. After a failed append or
+//! dropped; anywhere else it is damage, and the store does not open. Zeros after the last
+//! record are the space written ahead, not damage. After a failed append or
 //! sync the log refuses everything until the store is opened again, so no record is ever
 //! written after a torn one.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +52,10 @@ const MAGIC: &[u8; 8] = b"WEFTWAL1";
 /// The log size past which a `sync` checkpoints instead.
 pub(super) const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The first and the largest step of zeros a log file grows by (see the module's text).
+const ZEROS_FIRST: u64 = 64 * 1024;
+const ZEROS_MOST: u64 = 1024 * 1024;
+
 /// The log of one store directory.
 pub(super) struct Wal {
     dir: PathBuf,
@@ -57,9 +70,42 @@ pub(super) struct Wal {
 struct Current {
     file: Arc<File>,
     number: u64,
+    /// Where the next record goes: the end of the records.
     bytes: u64,
+    /// The file's size: zeros from `bytes` on, which appends overwrite.
+    zeroed: u64,
     /// How much of the file is known durable: a sync with nothing new appended is skipped.
     synced: u64,
+}
+
+impl Current {
+    /// A file that [`create`] has just made: its magic and nothing else.
+    fn new(file: File, number: u64) -> Self {
+        let start = MAGIC.len() as u64;
+        Current {
+            file: Arc::new(file),
+            number,
+            bytes: start,
+            zeroed: start,
+            synced: start,
+        }
+    }
+
+    /// Writes `record` after the last one, over zeros: when it would pass them, the file
+    /// first grows by a step of zeros past its end (the next sync makes the new size durable).
+    fn write(&mut self, record: &[u8]) -> std::io::Result<()> {
+        let end = self.bytes + record.len() as u64;
+        if end > self.zeroed {
+            let step = self.zeroed.clamp(ZEROS_FIRST, ZEROS_MOST);
+            let size = end.max(self.zeroed + step);
+            let zeros = usize::try_from(size - self.zeroed).map_err(std::io::Error::other)?;
+            self.file.write_all_at(&vec![0; zeros], self.zeroed)?;
+            self.zeroed = size;
+        }
+        self.file.write_all_at(record, self.bytes)?;
+        self.bytes = end;
+        Ok(())
+    }
 }
 
 fn io<'a>(what: &'a str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
@@ -96,7 +142,8 @@ impl Wal {
                 }
                 rest = tail;
             }
-            let torn = !rest.is_empty();
+            // Zeros after the last record are the space written ahead of appends.
+            let torn = rest.iter().any(|b| *b != 0);
             if torn && i + 1 < numbers.len() {
                 // Only the newest file can end in an append a crash cut short (a failed
                 // append stops the log): damage anywhere else may hide acknowledged writes.
@@ -125,12 +172,7 @@ impl Wal {
         remove(dir, old)?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            current: Mutex::new(Current {
-                file: Arc::new(file),
-                number,
-                bytes: MAGIC.len() as u64,
-                synced: MAGIC.len() as u64,
-            }),
+            current: Mutex::new(Current::new(file, number)),
             failed: AtomicBool::new(false),
         })
     }
@@ -166,10 +208,9 @@ impl Wal {
         let record = encode(seq, writes)?;
         let mut current = self.current()?;
         let path = self.dir.join(file_name(current.number));
-        (&*current.file)
-            .write_all(&record)
+        current
+            .write(&record)
             .map_err(|e| self.fail(io("cannot append to", &path)(e)))?;
-        current.bytes += record.len() as u64;
         Ok(())
     }
 
@@ -217,12 +258,7 @@ impl Wal {
         let number = current.number + 1;
         let file = create(&self.dir, number)?;
         let old = current.number;
-        *current = Current {
-            file: Arc::new(file),
-            number,
-            bytes: MAGIC.len() as u64,
-            synced: MAGIC.len() as u64,
-        };
+        *current = Current::new(file, number);
         Ok(old)
     }
 
@@ -277,8 +313,7 @@ fn create(dir: &Path, number: u64) -> Result<File> {
             .open(&path)?;
         file.write_all(MAGIC)?;
         file.sync_all()?;
-        // Appends go after what is there: reopen for appending.
-        OpenOptions::new().append(true).open(&path)
+        Ok(file)
     })();
     match made {
         Ok(file) => {
@@ -416,7 +451,7 @@ mod tests {
         // A crash mid-append: half a record at the end.
         let path = dir.path().join(file_name(1));
         let full = std::fs::read(&path).unwrap();
-        let cut = full.len() - 100;
+        let cut = wal.bytes() as usize - 100;
         std::fs::write(&path, &full[..cut]).unwrap();
         let (records, _) = Wal::read(dir.path()).unwrap();
         assert_eq!(records.len(), 2, "the torn third record is not read");
@@ -426,6 +461,51 @@ mod tests {
         std::fs::write(&path, &bad).unwrap();
         let (records, _) = Wal::read(dir.path()).unwrap();
         assert!(records.is_empty(), "nothing after a corrupt record is read");
+    }
+
+    #[test]
+    fn appends_overwrite_zeros_written_ahead_and_the_zeros_are_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), &[]).unwrap();
+        let path = dir.path().join(file_name(1));
+        let size = || std::fs::metadata(&path).unwrap().len();
+        assert_eq!(
+            size(),
+            MAGIC.len() as u64,
+            "a new file holds its magic only"
+        );
+        wal.append(1, &writes(1)).unwrap();
+        let first = size();
+        assert_eq!(first, MAGIC.len() as u64 + ZEROS_FIRST);
+        // Appends within the zeros leave the size alone.
+        wal.append(2, &writes(2)).unwrap();
+        assert_eq!(size(), first);
+        // A record larger than the zeros left grows the file past it.
+        let big = Writes::from([((Tree::Chunks, vec![3]), Some(vec![3; 200_000]))]);
+        wal.append(3, &big).unwrap();
+        assert!(
+            size() >= wal.bytes() && size() > first,
+            "{} {}",
+            size(),
+            wal.bytes()
+        );
+        for seq in 4..=20 {
+            wal.append(seq, &writes(seq as u8)).unwrap();
+        }
+        wal.sync().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() as u64 > wal.bytes(), "the file ends in zeros");
+        assert!(bytes[wal.bytes() as usize..].iter().all(|b| *b == 0));
+        let (records, _) = Wal::read(dir.path()).unwrap();
+        let seqs: Vec<u64> = records.iter().map(|r| r.0).collect();
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+        assert_eq!(records[2].1, big);
+        // A torn append over the zeros is still dropped (and only it).
+        let mut torn = bytes.clone();
+        let end = wal.bytes() as usize;
+        torn[end..end + 30].copy_from_slice(&encode(21, &writes(21)).unwrap()[..30]);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(Wal::read(dir.path()).unwrap().0.len(), 20);
     }
 
     #[test]
