@@ -98,8 +98,10 @@ impl Current {
         if end > self.zeroed {
             let step = self.zeroed.clamp(ZEROS_FIRST, ZEROS_MOST);
             let size = end.max(self.zeroed + step);
-            let zeros = usize::try_from(size - self.zeroed).map_err(std::io::Error::other)?;
-            self.file.write_all_at(&vec![0; zeros], self.zeroed)?;
+            // Zeros where the record will not be (it may be larger than what was left).
+            let from = end.max(self.zeroed);
+            let zeros = usize::try_from(size - from).map_err(std::io::Error::other)?;
+            self.file.write_all_at(&vec![0; zeros], from)?;
             self.zeroed = size;
         }
         self.file.write_all_at(record, self.bytes)?;
@@ -142,9 +144,11 @@ impl Wal {
                 }
                 rest = tail;
             }
-            // Zeros after the last record are the space written ahead of appends.
-            let torn = rest.iter().any(|b| *b != 0);
-            if torn && i + 1 < numbers.len() {
+            // Zeros after the newest file's last record are the space written ahead of
+            // appends; an older file was cut to its records when the log moved on.
+            let newest = i + 1 == numbers.len();
+            let torn = bad_start || rest.iter().any(|b| *b != 0) || (!newest && !rest.is_empty());
+            if torn && !newest {
                 // Only the newest file can end in an append a crash cut short (a failed
                 // append stops the log): damage anywhere else may hide acknowledged writes.
                 return Err(Error::Storage(format!(
@@ -214,7 +218,7 @@ impl Wal {
         Ok(())
     }
 
-    /// The size of the current file.
+    /// Where the current file's records end.
     pub(super) fn bytes(&self) -> u64 {
         self.current().map_or(0, |c| c.bytes)
     }
@@ -246,15 +250,19 @@ impl Wal {
     }
 
     /// Switches appends to a new file; returns the old file's number, for
-    /// [`Wal::remove_through`] once the engine holds its records durably. The old file is
-    /// synced first: a [`Wal::sync`] after the switch syncs only the new one, yet answers for
+    /// [`Wal::remove_through`] once the engine holds its records durably. The old file is cut
+    /// to its records (its zeros go) and synced first: a [`Wal::sync`] after the switch syncs only the new one, yet answers for
     /// every record appended before it.
     pub(super) fn rotate(&self) -> Result<u64> {
         self.check()?;
         let mut current = self.current()?;
-        current.file.sync_data().map_err(|e| {
-            self.fail(io("cannot sync", &self.dir.join(file_name(current.number)))(e))
-        })?;
+        // Without its zeros: only the newest file may end in anything but a whole record.
+        let bytes = current.bytes;
+        (current.file.set_len(bytes))
+            .and_then(|()| current.file.sync_data())
+            .map_err(|e| {
+                self.fail(io("cannot sync", &self.dir.join(file_name(current.number)))(e))
+            })?;
         let number = current.number + 1;
         let file = create(&self.dir, number)?;
         let old = current.number;
@@ -506,6 +514,12 @@ mod tests {
         torn[end..end + 30].copy_from_slice(&encode(21, &writes(21)).unwrap()[..30]);
         std::fs::write(&path, &torn).unwrap();
         assert_eq!(Wal::read(dir.path()).unwrap().0.len(), 20);
+        std::fs::write(&path, &bytes).unwrap();
+        // Moving on cuts the file to its records, and it reads whole as an older file.
+        wal.rotate().unwrap();
+        assert_eq!(size(), end as u64, "the zeros are gone");
+        let (records, files) = Wal::read(dir.path()).unwrap();
+        assert_eq!((records.len(), files), (20, vec![1, 2]));
     }
 
     #[test]
@@ -516,12 +530,26 @@ mod tests {
         wal.rotate().unwrap();
         wal.append(2, &writes(2)).unwrap();
         let path = dir.path().join(file_name(1));
-        let mut bytes = std::fs::read(&path).unwrap();
-        let n = bytes.len();
-        bytes[n - 1] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        let e = Wal::read(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("damaged"), "{e}");
+        let whole = std::fs::read(&path).unwrap();
+        assert_eq!(Wal::read(dir.path()).unwrap().0.len(), 2);
+        let refused = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            let e = Wal::read(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("damaged"), "{e}");
+        };
+        // A flipped byte in the older file's record.
+        let mut flipped = whole.clone();
+        flipped[MAGIC.len() + 20] ^= 1;
+        refused(&flipped);
+        // Its record zeroed (lost blocks): an older file has no zeros written ahead.
+        let mut zeroed = whole.clone();
+        zeroed[MAGIC.len()..].fill(0);
+        refused(&zeroed);
+        refused(&vec![0; whole.len()]);
+        // Zeros after its record.
+        let mut padded = whole.clone();
+        padded.extend_from_slice(&[0; 64]);
+        refused(&padded);
     }
 
     #[test]
