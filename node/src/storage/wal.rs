@@ -21,16 +21,17 @@
 //! ext4's journal, one after an overwrite only writes the data and flushes the drive (p50 ~140
 //! against ~200 µs, and ~35% less CPU, back to back on the benchmark machine). So the file
 //! grows in steps of zeros (64 KiB at first, doubling to 1 MiB), each made durable by the
-//! next sync, and a log file ends in zeros.
+//! next sync, and the newest log file ends in zeros; an older one was cut to its records when
+//! the log moved on ([`Wal::rotate`]).
 //!
 //! File format: `WEFTWAL1`, then records `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload`,
 //! payload `seq: u64 LE` then per write `tree: u8 ‖ key_len: u32 LE ‖ key ‖ present: u8`
 //! (`‖ value_len: u32 LE ‖ value` when present). A record that is short or fails its checksum
 //! at the end of the newest file is a torn append from a crash, never acknowledged, and is
-//! dropped; anywhere else it is damage, and the store does not open. Zeros after the last
-//! record are the space written ahead, not damage. After a failed append or
-//! sync the log refuses everything until the store is opened again, so no record is ever
-//! written after a torn one.
+//! dropped; anywhere else it is damage, and the store does not open. Zeros after the newest
+//! file's last record are the space written ahead, not damage. After a failed append or sync
+//! the log refuses everything until the store is opened again, so no record is ever written
+//! after a torn one.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -147,7 +148,12 @@ impl Wal {
             // Zeros after the newest file's last record are the space written ahead of
             // appends; an older file was cut to its records when the log moved on.
             let newest = i + 1 == numbers.len();
-            let torn = bad_start || rest.iter().any(|b| *b != 0) || (!newest && !rest.is_empty());
+            let torn = bad_start
+                || if newest {
+                    rest.iter().any(|b| *b != 0)
+                } else {
+                    !rest.is_empty()
+                };
             if torn && !newest {
                 // Only the newest file can end in an append a crash cut short (a failed
                 // append stops the log): damage anywhere else may hide acknowledged writes.
@@ -251,17 +257,19 @@ impl Wal {
 
     /// Switches appends to a new file; returns the old file's number, for
     /// [`Wal::remove_through`] once the engine holds its records durably. The old file is cut
-    /// to its records (its zeros go) and synced first: a [`Wal::sync`] after the switch syncs only the new one, yet answers for
-    /// every record appended before it.
+    /// to its records (its zeros go) and synced first: a [`Wal::sync`] after the switch syncs
+    /// only the new one, yet answers for every record appended before it.
     pub(super) fn rotate(&self) -> Result<u64> {
         self.check()?;
         let mut current = self.current()?;
         // Without its zeros: only the newest file may end in anything but a whole record.
-        let bytes = current.bytes;
-        (current.file.set_len(bytes))
+        (current.file.set_len(current.bytes))
             .and_then(|()| current.file.sync_data())
             .map_err(|e| {
-                self.fail(io("cannot sync", &self.dir.join(file_name(current.number)))(e))
+                self.fail(io(
+                    "cannot cut and sync",
+                    &self.dir.join(file_name(current.number)),
+                )(e))
             })?;
         let number = current.number + 1;
         let file = create(&self.dir, number)?;
