@@ -860,7 +860,7 @@ async fn pump(
         let tx = tx.clone();
         async move { tx.send(to_pb(f)).await.map_err(|_| closed()) }
     };
-    let mut changes = svc.subscribe_changes();
+    let mut changes = svc.subscribe_changes(&peer);
     // The consent generation this round's backlog and `named` were worked out under.
     let mut consents_at: Option<u64> = None;
     let mut cursors_sent = 0u64;

@@ -173,8 +173,10 @@ pub struct NodeService {
     users: RwLock<HashMap<String, UserRecord>>,
     locks: Vec<tokio::sync::Mutex<()>>,
     events: Arc<events::PlanEvents>,
-    /// Bumped on every stored change and consent entry, to wake replication pumps.
-    changed: tokio::sync::watch::Sender<u64>,
+    /// One per peer a replication pump has run for, bumped to wake that peer's pumps: for
+    /// every peer by [`NodeService::wake`], for the peers a change may go to by
+    /// [`NodeService::wake_for`].
+    pump_wakes: std::sync::Mutex<HashMap<AgencyId, Arc<tokio::sync::watch::Sender<u64>>>>,
     /// A wake of the pumps is due within [`LATER_WAKE`] (see [`NodeService::wake_later`]).
     wake_due: std::sync::atomic::AtomicBool,
     /// Replication sessions running (see [`NodeService::session_started`]).
@@ -333,7 +335,7 @@ impl NodeService {
                 .collect(),
             events: Default::default(),
             closing: tokio::sync::watch::channel(false).0,
-            changed: tokio::sync::watch::channel(0).0,
+            pump_wakes: Default::default(),
             wake_due: Default::default(),
             sessions: tokio::sync::watch::channel(0).0,
             peers: replica::PeerBoard::default(),
@@ -372,9 +374,21 @@ impl NodeService {
         self.denials.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
-    /// Wakes replication pumps: something was stored.
+    /// The pump wakes of each peer, in no order.
+    fn pump_wakes(&self) -> Vec<(AgencyId, Arc<tokio::sync::watch::Sender<u64>>)> {
+        self.pump_wakes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(a, w)| (a.clone(), w.clone()))
+            .collect()
+    }
+
+    /// Wakes every replication pump: something was stored that any peer may need.
     pub(crate) fn wake(&self) {
-        self.changed.send_modify(|n| *n += 1);
+        for (_, w) in self.pump_wakes() {
+            w.send_modify(|n| *n += 1);
+        }
     }
 
     /// Wakes replication pumps within [`LATER_WAKE`], once for every change stored
@@ -386,14 +400,15 @@ impl NodeService {
         {
             return;
         }
-        let Some(me) = self.me.upgrade() else {
-            return;
-        };
+        // The task holds no reference: a stopping node's store is not kept open by it.
+        let me = self.me.clone();
         tokio::spawn(async move {
             tokio::time::sleep(LATER_WAKE).await;
-            me.wake_due
-                .store(false, std::sync::atomic::Ordering::Release);
-            me.wake();
+            if let Some(me) = me.upgrade() {
+                me.wake_due
+                    .store(false, std::sync::atomic::Ordering::Release);
+                me.wake();
+            }
         });
     }
 
@@ -413,9 +428,15 @@ impl NodeService {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// A receiver that changes whenever something is stored.
-    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// A receiver that changes whenever something is stored that `peer` may need (and, at
+    /// the latest [`LATER_WAKE`] after, whenever anything is).
+    pub(crate) fn subscribe_changes(&self, peer: &AgencyId) -> tokio::sync::watch::Receiver<u64> {
+        self.pump_wakes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(peer.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::watch::channel(0).0))
+            .subscribe()
     }
 
     /// Ends every open watch stream (the node is shutting down).
@@ -701,7 +722,7 @@ impl NodeService {
                 self.peers.note_disclosed(peer, key, *seq);
             }
         }
-        self.wake();
+        self.wake_for(plan);
 
         // Compact sections whose chunk count passed the threshold, while still locked, and
         // keep each document for the next edit or frame of its section.
@@ -1536,11 +1557,15 @@ mod tests {
     use std::time::Duration;
 
     async fn service() -> Arc<NodeService> {
+        service_of("clinic.test").await
+    }
+
+    async fn service_of(agency: &str) -> Arc<NodeService> {
         let store =
             crate::storage::Store::open(Arc::new(crate::storage::memory::MemoryBackend::new()))
                 .unwrap();
         NodeService::new(
-            AgencyId::parse("clinic.test").unwrap(),
+            AgencyId::parse(agency).unwrap(),
             StoreHandle::new(store),
             Arc::new(crate::model::now),
             ServiceOptions::default(),
@@ -1553,7 +1578,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_later_wake_comes_once_for_the_changes_stored_meanwhile() {
         let svc = service().await;
-        let mut changes = svc.subscribe_changes();
+        let mut changes = svc.subscribe_changes(&AgencyId::parse("clinic.test").unwrap());
         for _ in 0..3 {
             svc.wake_later();
         }
@@ -1568,6 +1593,82 @@ mod tests {
         svc.wake_later();
         tokio::time::sleep(LATER_WAKE * 2).await;
         assert_eq!(*changes.borrow_and_update(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_wakes_at_once_only_the_pumps_of_peers_it_may_go_to() {
+        let agency = |a: &str| AgencyId::parse(a).unwrap();
+        let (school, clinic, other) = (
+            agency("school.test"),
+            agency("clinic.test"),
+            agency("other.test"),
+        );
+        // A child whose stored consent names the clinic and the nutrition centre, and one
+        // with none.
+        let (named, unnamed) = (SubjectId::random(), SubjectId::random());
+        let plan_of = |subject| PlanRecord {
+            id: PlanId::random(),
+            subject,
+            home: school.clone(),
+            created_at: crate::model::now(),
+        };
+        let store_consent = |svc: Arc<NodeService>| async move {
+            let mut batch = crate::storage::CommitBatch::audit_only(crate::audit::AuditDraft {
+                time: svc.now(),
+                agency: svc.agency.to_string(),
+                user: "coordinator".into(),
+                action: AuditAction::ConsentGrant,
+                outcome: Outcome::Ok,
+                plan: None,
+                sections: vec![],
+                detail: String::new(),
+                basis: String::new(),
+            });
+            batch.consent_entries = vec![crate::storage::tests::consent_ending(
+                named,
+                "c-named",
+                [10, 20],
+            )];
+            svc.store.commit(batch).await.unwrap();
+        };
+        let changed = |w: &mut tokio::sync::watch::Receiver<u64>| {
+            let seen = w.has_changed().unwrap();
+            w.mark_unchanged();
+            seen
+        };
+
+        // At the home: the peers the child's consents name.
+        let home = service_of("school.test").await;
+        store_consent(home.clone()).await;
+        let (mut to_clinic, mut to_other) = (
+            home.subscribe_changes(&clinic),
+            home.subscribe_changes(&other),
+        );
+        home.wake_for(&plan_of(named));
+        assert!(changed(&mut to_clinic), "named: woken at once");
+        assert!(!changed(&mut to_other), "not named: not yet");
+        home.wake_for(&plan_of(unnamed));
+        assert!(!changed(&mut to_clinic) && !changed(&mut to_other));
+        tokio::time::sleep(LATER_WAKE * 2).await;
+        assert!(
+            changed(&mut to_clinic) && changed(&mut to_other),
+            "both, later"
+        );
+
+        // At a grantee: the home, when the child's consents name this node; nobody else.
+        let grantee = service_of("nutrition.test").await;
+        store_consent(grantee.clone()).await;
+        let (mut to_school, mut to_clinic) = (
+            grantee.subscribe_changes(&school),
+            grantee.subscribe_changes(&clinic),
+        );
+        grantee.wake_for(&plan_of(named));
+        assert!(changed(&mut to_school) && !changed(&mut to_clinic));
+        grantee.wake_for(&plan_of(unnamed));
+        assert!(!changed(&mut to_school));
+        // Anything else stored wakes every pump at once.
+        grantee.wake();
+        assert!(changed(&mut to_school) && changed(&mut to_clinic));
     }
 
     #[tokio::test(start_paused = true)]

@@ -751,6 +751,20 @@ impl NodeService {
         self.store.names(needed, plan.subject)
     }
 
+    /// Wakes the pumps of the peers a change of `plan` may go to (see `may_be_named`; a
+    /// failed read wakes the pump, which decides), and every other pump within
+    /// [`super::LATER_WAKE`], once for all such changes, to move its cursor past them. Waking
+    /// every pump for every change had each peer's pump read the feed and send a `Cursor`
+    /// that the peer stored and acknowledged, for the few peers a child's consents name.
+    pub(crate) fn wake_for(&self, plan: &PlanRecord) {
+        for (peer, wake) in self.pump_wakes() {
+            if wake.receiver_count() > 0 && self.may_be_named(&peer, plan).unwrap_or(true) {
+                wake.send_modify(|n| *n += 1);
+            }
+        }
+        self.wake_later();
+    }
+
     /// The frame that brings `peer` up to date on one section, if it may have it and lacks
     /// anything. A home's send is recorded as a disclosure before it leaves.
     /// `sent` is what this session already sent the peer for this section (the stream is
@@ -1214,7 +1228,7 @@ impl NodeService {
             if plan.home != self.agency && quiet {
                 self.wake_later();
             } else {
-                self.wake();
+                self.wake_for(&plan);
             }
             self.events.send(super::PlanEvent {
                 plan: plan.id,
