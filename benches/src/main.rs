@@ -302,10 +302,10 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants(7) {
         let s = "7 consent filtering";
-        let (plans, running, rounds) = if args.quick {
-            (100, 4, 1)
+        let (plans, running, rounds, live) = if args.quick {
+            (100, 4, 1, (100, 100.0))
         } else {
-            (20_000, 4, 5)
+            (20_000, 4, 5, (3_000, 300.0))
         };
         // The rounds of the two alternate, so a slow spell of the host falls on both.
         let mut filtered =
@@ -319,10 +319,10 @@ async fn main() -> anyhow::Result<()> {
             alone.round(false).await?;
         }
         filtered.round(true).await?;
-        let filtered = filtered.finish(20).await?;
+        let filtered = filtered.finish(20, Some(live)).await?;
         eprintln!("scenario 7 (40 agencies, 1-5 each): {filtered:?}");
         alone.round(true).await?;
-        let alone = alone.finish(0).await?;
+        let alone = alone.finish(0, None).await?;
         eprintln!("scenario 7 (only the plans delivered): {alone:?}");
         figures.push(
             Figure::new(
@@ -423,6 +423,23 @@ async fn main() -> anyhow::Result<()> {
                 report::percentile(r, 50.0).unwrap_or(f64::NAN)
             )),
         );
+        if let Some(live) = &filtered.live {
+            figures.push(
+                Figure::new(
+                    s,
+                    "live edits at the school, node CPU ms per edit",
+                    opt(1e3 * live.cpu / live.edits as f64),
+                    None,
+                    "",
+                )
+                .note(format!(
+                    "{} one-field edits at {}/s on plans consented to 1-5 of 40 agencies, {running} of them running; the school's own {:.3} ms per edit; CPU from the first edit until 1 s after the last answer",
+                    live.edits,
+                    live.rate,
+                    1e3 * live.school_cpu / live.edits as f64
+                )),
+            );
+        }
         if let Some((ms, sections, left)) = filtered.during_long_feed {
             figures.push(
                 Figure::new(

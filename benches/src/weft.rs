@@ -525,6 +525,56 @@ pub struct Filtering {
     /// still had to page for the peer when it did (0: the paging had ended, and the figure
     /// says nothing about it).
     pub during_long_feed: Option<(f64, u64, u64)>,
+    /// Live edits at the school once the deliveries are done (see [`Filtered::finish`]).
+    pub live: Option<LiveEdits>,
+}
+
+/// Scenario 7's live edits: one-field changes at the school, paced, on plans whose consents
+/// name 1–5 of the 40 listed agencies, so most name none of the running peers.
+#[derive(Debug, Default, Clone)]
+pub struct LiveEdits {
+    pub edits: usize,
+    pub rate: f64,
+    /// CPU seconds from the first edit until a second after the last answer: the school's,
+    /// and the school's and running peers' together.
+    pub school_cpu: f64,
+    pub cpu: f64,
+}
+
+impl LiveEdits {
+    /// Paces `plans.len()` edits at `rate` a second over the school's `plans`, and measures
+    /// the nodes' CPU time until a second after the last answer (pumps not woken for a
+    /// change move their cursors past it within that).
+    async fn run(agencies: &[Agency], plans: &[String], rate: f64) -> anyhow::Result<Self> {
+        let cpu = || {
+            agencies
+                .iter()
+                .map(Agency::cpu_seconds)
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let before = cpu()?;
+        let channel = agencies[0].channel().await?;
+        let t0 = Instant::now();
+        let mut answers = tokio::task::JoinSet::new();
+        for (i, plan) in plans.iter().enumerate() {
+            tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+            let mut client = pb::plan_service_client::PlanServiceClient::new(channel.clone());
+            let edit = profile_edit(plan.clone(), format!("live {i}"));
+            answers.spawn(async move { client.set_fields(edit).await.map(|_| ()) });
+        }
+        while let Some(r) = answers.join_next().await {
+            r??;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = cpu()?;
+        let used: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        Ok(Self {
+            edits: plans.len(),
+            rate,
+            school_cpu: used[0],
+            cpu: used.iter().sum(),
+        })
+    }
 }
 
 /// Up to `n` ids of active consents at `school` that name `peer`, from its first `plans`
@@ -737,7 +787,11 @@ impl Filtered {
     /// its consents allow, times `revocations` revocations until the first peer purged (and,
     /// with any, one more while the school pages a long feed: see [`Filtering`]), stops the
     /// nodes.
-    pub async fn finish(mut self, revocations: usize) -> anyhow::Result<Filtering> {
+    pub async fn finish(
+        mut self,
+        revocations: usize,
+        live: Option<(usize, f64)>,
+    ) -> anyhow::Result<Filtering> {
         let fed = &mut self.fed;
         // Settle, then compare what each holds with what it may hold.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -748,6 +802,13 @@ impl Filtered {
             missing += (*want as i64 - held).max(0);
         }
         let delivered: u64 = self.expected.iter().sum();
+        let live = match live {
+            Some((edits, rate)) => {
+                let plans = plan_ids(&fed.agencies[0], edits).await?;
+                Some(LiveEdits::run(&fed.agencies[..=self.running], &plans, rate).await?)
+            }
+            None => None,
+        };
         // Revocations: consents to the first running peer, one at a time.
         let mut times = Vec::new();
         let mut during_long_feed = None;
@@ -802,6 +863,7 @@ impl Filtered {
             missing,
             revocations: times,
             during_long_feed,
+            live,
         })
     }
 }
