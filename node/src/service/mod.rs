@@ -391,8 +391,9 @@ impl NodeService {
         }
     }
 
-    /// Wakes replication pumps within [`LATER_WAKE`], once for every change stored
-    /// meanwhile: for changes no peer needs, which only move the pumps' cursors on.
+    /// Wakes every replication pump within [`LATER_WAKE`], once for all the changes stored
+    /// meanwhile: for the pumps of peers a change does not go to, which only move their
+    /// cursors past it.
     pub(crate) fn wake_later(&self) {
         if self
             .wake_due
@@ -428,8 +429,9 @@ impl NodeService {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// A receiver that changes whenever something is stored that `peer` may need (and, at
-    /// the latest [`LATER_WAKE`] after, whenever anything is).
+    /// A receiver that changes when something is stored that may go to `peer` (see
+    /// [`NodeService::wake`] and `wake_for`), and within [`LATER_WAKE`] of a stored change
+    /// that does not (its pump then moves its cursor past it).
     pub(crate) fn subscribe_changes(&self, peer: &AgencyId) -> tokio::sync::watch::Receiver<u64> {
         self.pump_wakes
             .lock()
