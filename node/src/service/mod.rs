@@ -724,7 +724,7 @@ impl NodeService {
                 self.peers.note_disclosed(peer, key, *seq);
             }
         }
-        self.wake_for(plan);
+        self.wake_for(plan, &consents);
 
         // Compact sections whose chunk count passed the threshold, while still locked, and
         // keep each document for the next edit or frame of its section.
@@ -1605,33 +1605,21 @@ mod tests {
             agency("clinic.test"),
             agency("other.test"),
         );
-        // A child whose stored consent names the clinic and the nutrition centre, and one
-        // with none.
+        // A child whose consent names the clinic and the nutrition centre, and one with none.
         let (named, unnamed) = (SubjectId::random(), SubjectId::random());
+        let entry = crate::storage::tests::consent_ending(named, "c-named", [10, 20]);
+        let record = weft_consent::SignedConsent::from_bytes(&entry.bytes)
+            .unwrap()
+            .verify(&SigningKey::from_bytes(&[7; 32]).verifying_key())
+            .unwrap();
+        let mut consents = weft_consent::ConsentSet::new();
+        consents.add_consent(record);
+        let none = weft_consent::ConsentSet::new();
         let plan_of = |subject| PlanRecord {
             id: PlanId::random(),
             subject,
             home: school.clone(),
             created_at: crate::model::now(),
-        };
-        let store_consent = |svc: Arc<NodeService>| async move {
-            let mut batch = crate::storage::CommitBatch::audit_only(crate::audit::AuditDraft {
-                time: svc.now(),
-                agency: svc.agency.to_string(),
-                user: "coordinator".into(),
-                action: AuditAction::ConsentGrant,
-                outcome: Outcome::Ok,
-                plan: None,
-                sections: vec![],
-                detail: String::new(),
-                basis: String::new(),
-            });
-            batch.consent_entries = vec![crate::storage::tests::consent_ending(
-                named,
-                "c-named",
-                [10, 20],
-            )];
-            svc.store.commit(batch).await.unwrap();
         };
         let changed = |w: &mut tokio::sync::watch::Receiver<u64>| {
             let seen = w.has_changed().unwrap();
@@ -1641,15 +1629,14 @@ mod tests {
 
         // At the home: the peers the child's consents name.
         let home = service_of("school.test").await;
-        store_consent(home.clone()).await;
         let (mut to_clinic, mut to_other) = (
             home.subscribe_changes(&clinic),
             home.subscribe_changes(&other),
         );
-        home.wake_for(&plan_of(named));
+        home.wake_for(&plan_of(named), &consents);
         assert!(changed(&mut to_clinic), "named: woken at once");
         assert!(!changed(&mut to_other), "not named: not yet");
-        home.wake_for(&plan_of(unnamed));
+        home.wake_for(&plan_of(unnamed), &none);
         assert!(!changed(&mut to_clinic) && !changed(&mut to_other));
         tokio::time::sleep(LATER_WAKE * 2).await;
         assert!(
@@ -1659,14 +1646,13 @@ mod tests {
 
         // At a grantee: the home, when the child's consents name this node; nobody else.
         let grantee = service_of("nutrition.test").await;
-        store_consent(grantee.clone()).await;
         let (mut to_school, mut to_clinic) = (
             grantee.subscribe_changes(&school),
             grantee.subscribe_changes(&clinic),
         );
-        grantee.wake_for(&plan_of(named));
+        grantee.wake_for(&plan_of(named), &consents);
         assert!(changed(&mut to_school) && !changed(&mut to_clinic));
-        grantee.wake_for(&plan_of(unnamed));
+        grantee.wake_for(&plan_of(unnamed), &none);
         assert!(!changed(&mut to_school));
         // Anything else stored wakes every pump at once.
         grantee.wake();

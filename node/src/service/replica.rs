@@ -741,24 +741,39 @@ impl NodeService {
     /// `false` means the gate refuses whatever the records say, so the child's consents
     /// need not be loaded and verified (most of a node's children, for most peers).
     fn may_be_named(&self, peer: &AgencyId, plan: &PlanRecord) -> Result<bool> {
-        let needed = if plan.home == self.agency {
-            peer
-        } else if plan.home == *peer {
-            &self.agency
-        } else {
-            return Ok(false);
-        };
-        self.store.names(needed, plan.subject)
+        match self.named_for_send(peer, plan) {
+            Some(needed) => self.store.names(needed, plan.subject),
+            None => Ok(false),
+        }
     }
 
-    /// Wakes the pumps of the peers a change of `plan` may go to (see `may_be_named`; a
-    /// failed read wakes the pump, which decides), and every other pump within
-    /// [`super::LATER_WAKE`], once for all such changes, to move its cursor past them. Waking
-    /// every pump for every change had each peer's pump read the feed and send a `Cursor`
-    /// that the peer stored and acknowledged, for the few peers a child's consents name.
-    pub(crate) fn wake_for(&self, plan: &PlanRecord) {
+    /// The agency a consent record of `plan`'s child must name for a send to `peer`: the
+    /// peer, at the home; this node, sending its copy back to the home; none otherwise.
+    fn named_for_send<'a>(&'a self, peer: &'a AgencyId, plan: &PlanRecord) -> Option<&'a AgencyId> {
+        if plan.home == self.agency {
+            Some(peer)
+        } else if plan.home == *peer {
+            Some(&self.agency)
+        } else {
+            None
+        }
+    }
+
+    /// Wakes the pumps of the peers a change of `plan` may go to: those `consents` (the
+    /// child's, as the change was gated) name as `may_be_named` asks, from memory, since a
+    /// store read here could wait for the writer on the change's path. Every other pump
+    /// wakes within [`super::LATER_WAKE`], once for all such changes, to move its cursor
+    /// past them. Waking every pump for every change had each peer's pump read the feed and
+    /// send a `Cursor` that the peer stored and acknowledged, for the few peers a child's
+    /// consents name. A consent that arrives later wakes every pump itself.
+    pub(crate) fn wake_for(&self, plan: &PlanRecord, consents: &weft_consent::ConsentSet) {
+        let names = |agency: &AgencyId| {
+            consents
+                .consents()
+                .any(|c| c.provisions.iter().any(|p| p.grantee == *agency))
+        };
         for (peer, wake) in self.pump_wakes() {
-            if wake.receiver_count() > 0 && self.may_be_named(&peer, plan).unwrap_or(true) {
+            if wake.receiver_count() > 0 && self.named_for_send(&peer, plan).is_some_and(names) {
                 wake.send_modify(|n| *n += 1);
             }
         }
@@ -1228,7 +1243,7 @@ impl NodeService {
             if plan.home != self.agency && quiet {
                 self.wake_later();
             } else {
-                self.wake_for(&plan);
+                self.wake_for(&plan, &consents);
             }
             self.events.send(super::PlanEvent {
                 plan: plan.id,
