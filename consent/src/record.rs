@@ -91,6 +91,13 @@ pub struct ConsentRecord {
     pub provisions: Vec<Provision>,
 }
 
+impl ConsentRecord {
+    /// Whether a provision names `agency` as its grantee (in force or not).
+    pub fn names(&self, agency: &AgencyId) -> bool {
+        self.provisions.iter().any(|p| p.grantee == *agency)
+    }
+}
+
 /// A record that ends a consent. Once a revocation is known, the consent it names never allows
 /// anything again.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,4 +113,20 @@ pub struct Revocation {
     pub revoked_at: Timestamp,
     /// Optional free-text reason (never echoed in error text).
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{agency, consent, CLINIC, HOME};
+
+    #[test]
+    fn a_record_names_its_grantees_only() {
+        let record = consent("c1");
+        assert!(record.names(&agency(CLINIC)));
+        assert!(
+            !record.names(&agency(HOME)),
+            "the disclosing agency is no grantee"
+        );
+        assert!(!record.names(&agency("other.example")));
+    }
 }

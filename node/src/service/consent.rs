@@ -740,9 +740,7 @@ impl NodeService {
             else {
                 continue;
             };
-            if caller.agency != plan.home
-                && !record.provisions.iter().any(|p| p.grantee == caller.agency)
-            {
+            if caller.agency != plan.home && !record.names(&caller.agency) {
                 continue;
             }
             out.push(self.consent_view(&record, &set, &signed.signer, signed.digest()));

@@ -623,7 +623,7 @@ impl NodeService {
                 let Ok(record) = signed.unverified_record() else {
                     continue;
                 };
-                if record.provisions.iter().any(|p| p.grantee == *peer) {
+                if record.names(peer) {
                     named.insert(record.id.to_string());
                     out.frames
                         .push((e.id.clone(), Frame::Consent(e.bytes.clone())));
@@ -767,11 +767,7 @@ impl NodeService {
     /// send a `Cursor` that the peer stored and acknowledged, for the few peers a child's
     /// consents name. A consent that arrives later wakes every pump itself.
     pub(crate) fn wake_for(&self, plan: &PlanRecord, consents: &weft_consent::ConsentSet) {
-        let names = |agency: &AgencyId| {
-            consents
-                .consents()
-                .any(|c| c.provisions.iter().any(|p| p.grantee == *agency))
-        };
+        let names = |agency: &AgencyId| consents.consents().any(|c| c.names(agency));
         for (peer, wake) in self.pump_wakes() {
             if wake.receiver_count() > 0 && self.named_for_send(&peer, plan).is_some_and(names) {
                 wake.send_modify(|n| *n += 1);
@@ -1295,7 +1291,7 @@ impl NodeService {
                     .await
             }
         };
-        if !record.provisions.iter().any(|p| p.grantee == self.agency) {
+        if !record.names(&self.agency) {
             return self
                 .reject(
                     peer,
