@@ -176,7 +176,7 @@ pub struct NodeService {
     /// One per peer a replication pump has run for, bumped to wake that peer's pumps: for
     /// every peer by [`NodeService::wake`], for the peers a change may go to by
     /// [`NodeService::wake_for`].
-    pump_wakes: std::sync::Mutex<HashMap<AgencyId, Arc<tokio::sync::watch::Sender<u64>>>>,
+    pump_wakes: std::sync::Mutex<HashMap<AgencyId, tokio::sync::watch::Sender<u64>>>,
     /// A wake of the pumps is due within [`LATER_WAKE`] (see [`NodeService::wake_later`]).
     wake_due: std::sync::atomic::AtomicBool,
     /// Replication sessions running (see [`NodeService::session_started`]).
@@ -374,21 +374,23 @@ impl NodeService {
         self.denials.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
-    /// The pump wakes of each peer, in no order.
-    fn pump_wakes(&self) -> Vec<(AgencyId, Arc<tokio::sync::watch::Sender<u64>>)> {
-        self.pump_wakes
+    /// Wakes the running pumps of the peers `of` picks (it runs under the wakes' lock, so it
+    /// must not wait for anything).
+    fn wake_pumps(&self, of: impl Fn(&AgencyId) -> bool) {
+        let wakes = self
+            .pump_wakes
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(a, w)| (a.clone(), w.clone()))
-            .collect()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (peer, wake) in wakes.iter() {
+            if wake.receiver_count() > 0 && of(peer) {
+                wake.send_modify(|n| *n += 1);
+            }
+        }
     }
 
     /// Wakes every replication pump: something was stored that any peer may need.
     pub(crate) fn wake(&self) {
-        for (_, w) in self.pump_wakes() {
-            w.send_modify(|n| *n += 1);
-        }
+        self.wake_pumps(|_| true);
     }
 
     /// Wakes every replication pump within [`LATER_WAKE`], once for all the changes stored
@@ -437,7 +439,7 @@ impl NodeService {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(peer.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::watch::channel(0).0))
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
             .subscribe()
     }
 

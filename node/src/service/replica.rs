@@ -768,11 +768,7 @@ impl NodeService {
     /// consents name. A consent that arrives later wakes every pump itself.
     pub(crate) fn wake_for(&self, plan: &PlanRecord, consents: &weft_consent::ConsentSet) {
         let names = |agency: &AgencyId| consents.consents().any(|c| c.names(agency));
-        for (peer, wake) in self.pump_wakes() {
-            if wake.receiver_count() > 0 && self.named_for_send(&peer, plan).is_some_and(names) {
-                wake.send_modify(|n| *n += 1);
-            }
-        }
+        self.wake_pumps(|peer| self.named_for_send(peer, plan).is_some_and(names));
         self.wake_later();
     }
 
