@@ -1,6 +1,11 @@
 //! `weft-bench`: starts real Weft nodes as processes on 127.0.0.1, drives them, measures the
 //! same workloads with samod, prints a table and writes `target/bench/<mode>.json`.
 
+/// The node's allocator: scenario 6 runs the store in this process, and glibc's malloc was a
+/// fifth of its samples there, where the node itself runs on jemalloc (`node/src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod cluster;
 mod engines;
 #[allow(dead_code)] // used as the scenarios land

@@ -16,6 +16,7 @@
 //!
 //! [storage]
 //! compact_after_chunks = 64       # fold a section's change chunks into a snapshot
+//! cache_mib = 16                  # sled's page cache, MiB
 //!
 //! [consent]
 //! signing_key = "certs/signing.key" # Ed25519 key that signs consents (default: in data_dir)
@@ -169,18 +170,26 @@ pub struct StorageSection {
     /// Fold chunks into a snapshot after this many (2–100000).
     #[serde(default = "default_compact")]
     pub compact_after_chunks: u64,
+    /// sled's page cache in MiB (1–65536).
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
             compact_after_chunks: default_compact(),
+            cache_mib: default_cache_mib(),
         }
     }
 }
 
 fn default_compact() -> u64 {
     64
+}
+
+fn default_cache_mib() -> u64 {
+    crate::storage::sled::DEFAULT_CACHE_MIB
 }
 
 /// Where the node keeps its data.
@@ -216,6 +225,8 @@ pub struct Config {
     pub tls: TlsFiles,
     /// Fold chunks into a snapshot after this many.
     pub compact_after_chunks: u64,
+    /// sled's page cache, MiB (a store in a directory).
+    pub cache_mib: u64,
     /// The consent signing key's file (`None`: `signing.key` in the data directory, or a
     /// throwaway key for an in-memory node).
     pub signing_key: Option<PathBuf>,
@@ -410,6 +421,9 @@ impl FileConfig {
         if !(2..=100_000).contains(&self.storage.compact_after_chunks) {
             problems.push("storage.compact_after_chunks: must be between 2 and 100000".into());
         }
+        if !(1..=65_536).contains(&self.storage.cache_mib) {
+            problems.push("storage.cache_mib: must be between 1 and 65536".into());
+        }
         match (agency, api_listen, problems.is_empty()) {
             (Some(agency), Some(api_listen), true) => Ok(Config {
                 agency,
@@ -417,6 +431,7 @@ impl FileConfig {
                 api_listen,
                 tls,
                 compact_after_chunks: self.storage.compact_after_chunks,
+                cache_mib: self.storage.cache_mib,
                 signing_key: self.consent.signing_key.as_deref().map(resolve),
                 federation: federation.flatten(),
                 metrics_listen,
@@ -550,8 +565,31 @@ mod tests {
     }
 
     #[test]
+    fn the_store_cache_defaults_and_is_bounded() {
+        let base = "agency = \"a.test\"\ndata_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
+        let cache = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .unwrap()
+                .validate_with(Path::new("/nonexistent"), false)
+                .map(|c| c.cache_mib)
+        };
+        assert_eq!(
+            cache(base).unwrap(),
+            crate::storage::sled::DEFAULT_CACHE_MIB
+        );
+        assert_eq!(
+            cache(&format!("{base}[storage]\ncache_mib = 256\n")).unwrap(),
+            256
+        );
+        for bad in [0, 65_537] {
+            let err = cache(&format!("{base}[storage]\ncache_mib = {bad}\n")).unwrap_err();
+            assert_eq!(err, ["storage.cache_mib: must be between 1 and 65536"]);
+        }
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
-        let text = "agency = \"Not An Agency\"\ndata_dir = \"d\"\n[api]\nlisten = \"nowhere\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n[storage]\ncompact_after_chunks = 1\n";
+        let text = "agency = \"Not An Agency\"\ndata_dir = \"d\"\n[api]\nlisten = \"nowhere\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n[storage]\ncompact_after_chunks = 1\ncache_mib = 0\n";
         let file: FileConfig = toml::from_str(text).unwrap();
         let problems = file.validate(Path::new("/nonexistent")).unwrap_err();
         let all = problems.join("\n");
@@ -562,6 +600,7 @@ mod tests {
             "tls.key",
             "tls.ca",
             "compact_after_chunks",
+            "cache_mib",
         ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }

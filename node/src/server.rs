@@ -25,13 +25,13 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Opens the store a config names.
-pub fn open_store(data: &DataLocation) -> Result<StoreHandle> {
+/// Opens the store a config names, a sled store with a page cache of `cache_mib` MiB.
+pub fn open_store(data: &DataLocation, cache_mib: u64) -> Result<StoreHandle> {
     let backend: Arc<dyn Backend> = match data {
         DataLocation::Dir(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-            Arc::new(SledBackend::open(dir)?)
+            Arc::new(SledBackend::open_with_cache(dir, cache_mib)?)
         }
         DataLocation::Memory => Arc::new(MemoryBackend::new()),
     };
@@ -110,7 +110,7 @@ impl Node {
 
     /// Like [`Node::bind`], with a clock of the caller's choosing (tests).
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<Node> {
-        let store = open_store(&config.data)?;
+        let store = open_store(&config.data, config.cache_mib)?;
         Self::bind_with_store(config, store, clock).await
     }
 

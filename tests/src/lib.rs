@@ -223,6 +223,7 @@ impl TestNode {
             api_listen: listen,
             tls: self.tls.clone(),
             compact_after_chunks: 8,
+            cache_mib: weft_node::storage::sled::DEFAULT_CACHE_MIB,
             signing_key: None,
             federation: self.federation.clone(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -320,7 +321,7 @@ impl TestNode {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
         let config = self.config(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let store = open_store(&config.data)?;
+        let store = open_store(&config.data, config.cache_mib)?;
         // Peers dial the federation address, so it stays the same across restarts.
         let api = tokio::net::TcpListener::bind(config.api_listen).await?;
         let fed = match &config.federation {

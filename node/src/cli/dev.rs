@@ -120,7 +120,7 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
         let env_path = dir.join(format!("{short}.env"));
         let node_url = format!("https://127.0.0.1:{api_port}");
         let first_run = !env_path.is_file();
-        let store = open_store(&DataLocation::Dir(data_dir.clone()))?;
+        let store = open_store(&DataLocation::Dir(data_dir.clone()), config.cache_mib)?;
         if first_run {
             let (_, token) =
                 bootstrap_user(&store, &agency, "coordinator", Role::Coordinator, now())?;

@@ -27,11 +27,14 @@ use super::writer::{writes_of, Writes};
 use super::{Backend, Tree, Txn};
 use crate::error::{Error, Result};
 
-/// sled's page cache, bounded well below sled's 1 GiB default: documents are loaded per
-/// request and the OS page cache keeps hot pages anyway. In the benchmark at 100,000
-/// sections, 16 MiB replicated as fast as 64 MiB (817-891 docs/s cold, one edit p50 4.7 ms)
-/// and the receiving node ended at 352-391 MiB resident instead of 478-579 MiB.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// sled's page cache by default (`[storage] cache_mib`), in MiB: well below sled's 1 GiB
+/// default, since documents are loaded per request and the OS page cache keeps hot pages
+/// anyway. In the benchmark at 100,000 sections, 16 MiB replicated as fast as 64 MiB
+/// (817-891 docs/s cold, one edit p50 4.7 ms) and the receiving node ended at 352-391 MiB
+/// resident instead of 478-579 MiB. What a larger cache buys is writes spread over a tree
+/// far larger than the cache: each insert then reads its leaf back from sled's files
+/// (scenario 6 of the benchmark).
+pub const DEFAULT_CACHE_MIB: u64 = 16;
 
 /// Entries a scan reads under one hold of the read lock.
 const SCAN_PAGE: usize = 1024;
@@ -56,13 +59,18 @@ pub struct SledBackend {
 const LOCK_TRIES: u32 = 100;
 
 impl SledBackend {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with the default page cache.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_MIB)
+    }
+
+    /// Opens (or creates) the store in `dir`, with a page cache of `cache_mib` MiB.
+    pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Self> {
         let config = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
-            .cache_capacity(CACHE_BYTES);
+            .cache_capacity(cache_mib.saturating_mul(1024 * 1024));
         // sled's own threads may hold a store just closed in this process for a moment
         // (its lock goes with their last reference): a busy lock is tried again for up to a
         // second before it is reported as another process's.
