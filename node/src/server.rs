@@ -27,6 +27,7 @@ pub fn install_crypto_provider() {
 
 /// Opens the store a config names, a sled store with a page cache of `cache_mib` MiB.
 pub fn open_store(data: &DataLocation, cache_mib: u64) -> Result<StoreHandle> {
+    let started = std::time::Instant::now();
     let backend: Arc<dyn Backend> = match data {
         DataLocation::Dir(dir) => {
             std::fs::create_dir_all(dir)
@@ -35,7 +36,16 @@ pub fn open_store(data: &DataLocation, cache_mib: u64) -> Result<StoreHandle> {
         }
         DataLocation::Memory => Arc::new(MemoryBackend::new()),
     };
-    Ok(StoreHandle::new(Store::open(backend)?))
+    let engine = started.elapsed();
+    let store = Store::open(backend)?;
+    // How long a start spends where: the engine's recovery grows with what was written
+    // since the store last opened, the store's own checks with what it holds.
+    tracing::info!(
+        engine_ms = engine.as_millis() as u64,
+        store_ms = (started.elapsed() - engine).as_millis() as u64,
+        "opened the store"
+    );
+    Ok(StoreHandle::new(store))
 }
 
 /// The node's consent signing key: read from its file, or created there (mode 0600) on
