@@ -240,6 +240,10 @@ const KEY_AUDIT_HEAD: &[u8] = b"audit_head";
 const KEY_FORMAT: &[u8] = b"format_version";
 const KEY_SUBJECTS_INDEXED: &[u8] = b"subjects_indexed";
 const KEY_CONSENT_SEQ: &[u8] = b"consent_seq";
+/// Meta key: how many plans the store holds (u64 BE), kept with every transaction that adds
+/// or removes one, so opening a store does not count them (a quarter of a second at 250,000
+/// plans). A store written before it existed is counted once, when it opens.
+const KEY_PLAN_COUNT: &[u8] = b"plan_count";
 /// Meta keys `consent_log/<seq>` → subject: which children's consents changed, in order, so
 /// a peer's pump can look at only what changed since it last looked.
 const CONSENT_LOG: &[u8] = b"consent_log/";
@@ -649,6 +653,18 @@ fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
     Ok(decode_u64(txn.get(Tree::Meta, key)?))
 }
 
+/// Moves the stored plan count ([`KEY_PLAN_COUNT`]) by `added` and `removed` plans.
+fn count_plans(txn: &dyn Txn, added: u64, removed: u64) -> Result<()> {
+    if added == removed {
+        return Ok(());
+    }
+    let n = read_u64(txn, KEY_PLAN_COUNT)?;
+    let n = (n + added)
+        .checked_sub(removed)
+        .ok_or_else(|| Error::Storage("the stored plan count is below the plans removed".into()))?;
+    txn.put(Tree::Meta, KEY_PLAN_COUNT, &n.to_be_bytes())
+}
+
 fn decode_u64(value: Option<Vec<u8>>) -> u64 {
     value
         .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])))
@@ -685,9 +701,15 @@ impl Store {
                 }
             }
         }
-        store
-            .plans
-            .store(store.backend.len(Tree::Plans)?, Ordering::Relaxed);
+        let plans = match store.backend.get(Tree::Meta, KEY_PLAN_COUNT)? {
+            Some(v) => decode_u64(Some(v)),
+            None => {
+                let n = store.backend.len(Tree::Plans)?;
+                store.write(move |txn| txn.put(Tree::Meta, KEY_PLAN_COUNT, &n.to_be_bytes()))?;
+                n
+            }
+        };
+        store.plans.store(plans, Ordering::Relaxed);
         store.index_subjects()?;
         store.log_existing_consents()?;
         store.index_existing_consent_ends()?;
@@ -989,13 +1011,17 @@ impl Store {
             }
         }
         let out = std::cell::RefCell::new(None);
+        let forgotten = std::cell::Cell::new(0u64);
         self.backend.transact(&|txn| {
+            forgotten.set(0);
             for plan in &empty_plans {
                 if let Some(b) = txn.get(Tree::Plans, plan.0.as_bytes())? {
                     txn.remove(Tree::Subjects, &subject_key(&from_json(&b, "plan")?))?;
+                    txn.remove(Tree::Plans, plan.0.as_bytes())?;
+                    forgotten.set(forgotten.get() + 1);
                 }
-                txn.remove(Tree::Plans, plan.0.as_bytes())?;
             }
+            count_plans(txn, 0, forgotten.get())?;
             for key in keys {
                 let skey = section_key_bytes(key);
                 if let Some(b) = txn.get(Tree::Sections, &skey)? {
@@ -1019,8 +1045,7 @@ impl Store {
             Ok(())
         })?;
         let n = self.writer.applied()?;
-        self.plans
-            .fetch_sub(empty_plans.len() as u64, Ordering::Relaxed);
+        self.plans.fetch_sub(forgotten.get(), Ordering::Relaxed);
         drop(guard);
         self.writer.wait_durable(n, self.backend.as_ref())?;
         // The purged values are still in the write-ahead log's records before this one. The
@@ -1365,6 +1390,7 @@ fn commit_job(batch: CommitBatch) -> (WriteFn, impl FnOnce(&Store) -> Result<Com
                 }
             }
         }
+        count_plans(txn, added.load(Ordering::Relaxed), 0)?;
         write_replication(txn, &batch.replication)?;
         for (key, value) in &batch.family {
             match value {

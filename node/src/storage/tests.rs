@@ -960,3 +960,57 @@ async fn a_commit_whose_caller_goes_away_still_lands_and_is_counted() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+#[test]
+fn the_plan_count_is_kept_with_the_plans_and_read_when_the_store_opens() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend.clone()).unwrap();
+        let (a, b, c) = (plan(), plan(), plan());
+        store
+            .commit(CommitBatch {
+                new_plans: vec![a, b],
+                ..CommitBatch::audit_only(draft(1))
+            })
+            .unwrap();
+        // A plan first known from a peer's change counts once, however often it comes.
+        for n in 2..4 {
+            store
+                .commit(CommitBatch {
+                    ensure_plan: Some(c.clone()),
+                    changes: vec![write(key(&c, "goals"), b"x".to_vec())],
+                    ..CommitBatch::audit_only(draft(n))
+                })
+                .unwrap();
+        }
+        assert_eq!(store.stats().unwrap().plans, 3, "{name}");
+        // A plan left with no section is forgotten, and counted out.
+        store
+            .purge(&[key(&c, "goals")], &CommitBatch::audit_only(draft(4)))
+            .unwrap();
+        assert_eq!(store.stats().unwrap().plans, 2, "{name}");
+        assert_eq!(
+            backend.get(Tree::Meta, KEY_PLAN_COUNT).unwrap(),
+            Some(2u64.to_be_bytes().to_vec()),
+            "{name}"
+        );
+        drop(store);
+        // Opening reads the count rather than counting: a count set aside shows.
+        backend
+            .transact(&|txn| txn.put(Tree::Meta, KEY_PLAN_COUNT, &7u64.to_be_bytes()))
+            .unwrap();
+        let reopened = Store::open(backend.clone()).unwrap();
+        assert_eq!(reopened.stats().unwrap().plans, 7, "{name}");
+        drop(reopened);
+        // A store written before the count is counted once, when it opens, and keeps it.
+        backend
+            .transact(&|txn| txn.remove(Tree::Meta, KEY_PLAN_COUNT))
+            .unwrap();
+        let reopened = Store::open(backend.clone()).unwrap();
+        assert_eq!(reopened.stats().unwrap().plans, 2, "{name}");
+        assert_eq!(
+            backend.get(Tree::Meta, KEY_PLAN_COUNT).unwrap(),
+            Some(2u64.to_be_bytes().to_vec()),
+            "{name}"
+        );
+    }
+}
