@@ -653,16 +653,26 @@ fn read_u64(txn: &dyn Txn, key: &[u8]) -> Result<u64> {
     Ok(decode_u64(txn.get(Tree::Meta, key)?))
 }
 
-/// Moves the stored plan count ([`KEY_PLAN_COUNT`]) by `added` and `removed` plans.
+/// Moves the stored plan count ([`KEY_PLAN_COUNT`]) by `added` and `removed` plans. The count
+/// only informs (statistics, metrics): one found below the plans removed (a store an older
+/// binary wrote to after this one) stops at zero rather than failing the purge.
 fn count_plans(txn: &dyn Txn, added: u64, removed: u64) -> Result<()> {
     if added == removed {
         return Ok(());
     }
-    let n = read_u64(txn, KEY_PLAN_COUNT)?;
-    let n = (n + added)
-        .checked_sub(removed)
-        .ok_or_else(|| Error::Storage("the stored plan count is below the plans removed".into()))?;
-    txn.put(Tree::Meta, KEY_PLAN_COUNT, &n.to_be_bytes())
+    let before = read_u64(txn, KEY_PLAN_COUNT)? + added;
+    if before < removed {
+        tracing::warn!(
+            counted = before,
+            removed,
+            "the stored plan count was below the plans removed (an older weft wrote to this store); the plan statistics stay low"
+        );
+    }
+    txn.put(
+        Tree::Meta,
+        KEY_PLAN_COUNT,
+        &before.saturating_sub(removed).to_be_bytes(),
+    )
 }
 
 fn decode_u64(value: Option<Vec<u8>>) -> u64 {
@@ -676,7 +686,7 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     /// Combines queued writes into one engine transaction and shares syncs between them.
     writer: Writer,
-    /// Plans stored (counted at open, kept by commits and purges: engines count by scanning).
+    /// Plans stored (read from [`KEY_PLAN_COUNT`] at open, kept by commits and purges).
     plans: std::sync::atomic::AtomicU64,
 }
 
@@ -1045,7 +1055,11 @@ impl Store {
             Ok(())
         })?;
         let n = self.writer.applied()?;
-        self.plans.fetch_sub(forgotten.get(), Ordering::Relaxed);
+        let _ = self
+            .plans
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(forgotten.get()))
+            });
         drop(guard);
         self.writer.wait_durable(n, self.backend.as_ref())?;
         // The purged values are still in the write-ahead log's records before this one. The

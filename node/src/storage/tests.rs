@@ -1012,5 +1012,29 @@ fn the_plan_count_is_kept_with_the_plans_and_read_when_the_store_opens() {
             Some(2u64.to_be_bytes().to_vec()),
             "{name}"
         );
+        // A count found too low (an older binary added plans without it) never fails a purge.
+        backend
+            .transact(&|txn| txn.put(Tree::Meta, KEY_PLAN_COUNT, &0u64.to_be_bytes()))
+            .unwrap();
+        drop(reopened);
+        let low = Store::open(backend.clone()).unwrap();
+        let d = plan();
+        low.commit(CommitBatch {
+            ensure_plan: Some(d.clone()),
+            changes: vec![write(key(&d, "goals"), b"y".to_vec())],
+            ..CommitBatch::audit_only(draft(5))
+        })
+        .unwrap();
+        backend
+            .transact(&|txn| txn.put(Tree::Meta, KEY_PLAN_COUNT, &0u64.to_be_bytes()))
+            .unwrap();
+        low.purge(&[key(&d, "goals")], &CommitBatch::audit_only(draft(6)))
+            .unwrap();
+        assert_eq!(low.plan(d.id).unwrap(), None, "{name}");
+        assert_eq!(
+            backend.get(Tree::Meta, KEY_PLAN_COUNT).unwrap(),
+            Some(0u64.to_be_bytes().to_vec()),
+            "{name}"
+        );
     }
 }
