@@ -22,7 +22,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use weft_node::audit::{AuditAction, AuditDraft, Outcome};
 use weft_node::error::{Error, Result};
 use weft_node::model::{PlanId, SectionKey, SectionName};
-use weft_node::storage::sled::SledBackend;
+use weft_node::storage::sled::{SledBackend, DEFAULT_CACHE_MIB};
 use weft_node::storage::{
     Backend, CommitBatch, Layer, SectionWrite, Store, StoreHandle, Tree, Txn,
 };
@@ -449,22 +449,22 @@ impl Engine {
         }
     }
 
-    fn durability(self) -> &'static str {
+    fn durability(self) -> String {
+        const SLED: &str =
+            "sled 0.34.7 with the node's write-ahead log: sync = fdatasync of the log";
         match self {
-            Engine::Memory => "reference only: MemoryBackend, nothing on disk, sync is a no-op",
-            Engine::Sled => {
-                "sled 0.34.7 with the node's write-ahead log: sync = fdatasync of the log; \
-                 the default 16 MiB page cache"
+            Engine::Memory => {
+                "reference only: MemoryBackend, nothing on disk, sync is a no-op".into()
             }
-            Engine::SledLargeCache => {
-                "sled 0.34.7 with the node's write-ahead log: sync = fdatasync of the log; \
-                 a 256 MiB page cache ([storage] cache_mib = 256)"
-            }
+            Engine::Sled => format!("{SLED}; the default {DEFAULT_CACHE_MIB} MiB page cache"),
+            Engine::SledLargeCache => format!(
+                "{SLED}; a {LARGE_CACHE_MIB} MiB page cache ([storage] cache_mib = {LARGE_CACHE_MIB})"
+            ),
             Engine::Redb => {
-                "redb 2.6: txn commit Durability::None, sync = empty Durability::Immediate commit (fsync)"
+                "redb 2.6: txn commit Durability::None, sync = empty Durability::Immediate commit (fsync)".into()
             }
             Engine::Fjall => {
-                "fjall 2.11: txn commit PersistMode::Buffer, sync = persist(SyncAll) (fsync of journal)"
+                "fjall 2.11: txn commit PersistMode::Buffer, sync = persist(SyncAll) (fsync of journal)".into()
             }
         }
     }
