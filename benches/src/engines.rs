@@ -622,6 +622,8 @@ struct Measured {
     allocated_bytes: u64,
     engine_bytes: u64,
     reopen_ms: f64,
+    /// One section's purge on the reopened store (commit workload only).
+    purge_ms: Option<f64>,
 }
 
 /// Bytes the files under `dir` really occupy (allocated blocks).
@@ -727,10 +729,10 @@ fn measure(
     drop(counted);
     drop(rt);
 
-    let reopen_ms = if matches!(engine, Engine::Memory) {
-        0.0
+    let (reopen_ms, purge_ms) = if matches!(engine, Engine::Memory) {
+        (0.0, None)
     } else {
-        reopen(engine, workload, dir, appends)?
+        reopen(engine, workload, dir, appends, &keys[0])?
     };
     let _ = std::fs::remove_dir_all(dir);
 
@@ -752,11 +754,20 @@ fn measure(
         allocated_bytes: allocated,
         engine_bytes,
         reopen_ms,
+        purge_ms,
     })
 }
 
-/// Reopens the store and checks every append is there; returns the time it took in ms.
-fn reopen(engine: Engine, workload: Workload, dir: &Path, appends: u64) -> anyhow::Result<f64> {
+/// Reopens the store and checks every append is there; returns the time it took in ms, and
+/// for the commit workload the time of purging `purged` (a revoked consent's purge at a
+/// grantee: finding and removing every trace of the section, with its audit entry).
+fn reopen(
+    engine: Engine,
+    workload: Workload,
+    dir: &Path,
+    appends: u64,
+    purged: &SectionKey,
+) -> anyhow::Result<(f64, Option<f64>)> {
     let t = Instant::now();
     let backend = engine.open(dir)?;
     let store = Store::open(backend.clone())?;
@@ -771,7 +782,25 @@ fn reopen(engine: Engine, workload: Workload, dir: &Path, appends: u64) -> anyho
                 workload.name()
             ))
         })?;
-    Ok(ms)
+    if !matches!(workload, Workload::Commit) {
+        return Ok((ms, None));
+    }
+    let mut audit = batch(purged, 0).audit;
+    audit.action = AuditAction::Purge;
+    audit.detail = "consent revoked".into();
+    let t = Instant::now();
+    store.purge(
+        std::slice::from_ref(purged),
+        &CommitBatch::audit_only(audit),
+    )?;
+    let purge_ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(
+        store.section(purged)?.is_none(),
+        "{} {}: the purged section is still there",
+        engine.name(),
+        workload.name()
+    );
+    Ok((ms, Some(purge_ms)))
 }
 
 impl Measured {
@@ -867,6 +896,15 @@ impl Measured {
                 "{base}; open + Store::open + stats, after a clean close"
             )),
         ]);
+        if let Some(ms) = self.purge_ms {
+            out.push(
+                Figure::new(SCENARIO, &metric("purge ms"), Some(ms), None, "-").note(format!(
+                    "{base}; Store::purge of one of the 10,000 sections on the reopened store \
+                     (a revocation at a grantee: the section's chunks, feed entry and metadata \
+                     and an audit entry, durable)"
+                )),
+            );
+        }
         out
     }
 }
@@ -953,7 +991,8 @@ mod tests {
         for engine in Engine::DISK {
             let d = dir.join(engine.name());
             contract(engine.open(&d).unwrap());
-            let store = Store::open(engine.open(&d).unwrap()).unwrap();
+            // A store of its own: the contract wrote raw bytes where the store keeps records.
+            let store = Store::open(engine.open(&d.join("store")).unwrap()).unwrap();
             let key = &section_keys().unwrap()[0];
             store.commit(batch(key, 1)).unwrap();
             assert_eq!(store.section(key).unwrap().unwrap().chunks.len(), 1);

@@ -92,6 +92,17 @@ async fn consented_sections_replicate_converge_and_nothing_else_leaves() -> anyh
         .grant_as_coordinator(&plan, "clinic.test", &["goals"], "read_write", "2027-06-30")
         .await?;
     wait_for_goal(clinic, &plan, &goals_marker).await?;
+    // The clinic's change feed marks what came from the school and left nothing the school
+    // lacks (its pump skips it).
+    let feed = clinic.node().service().feed_page(0, 100).await?;
+    assert_eq!(feed.len(), 1, "{feed:?}");
+    assert_eq!(feed[0].key.section.as_str(), "goals");
+    assert_eq!(
+        feed[0].known_to.as_ref().map(|a| a.as_str()),
+        Some("school.test"),
+        "the first arrival: {:?}",
+        feed[0]
+    );
 
     // Concurrent edits of the same goal list at both ends converge to the same value.
     let (a, b) = tokio::join!(
@@ -115,18 +126,17 @@ async fn consented_sections_replicate_converge_and_nothing_else_leaves() -> anyh
     })
     .await?;
     assert_eq!(converged["goals"].as_object().unwrap().len(), 3);
-    // The clinic's change feed marks what came from the school and left nothing the school
-    // lacks (its pump skips those), never its own edit, which it had to send.
-    let feed = clinic.node().service().feed_page(0, 100).await?;
-    let from_school = |e: &weft_node::storage::FeedEntry| {
-        e.known_to.as_ref().map(|a| a.as_str()) == Some("school.test")
-    };
-    assert!(from_school(&feed[0]), "the first arrival: {:?}", feed[0]);
-    assert!(feed.iter().any(|e| e.known_to.is_none()), "{feed:?}");
-    assert!(
-        feed.iter().all(|e| from_school(e) || e.known_to.is_none()),
-        "{feed:?}"
-    );
+    // The feed holds the section's last change only, and never marks the clinic's own edit,
+    // which it had to send: one more edit, alone, leaves an unmarked entry.
+    let last = clinic.node().service().feed_page(0, 100).await?;
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert!(last[0].seq > feed[0].seq, "{last:?}");
+    add_goal(clinic, &plan, "clinic goal, alone").await?;
+    wait_for_goal(school, &plan, "clinic goal, alone").await?;
+    let own = clinic.node().service().feed_page(0, 100).await?;
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert!(own[0].seq > last[0].seq, "{own:?}");
+    assert_eq!(own[0].known_to, None, "{own:?}");
     // The clinic's goal is attributed to the clinic at the school.
     let history = school
         .plans(&school.coordinator_token)

@@ -46,7 +46,9 @@ pub enum Tree {
     Chunks,
     /// Section key → saved document.
     Snapshots,
-    /// Feed sequence → feed entry.
+    /// Feed sequence → feed entry: each section's last change (a change removes the
+    /// section's previous entry), so the feed holds one entry per section and a purge finds
+    /// a section's entry through its metadata (`SectionMeta::last_seq`).
     Feed,
     /// Audit index → audit entry.
     Audit,
@@ -244,6 +246,9 @@ const KEY_CONSENT_SEQ: &[u8] = b"consent_seq";
 /// or removes one, so opening a store does not count them (a quarter of a second at 250,000
 /// plans). A store written before it existed is counted once, when it opens.
 const KEY_PLAN_COUNT: &[u8] = b"plan_count";
+/// Meta key: the feed holds each section's last change only. A store written before (every
+/// change kept its entry) has its older entries removed once, when it opens.
+const KEY_FEED_LAST_ONLY: &[u8] = b"feed_last_only";
 /// Meta keys `consent_log/<seq>` → subject: which children's consents changed, in order, so
 /// a peer's pump can look at only what changed since it last looked.
 const CONSENT_LOG: &[u8] = b"consent_log/";
@@ -565,7 +570,7 @@ fn parse_consent_key(key: &[u8], value: Vec<u8>) -> Result<ConsentEntry> {
 /// What a commit wrote.
 #[derive(Clone, Debug)]
 pub struct Committed {
-    /// Feed entries, one per change, in order.
+    /// Feed entries, one per change, in order (each replaces its section's previous entry).
     pub feed: Vec<FeedEntry>,
     /// The sealed audit entry.
     pub audit: AuditEntry,
@@ -724,7 +729,34 @@ impl Store {
         store.log_existing_consents()?;
         store.index_existing_consent_ends()?;
         store.index_existing_consent_ids_and_grantees()?;
+        store.drop_superseded_feed_entries()?;
         Ok(store)
+    }
+
+    /// Removes the feed entries of a store written before the feed held each section's last
+    /// change only: every entry that is not its section's last change, once.
+    fn drop_superseded_feed_entries(&self) -> Result<()> {
+        self.migrate_once(
+            KEY_FEED_LAST_ONLY,
+            Tree::Feed,
+            |page| {
+                page.iter()
+                    .map(|(_, v)| from_json::<FeedEntry>(v, "feed"))
+                    .collect::<Result<Vec<_>>>()
+            },
+            |txn, entries| {
+                for e in entries {
+                    let last = match txn.get(Tree::Sections, &section_key_bytes(&e.key))? {
+                        Some(b) => from_json::<SectionMeta>(&b, "section")?.last_seq,
+                        None => 0,
+                    };
+                    if last != e.seq {
+                        txn.remove(Tree::Feed, &e.seq.to_be_bytes())?;
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Indexes the ids and the grantees of the consents of a store written before those
@@ -987,25 +1019,11 @@ impl Store {
         )
     }
 
-    /// Deletes every trace of the given sections (documents, snapshots, chunks, feed entries,
+    /// Deletes every trace of the given sections (documents, snapshots, chunks, feed entry,
     /// and `replication` keys given by the caller), with one audit entry, atomically. Plans
     /// left with no section are deleted too (callers pass only foreign sections).
     pub fn purge(&self, keys: &[SectionKey], batch: &CommitBatch) -> Result<Committed> {
         let guard = self.writer.pause()?;
-        // Find the feed entries of these sections first (the writer lock keeps them stable).
-        let mut feed_seqs = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.backend.scan(Tree::Feed, &[], after.as_deref(), 4096)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in &page {
-                let entry: FeedEntry = from_json(v, "feed")?;
-                if keys.contains(&entry.key) {
-                    feed_seqs.push(k.clone());
-                }
-            }
-        }
         // Plans left with no section are forgotten in the same transaction (callers pass
         // only sections of plans homed elsewhere).
         let mut empty_plans = Vec::new();
@@ -1039,12 +1057,11 @@ impl Store {
                     for n in meta.first_chunk..meta.next_chunk {
                         txn.remove(Tree::Chunks, &chunk_key(key, n))?;
                     }
+                    // The section's only feed entry (see `Tree::Feed`).
+                    txn.remove(Tree::Feed, &meta.last_seq.to_be_bytes())?;
                 }
                 txn.remove(Tree::Sections, &skey)?;
                 txn.remove(Tree::Snapshots, &skey)?;
-            }
-            for seq in &feed_seqs {
-                txn.remove(Tree::Feed, seq)?;
             }
             write_replication(txn, &batch.replication)?;
             let entry = seal_audit(txn, batch)?;
@@ -1430,6 +1447,10 @@ fn commit_job(batch: CommitBatch) -> (WriteFn, impl FnOnce(&Store) -> Result<Com
                 None => SectionMeta::default(),
             };
             seq += 1;
+            // The feed holds each section's last change only (see `Tree::Feed`).
+            if meta.last_seq > 0 {
+                txn.remove(Tree::Feed, &meta.last_seq.to_be_bytes())?;
+            }
             txn.put(Tree::Chunks, &chunk_key(key, meta.next_chunk), bytes)?;
             meta.next_chunk += 1;
             meta.bytes += bytes.len() as u64;

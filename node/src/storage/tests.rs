@@ -109,7 +109,8 @@ fn commits_write_chunks_feed_and_audit_together() {
             vec![goals.section.clone(), notes.section.clone()],
             "{name}"
         );
-        let feed = store.feed_since(1, 10).unwrap();
+        // The feed holds each section's last change: goals' first one (1) is gone.
+        let feed = store.feed_since(0, 10).unwrap();
         assert_eq!(
             feed.iter()
                 .map(|f| (f.seq, f.key.clone()))
@@ -1034,6 +1035,148 @@ fn the_plan_count_is_kept_with_the_plans_and_read_when_the_store_opens() {
         assert_eq!(
             backend.get(Tree::Meta, KEY_PLAN_COUNT).unwrap(),
             Some(0u64.to_be_bytes().to_vec()),
+            "{name}"
+        );
+    }
+}
+
+/// The feed as (sequence, section) pairs.
+fn feed_of(store: &Store) -> Vec<(u64, SectionKey)> {
+    store
+        .feed_since(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.key))
+        .collect()
+}
+
+#[test]
+fn the_feed_keeps_each_sections_last_change_and_a_purge_removes_it() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend.clone()).unwrap();
+        let (p, q) = (plan(), plan());
+        let (goals, notes, other) = (
+            key(&p, "goals"),
+            key(&p, "notes/clinic.test"),
+            key(&q, "goals"),
+        );
+        let commit = |n: i64, changes: Vec<SectionWrite>| {
+            store
+                .commit(CommitBatch {
+                    changes,
+                    ..CommitBatch::audit_only(draft(n))
+                })
+                .unwrap()
+        };
+        commit(1, vec![write(goals.clone(), b"a".to_vec())]);
+        commit(2, vec![write(notes.clone(), b"b".to_vec())]);
+        commit(3, vec![write(other.clone(), b"c".to_vec())]);
+        // Two changes of one section in one commit leave the second's entry.
+        let c = commit(
+            4,
+            vec![
+                write(goals.clone(), b"d".to_vec()),
+                write(goals.clone(), b"e".to_vec()),
+            ],
+        );
+        assert_eq!(
+            c.feed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![4, 5],
+            "{name}"
+        );
+        assert_eq!(
+            feed_of(&store),
+            vec![(2, notes.clone()), (3, other.clone()), (5, goals.clone())],
+            "{name}"
+        );
+        assert_eq!(store.stats().unwrap().feed_seq, 5, "{name}");
+        // A purge removes the purged sections' entries and leaves the others.
+        store
+            .purge(
+                std::slice::from_ref(&goals),
+                &CommitBatch::audit_only(draft(5)),
+            )
+            .unwrap();
+        assert_eq!(
+            feed_of(&store),
+            vec![(2, notes.clone()), (3, other.clone())],
+            "{name}"
+        );
+        store
+            .purge(
+                std::slice::from_ref(&notes),
+                &CommitBatch::audit_only(draft(6)),
+            )
+            .unwrap();
+        assert_eq!(feed_of(&store), vec![(3, other.clone())], "{name}");
+        assert!(
+            store
+                .trees_with_key_containing(p.id.0.as_bytes())
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn an_older_store_keeps_only_each_sections_last_change_once_it_opens() {
+    for (name, backend, _dir) in backends() {
+        let store = Store::open(backend.clone()).unwrap();
+        let p = plan();
+        let (goals, notes) = (key(&p, "goals"), key(&p, "notes/clinic.test"));
+        for (n, k) in [(1, &goals), (2, &notes), (3, &goals), (4, &goals)] {
+            store
+                .commit(CommitBatch {
+                    changes: vec![write(k.clone(), vec![n as u8])],
+                    ..CommitBatch::audit_only(draft(n))
+                })
+                .unwrap();
+        }
+        drop(store);
+        // An older binary kept an entry per change: put back the superseded ones (seq 1
+        // and 3 of goals, and one of a section since purged), and take the flag away.
+        let purged = key(&plan(), "goals");
+        let entry = |seq: u64, key: &SectionKey| {
+            let e = FeedEntry {
+                seq,
+                key: key.clone(),
+                time: Timestamp::from_millis(seq as i64),
+                known_to: None,
+            };
+            (seq.to_be_bytes(), json(&e))
+        };
+        let older = [entry(1, &goals), entry(3, &goals), entry(6, &purged)];
+        backend
+            .transact(&|txn| {
+                for (k, v) in &older {
+                    txn.put(Tree::Feed, k, v)?;
+                }
+                txn.remove(Tree::Meta, KEY_FEED_LAST_ONLY)
+            })
+            .unwrap();
+        let store = Store::open(backend.clone()).unwrap();
+        assert_eq!(
+            feed_of(&store),
+            vec![(2, notes.clone()), (4, goals.clone())],
+            "{name}"
+        );
+        assert!(
+            backend
+                .get(Tree::Meta, KEY_FEED_LAST_ONLY)
+                .unwrap()
+                .is_some(),
+            "{name}"
+        );
+        // Once done, opening does not look again: an entry put back now stays.
+        drop(store);
+        backend
+            .transact(&|txn| txn.put(Tree::Feed, &older[0].0, &older[0].1))
+            .unwrap();
+        let store = Store::open(backend.clone()).unwrap();
+        assert_eq!(
+            feed_of(&store),
+            vec![(1, goals.clone()), (2, notes.clone()), (4, goals.clone())],
             "{name}"
         );
     }
