@@ -241,6 +241,26 @@ async fn main() -> anyhow::Result<()> {
                 .note("a read loads its document and keeps none (the document cache holds only documents edited, sent or merged)"),
             );
         }
+        if args.wants(7) {
+            // Last: it takes plans away from the clinic that scenarios 2 and 4 edit.
+            let r = weft::revocations_at_scale(&fed, if args.quick { 3 } else { 10 }).await?;
+            eprintln!("scenario 7 at scale: {r:?}");
+            figures.push(
+                Figure::new(
+                    "7 consent filtering",
+                    "revocation to purge at a peer holding N sections, max ms",
+                    r.last().copied(),
+                    None,
+                    "<= 1000",
+                )
+                .note(format!(
+                    "scenario 1's clinic, holding the cold copy's N={} sections, after whichever of scenarios 2, 4 and 5 ran; {} revocations one at a time, each a plan's four sections; p50 {:.0} ms",
+                    cold.docs,
+                    r.len(),
+                    report::percentile(&r, 50.0).unwrap_or(f64::NAN)
+                )),
+            );
+        }
         for a in &mut fed.agencies {
             a.stop()?;
         }
@@ -455,7 +475,7 @@ async fn main() -> anyhow::Result<()> {
                     "<= 1000",
                 )
                 .note(format!(
-                    "one revocation, once the peer reconnected to a school just seeded with {sections} sections for an agency that does not run; {left} feed entries still to page for the peer at the purge (0: the paging had ended first)"
+                    "one revocation, once the peer reconnected to a school just seeded with {sections} sections for an agency that does not run; {left} changes (feed sequence numbers) still to page for the peer at the purge (0: the paging had ended first)"
                 )),
             );
         }

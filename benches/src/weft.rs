@@ -521,8 +521,8 @@ pub struct Filtering {
     pub missing: i64,
     pub revocations: Vec<f64>,
     /// One more revocation, made while the school pages a long feed that holds nothing for
-    /// the peer: ms until the peer purged, that feed's length, and the entries the school
-    /// still had to page for the peer when it did (0: the paging had ended, and the figure
+    /// the peer: ms until the peer purged, that feed's length, and the changes (feed
+    /// sequence numbers) the school still had to page for the peer when it did (0: the paging had ended, and the figure
     /// says nothing about it).
     pub during_long_feed: Option<(f64, u64, u64)>,
     /// Live edits at the school once the deliveries are done (see [`Filtered::finish`]).
@@ -630,6 +630,32 @@ async fn revoke_until_purged(school: &Agency, peer: &Agency, id: String) -> anyh
         })
         .await?;
     Ok(at.duration_since(t).as_secs_f64() * 1e3)
+}
+
+/// Scenario 7's revocation at scale, on scenario 1's federation (the clinic holding every
+/// section the school seeded): revokes `n` of the school's consents to the clinic, one at a
+/// time; the ms from each revocation until the clinic purged, sorted.
+pub async fn revocations_at_scale(fed: &Federation, n: usize) -> anyhow::Result<Vec<f64>> {
+    let (school, clinic) = (&fed.agencies[0], &fed.agencies[1]);
+    // Scenarios 4 and 5 restart the nodes: time the purges, not a reconnection.
+    let connected = format!("weft_peer_connected{{peer=\"{}\"}}", clinic.id);
+    school
+        .wait_until("the clinic to reconnect", Duration::from_secs(60), |p| {
+            value(p, &connected) == 1.0
+        })
+        .await?;
+    let ids = active_consents_to(school, clinic, n as u64, n).await?;
+    anyhow::ensure!(
+        ids.len() == n,
+        "found {} consents to the clinic to revoke, not {n}",
+        ids.len()
+    );
+    let mut times = Vec::new();
+    for id in ids {
+        times.push(revoke_until_purged(school, clinic, id).await?);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times)
 }
 
 /// Copies directory `from` (files and subdirectories) to a new `to`.

@@ -151,11 +151,13 @@ pub fn parse(mut input: impl Read) -> Result<Parsed> {
         .ok_or_else(|| bad("no header"))?;
     let header: BackupHeader =
         serde_json::from_slice(&rest[..nl]).map_err(|_| bad("bad header"))?;
-    if header.format_version != crate::storage::FORMAT_VERSION {
+    // An older format's records restore as they were; opening the store upgrades them.
+    use crate::storage::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&header.format_version) {
         return Err(Error::invalid(format!(
-            "the backup has store format version {}; this weft restores version {}",
-            header.format_version,
-            crate::storage::FORMAT_VERSION
+            "the backup has store format version {}; this weft restores versions \
+             {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
+            header.format_version
         )));
     }
     let mut pos = &rest[nl + 1..];
@@ -257,4 +259,105 @@ pub fn restore_into(file: &Path, data_dir: &Path) -> Result<(BackupHeader, Backu
         ))
     })?;
     Ok((header, summary, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditAction, AuditDraft, Outcome};
+    use crate::model::{PlanId, SectionKey, SectionName, Timestamp};
+    use crate::storage::{
+        memory::MemoryBackend, CommitBatch, FeedEntry, SectionWrite, FORMAT_VERSION,
+    };
+
+    fn backup_of(store: &Store, format_version: u32) -> Vec<u8> {
+        let header = BackupHeader {
+            agency: "school.test".into(),
+            format_version,
+            created_at_ms: 1,
+            config_sha256: String::new(),
+        };
+        let mut out = Vec::new();
+        write(store, &header, b"key", &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_backup_of_format_1_restores_upgraded_and_an_unknown_format_is_refused() {
+        let backend = Arc::new(MemoryBackend::new());
+        let store = Store::open(backend.clone()).unwrap();
+        let goals = SectionKey {
+            plan: PlanId::random(),
+            section: SectionName::parse("goals").unwrap(),
+        };
+        for n in 1..=2 {
+            store
+                .commit(CommitBatch {
+                    changes: vec![SectionWrite {
+                        key: goals.clone(),
+                        bytes: vec![n],
+                        heads: vec![],
+                    }],
+                    ..CommitBatch::audit_only(AuditDraft {
+                        time: Timestamp::from_millis(n.into()),
+                        agency: "school.test".into(),
+                        user: "u".into(),
+                        action: AuditAction::Write,
+                        outcome: Outcome::Ok,
+                        plan: None,
+                        sections: vec![],
+                        detail: String::new(),
+                        basis: String::new(),
+                    })
+                })
+                .unwrap();
+        }
+        // As format 1 left it: the first change's feed entry still there.
+        let first = FeedEntry {
+            seq: 1,
+            key: goals.clone(),
+            time: Timestamp::from_millis(1),
+            known_to: None,
+        };
+        let first = serde_json::to_vec(&first).unwrap();
+        backend
+            .transact(&|txn| {
+                txn.put(Tree::Feed, &1u64.to_be_bytes(), &first)?;
+                txn.put(Tree::Meta, b"format_version", &1u32.to_be_bytes())
+            })
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("old.weftbackup");
+        std::fs::write(&file, backup_of(&store, 1)).unwrap();
+        let data = dir.path().join("restored");
+        let (header, _, entries) = restore_into(&file, &data).unwrap();
+        assert_eq!((header.format_version, entries), (1, 2));
+        let restored = Store::open(Arc::new(
+            crate::storage::sled::SledBackend::open(&data).unwrap(),
+        ))
+        .unwrap();
+        let feed = restored.feed_since(0, 10).unwrap();
+        assert_eq!(
+            feed.iter().map(|e| (e.seq, &e.key)).collect::<Vec<_>>(),
+            [(2, &goals)]
+        );
+        drop(restored);
+        let reopened = crate::storage::sled::SledBackend::open(&data).unwrap();
+        assert_eq!(
+            reopened.get(Tree::Meta, b"format_version").unwrap(),
+            Some(FORMAT_VERSION.to_be_bytes().to_vec())
+        );
+
+        let file = dir.path().join("future.weftbackup");
+        std::fs::write(&file, backup_of(&store, FORMAT_VERSION + 1)).unwrap();
+        let err = restore_into(&file, &dir.path().join("never"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&format!("store format version {}", FORMAT_VERSION + 1)),
+            "{err}"
+        );
+        assert!(!dir.path().join("never").exists());
+    }
 }

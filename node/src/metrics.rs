@@ -157,7 +157,7 @@ impl Metrics {
                 (
                     "weft_replication_lag",
                     "gauge",
-                    "Change-feed entries the peer has not acknowledged.",
+                    "Changes here (feed sequence numbers) after the last one the peer acknowledged.",
                     |p, head| head.saturating_sub(p.acked_seq),
                 ),
                 (

@@ -848,7 +848,8 @@ const RECEIVE_AHEAD: usize = 32;
 const PREPARE_AHEAD: usize = 32;
 
 /// Sends the peer what it should have: consents first, then purge receipts, new grants, and
-/// every change in the feed after its cursor; then waits for more.
+/// every section changed in the feed after its cursor (the feed holds each section's last
+/// change); then waits for more.
 async fn pump(
     svc: Arc<NodeService>,
     peer: AgencyId,

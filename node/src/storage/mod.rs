@@ -234,8 +234,14 @@ impl<L: Layer> Backend for L {
     }
 }
 
-/// The storage format version this binary writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The storage format version this binary writes. Version 2: the feed holds each section's
+/// last change only (see `Tree::Feed`). A binary that wrote version 1 would add an entry per
+/// change again, which a purge would not find, so it must refuse a version-2 store (it
+/// refuses any other version).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this binary opens (and upgrades to [`FORMAT_VERSION`]).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 const KEY_FEED_SEQ: &[u8] = b"feed_seq";
 const KEY_AUDIT_HEAD: &[u8] = b"audit_head";
@@ -246,9 +252,6 @@ const KEY_CONSENT_SEQ: &[u8] = b"consent_seq";
 /// or removes one, so opening a store does not count them (a quarter of a second at 250,000
 /// plans). A store written before it existed is counted once, when it opens.
 const KEY_PLAN_COUNT: &[u8] = b"plan_count";
-/// Meta key: the feed holds each section's last change only. A store written before (every
-/// change kept its entry) has its older entries removed once, when it opens.
-const KEY_FEED_LAST_ONLY: &[u8] = b"feed_last_only";
 /// Meta keys `consent_log/<seq>` → subject: which children's consents changed, in order, so
 /// a peer's pump can look at only what changed since it last looked.
 const CONSENT_LOG: &[u8] = b"consent_log/";
@@ -570,7 +573,8 @@ fn parse_consent_key(key: &[u8], value: Vec<u8>) -> Result<ConsentEntry> {
 /// What a commit wrote.
 #[derive(Clone, Debug)]
 pub struct Committed {
-    /// Feed entries, one per change, in order (each replaces its section's previous entry).
+    /// Feed entries, one per change, in order. Each replaced its section's previous entry:
+    /// of a section changed twice in one batch, only the second is still in the feed.
     pub feed: Vec<FeedEntry>,
     /// The sealed audit entry.
     pub audit: AuditEntry,
@@ -696,25 +700,27 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens a store over a backend, checking (or writing) the format version.
+    /// Opens a store over a backend, checking (or writing) the format version; a store of an
+    /// older version this binary reads is upgraded.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Self> {
         let store = Self {
             backend,
             writer: Writer::default(),
             plans: Default::default(),
         };
-        match store.backend.get(Tree::Meta, KEY_FORMAT)? {
+        let found = match store.backend.get(Tree::Meta, KEY_FORMAT)? {
             None => {
-                store.write(|txn| txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes()))?
+                store
+                    .write(|txn| txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes()))?;
+                FORMAT_VERSION
             }
-            Some(v) => {
-                let found = u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4]));
-                if found != FORMAT_VERSION {
-                    return Err(Error::Storage(format!(
-                        "the store has format version {found}; this weft reads version {FORMAT_VERSION}"
-                    )));
-                }
-            }
+            Some(v) => u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4])),
+        };
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
+            return Err(Error::Storage(format!(
+                "the store has format version {found}; this weft reads versions \
+                 {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
+            )));
         }
         let plans = match store.backend.get(Tree::Meta, KEY_PLAN_COUNT)? {
             Some(v) => decode_u64(Some(v)),
@@ -729,34 +735,71 @@ impl Store {
         store.log_existing_consents()?;
         store.index_existing_consent_ends()?;
         store.index_existing_consent_ids_and_grantees()?;
-        store.drop_superseded_feed_entries()?;
+        if found < 2 {
+            store.drop_superseded_feed_entries()?;
+        }
+        if found < FORMAT_VERSION {
+            store.write(|txn| txn.put(Tree::Meta, KEY_FORMAT, &FORMAT_VERSION.to_be_bytes()))?;
+            tracing::info!(
+                from = found,
+                to = FORMAT_VERSION,
+                "upgraded the store's format"
+            );
+        }
         Ok(store)
     }
 
-    /// Removes the feed entries of a store written before the feed held each section's last
-    /// change only: every entry that is not its section's last change, once.
+    /// Format 1 to 2: removes every feed entry that is not its section's last change (the
+    /// store is not open to anyone else yet). An entry that does not parse stays, with a
+    /// warning: it names no section to check (the pump reports it, as before).
     fn drop_superseded_feed_entries(&self) -> Result<()> {
-        self.migrate_once(
-            KEY_FEED_LAST_ONLY,
-            Tree::Feed,
-            |page| {
-                page.iter()
-                    .map(|(_, v)| from_json::<FeedEntry>(v, "feed"))
-                    .collect::<Result<Vec<_>>>()
-            },
-            |txn, entries| {
-                for e in entries {
-                    let last = match txn.get(Tree::Sections, &section_key_bytes(&e.key))? {
-                        Some(b) => from_json::<SectionMeta>(&b, "section")?.last_seq,
-                        None => 0,
-                    };
-                    if last != e.seq {
-                        txn.remove(Tree::Feed, &e.seq.to_be_bytes())?;
-                    }
+        let (mut read, mut dropped, mut unreadable) = (0u64, 0u64, 0u64);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .backend
+                .scan(Tree::Feed, &[], after.as_deref(), 10_000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            read += page.len() as u64;
+            let mut superseded = Vec::new();
+            for (k, v) in &page {
+                let Ok(e) = from_json::<FeedEntry>(v, "feed") else {
+                    unreadable += 1;
+                    continue;
+                };
+                let last = match self
+                    .backend
+                    .get(Tree::Sections, &section_key_bytes(&e.key))?
+                {
+                    Some(b) => from_json::<SectionMeta>(&b, "section")?.last_seq,
+                    None => 0,
+                };
+                if last != e.seq {
+                    superseded.push(k.clone());
                 }
-                Ok(())
-            },
-        )
+            }
+            dropped += superseded.len() as u64;
+            if !superseded.is_empty() {
+                self.write(move |txn| {
+                    superseded
+                        .iter()
+                        .try_for_each(|k| txn.remove(Tree::Feed, k))
+                })?;
+            }
+        }
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "feed entries that do not parse were left in place"
+            );
+        }
+        tracing::info!(
+            read,
+            dropped,
+            "kept only each section's last change in the feed"
+        );
+        Ok(())
     }
 
     /// Indexes the ids and the grantees of the consents of a store written before those

@@ -1120,7 +1120,7 @@ fn the_feed_keeps_each_sections_last_change_and_a_purge_removes_it() {
 }
 
 #[test]
-fn an_older_store_keeps_only_each_sections_last_change_once_it_opens() {
+fn a_format_1_store_keeps_only_each_sections_last_change_once_it_opens() {
     for (name, backend, _dir) in backends() {
         let store = Store::open(backend.clone()).unwrap();
         let p = plan();
@@ -1134,8 +1134,8 @@ fn an_older_store_keeps_only_each_sections_last_change_once_it_opens() {
                 .unwrap();
         }
         drop(store);
-        // An older binary kept an entry per change: put back the superseded ones (seq 1
-        // and 3 of goals, and one of a section since purged), and take the flag away.
+        // Format 1 kept an entry per change: put back superseded ones (goals' 1 and 3, and
+        // more than a page of a section since purged), and one that does not parse.
         let purged = key(&plan(), "goals");
         let entry = |seq: u64, key: &SectionKey| {
             let e = FeedEntry {
@@ -1146,32 +1146,42 @@ fn an_older_store_keeps_only_each_sections_last_change_once_it_opens() {
             };
             (seq.to_be_bytes(), json(&e))
         };
-        let older = [entry(1, &goals), entry(3, &goals), entry(6, &purged)];
+        let mut older = vec![entry(1, &goals), entry(3, &goals)];
+        older.extend((10..10_020).map(|seq| entry(seq, &purged)));
+        let unreadable = 20_000u64.to_be_bytes();
         backend
             .transact(&|txn| {
                 for (k, v) in &older {
                     txn.put(Tree::Feed, k, v)?;
                 }
-                txn.remove(Tree::Meta, KEY_FEED_LAST_ONLY)
+                txn.put(Tree::Feed, &unreadable, b"not json")?;
+                txn.put(Tree::Meta, KEY_FORMAT, &1u32.to_be_bytes())
             })
             .unwrap();
         let store = Store::open(backend.clone()).unwrap();
+        let left: Vec<Vec<u8>> = backend
+            .scan(Tree::Feed, &[], None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(
-            feed_of(&store),
-            vec![(2, notes.clone()), (4, goals.clone())],
+            left,
+            [2u64.to_be_bytes(), 4u64.to_be_bytes(), unreadable].map(|k| k.to_vec()),
             "{name}"
         );
-        assert!(
-            backend
-                .get(Tree::Meta, KEY_FEED_LAST_ONLY)
-                .unwrap()
-                .is_some(),
+        assert_eq!(
+            backend.get(Tree::Meta, KEY_FORMAT).unwrap(),
+            Some(FORMAT_VERSION.to_be_bytes().to_vec()),
             "{name}"
         );
-        // Once done, opening does not look again: an entry put back now stays.
+        // Upgraded, the store is not looked at again: an entry put back now stays.
         drop(store);
         backend
-            .transact(&|txn| txn.put(Tree::Feed, &older[0].0, &older[0].1))
+            .transact(&|txn| {
+                txn.remove(Tree::Feed, &unreadable)?;
+                txn.put(Tree::Feed, &older[0].0, &older[0].1)
+            })
             .unwrap();
         let store = Store::open(backend.clone()).unwrap();
         assert_eq!(
