@@ -611,8 +611,17 @@ async fn active_consents_to(
     Ok(out)
 }
 
-/// Revokes consent `id` at `school`; the ms until `peer` purged something of it.
-async fn revoke_until_purged(school: &Agency, peer: &Agency, id: String) -> anyhow::Result<f64> {
+/// How long scenario 7 waits for a revocation's purge before it fails.
+const PURGE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Revokes consent `id` at `school`; the ms until `peer` purged something of it, failing
+/// after `deadline`.
+async fn revoke_until_purged(
+    school: &Agency,
+    peer: &Agency,
+    id: String,
+    deadline: Duration,
+) -> anyhow::Result<f64> {
     let mut consents =
         pb::consent_service_client::ConsentServiceClient::new(school.channel().await?);
     let series = format!("weft_purges_total{{peer=\"{SCHOOL}\"}}");
@@ -625,17 +634,20 @@ async fn revoke_until_purged(school: &Agency, peer: &Agency, id: String) -> anyh
         })
         .await?;
     let at = peer
-        .wait_until("the purge", Duration::from_secs(30), |p| {
-            value(p, &series) > purges
-        })
+        .wait_until("the purge", deadline, |p| value(p, &series) > purges)
         .await?;
     Ok(at.duration_since(t).as_secs_f64() * 1e3)
 }
 
 /// Scenario 7's revocation at scale, on scenario 1's federation (the clinic holding every
 /// section the school seeded): revokes `n` of the school's consents to the clinic, one at a
-/// time; the ms from each revocation until the clinic purged, sorted.
-pub async fn revocations_at_scale(fed: &Federation, n: usize) -> anyhow::Result<Vec<f64>> {
+/// time; the ms from each revocation until the clinic purged, sorted. A revocation waits
+/// up to `deadline` for its purge.
+pub async fn revocations_at_scale(
+    fed: &Federation,
+    n: usize,
+    deadline: Duration,
+) -> anyhow::Result<Vec<f64>> {
     let (school, clinic) = (&fed.agencies[0], &fed.agencies[1]);
     // Scenarios 4 and 5 restart the nodes: time the purges, not a reconnection.
     let connected = format!("weft_peer_connected{{peer=\"{}\"}}", clinic.id);
@@ -652,7 +664,7 @@ pub async fn revocations_at_scale(fed: &Federation, n: usize) -> anyhow::Result<
     );
     let mut times = Vec::new();
     for id in ids {
-        times.push(revoke_until_purged(school, clinic, id).await?);
+        times.push(revoke_until_purged(school, clinic, id, deadline).await?);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(times)
@@ -848,7 +860,10 @@ impl Filtered {
             .await?;
             let last = ids.pop();
             for id in ids {
-                times.push(revoke_until_purged(&fed.agencies[0], &fed.agencies[1], id).await?);
+                times.push(
+                    revoke_until_purged(&fed.agencies[0], &fed.agencies[1], id, PURGE_DEADLINE)
+                        .await?,
+                );
             }
             let Some(last) = last else {
                 anyhow::bail!("scenario 7 found no consent to the first running peer to revoke");
@@ -866,7 +881,8 @@ impl Filtered {
                     value(p, &connected) == 1.0
                 })
                 .await?;
-            let ms = revoke_until_purged(&fed.agencies[0], &fed.agencies[1], last).await?;
+            let ms = revoke_until_purged(&fed.agencies[0], &fed.agencies[1], last, PURGE_DEADLINE)
+                .await?;
             let lag = format!("weft_replication_lag{{peer=\"{}\"}}", fed.agencies[1].id);
             let left = value(&fed.agencies[0].metrics().await?, &lag) as u64;
             during_long_feed = Some((ms, sections, left));

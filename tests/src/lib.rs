@@ -701,9 +701,12 @@ impl ClusterBuilder {
 }
 
 /// Store faults a test turns on and off while a node runs: reads of the keys of one tree
-/// that start with a prefix fail.
+/// that start with a prefix fail, and scans of one tree are slow.
 #[derive(Clone, Default)]
-pub struct Faults(Arc<std::sync::Mutex<Option<FailingReads>>>);
+pub struct Faults {
+    failing: Arc<std::sync::Mutex<Option<FailingReads>>>,
+    slow: Arc<std::sync::Mutex<Option<(Tree, std::time::Duration)>>>,
+}
 
 /// The tree, and the key prefix whose reads fail.
 type FailingReads = (Tree, Vec<u8>);
@@ -711,16 +714,32 @@ type FailingReads = (Tree, Vec<u8>);
 impl Faults {
     /// From now on, reads of `tree` keys starting with `prefix` fail.
     pub fn fail_reads(&self, tree: Tree, prefix: &[u8]) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((tree, prefix.to_vec()));
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some((tree, prefix.to_vec()));
     }
 
-    /// From now on, nothing fails.
+    /// From now on, each scan of `tree` takes `delay` longer (a large store, on a slow
+    /// disk).
+    pub fn slow_scans(&self, tree: Tree, delay: std::time::Duration) {
+        *self.slow.lock().unwrap_or_else(|e| e.into_inner()) = Some((tree, delay));
+    }
+
+    /// From now on, nothing fails and nothing is slow.
     pub fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.slow.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn delay(&self, tree: Tree) {
+        let slow = *self.slow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, d)) = slow {
+            if t == tree {
+                std::thread::sleep(d);
+            }
+        }
     }
 
     fn check(&self, tree: Tree, key: &[u8]) -> weft_node::error::Result<()> {
-        match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.failing.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((t, prefix)) if *t == tree && key.starts_with(prefix) => Err(
                 weft_node::error::Error::Storage("injected read failure".into()),
             ),
@@ -743,6 +762,17 @@ impl Layer for FaultyBackend {
     fn get(&self, tree: Tree, key: &[u8]) -> weft_node::error::Result<Option<Vec<u8>>> {
         self.faults.check(tree, key)?;
         self.inner.get(tree, key)
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> weft_node::error::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.faults.delay(tree);
+        self.inner.scan(tree, prefix, after, limit)
     }
 }
 

@@ -504,3 +504,84 @@ async fn a_grantee_stores_the_homes_next_changes_without_loading_and_checks_the_
     tokio::time::sleep(Duration::from_millis(10)).await;
     cluster.stop().await
 }
+
+/// A peer's first catch-up reads every child whose consents name it (a quarter of a million
+/// at a million sections, or after a restart that lost its position): a revocation
+/// recorded meanwhile goes before the rest of it, not after the last child (regression: at a
+/// million sections a revocation waited over 30 s behind such a catch-up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_does_not_wait_for_the_rest_of_a_long_consent_catch_up() -> anyhow::Result<()>
+{
+    const PLANS: u64 = 700;
+    let faults = weft_tests::Faults::default();
+    let cluster = Cluster::builder()
+        .agencies(["school.test"])
+        .played_by_test(["clinic.test"])
+        .faults("school.test", faults.clone())
+        .start()
+        .await?;
+    let school = cluster.node("school.test");
+    weft_node::seed::seed(
+        school.node().service(),
+        PLANS,
+        &weft_node::seed::SeedConsents::to_all(
+            vec![weft_node::model::AgencyId::parse("clinic.test")?],
+            "read",
+            "2099-12-31",
+        ),
+    )
+    .await?;
+    let plan = school
+        .plans(&school.coordinator_token)
+        .await?
+        .list_plans(pb::ListPlansRequest::default())
+        .await?
+        .into_inner()
+        .plans[0]
+        .plan
+        .clone()
+        .expect("a listed plan")
+        .plan_id;
+    let mut consents = school.consents(&school.coordinator_token).await?;
+    let consent = consents
+        .list(pb::ListConsentsRequest {
+            plan_id: plan,
+            subject_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .consents[0]
+        .consent_id
+        .clone();
+    // Each child's consents take a while to read, as in a large store.
+    faults.slow_scans(weft_node::storage::Tree::Consents, Duration::from_millis(2));
+    let (_tx, mut rx) = greeted(&cluster, &[7u8; 32]).await?;
+    // Once the catch-up is under way (its first records arrived), the revocation.
+    let mut records = next(&mut rx, |k| {
+        matches!(k, pb::frame::Kind::Consent(_)).then_some(1)
+    })
+    .await?;
+    consents
+        .revoke(pb::RevokeRequest {
+            consent_id: consent,
+            reason: "family request".into(),
+        })
+        .await?;
+    let revoked = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match rx.message().await?.and_then(|f| f.kind) {
+                Some(pb::frame::Kind::Consent(_)) => records += 1,
+                Some(pb::frame::Kind::Revocation(_)) => return anyhow::Ok(records),
+                Some(_) => {}
+                None => anyhow::bail!("stream ended"),
+            }
+        }
+    })
+    .await??;
+    assert!(
+        revoked < PLANS,
+        "the revocation came after {revoked} of the {PLANS} children's records"
+    );
+    faults.clear();
+    cluster.stop().await
+}

@@ -1120,15 +1120,43 @@ impl RecordsSent {
         from: u64,
         backlog: bool,
     ) -> Result<(Vec<SectionKey>, u64)> {
-        let up = svc.consent_catch_up(peer, from, backlog).await?;
-        for (id, frame) in up.frames {
+        let (subjects, position) = svc.consent_subjects(peer, from).await?;
+        let mut keys = Vec::new();
+        // How far records recorded during this send went out (see below).
+        let mut newer = position;
+        for (i, chunk) in subjects.chunks(CATCH_UP_CHUNK).enumerate() {
+            // A long catch-up (a first session, or one after a restart that lost the
+            // position) reads every child naming the peer: what was recorded meanwhile, a
+            // revocation above all, goes between two chunks instead of after the last.
+            // Records only; the next round takes their backlog (the consent generation
+            // moved).
+            if i > 0 && svc.consent_head().await? > newer {
+                let (changed, at) = svc.consent_subjects(peer, newer).await?;
+                let up = svc.consent_catch_up(peer, &changed, false).await?;
+                self.send_frames(tx, up.frames).await?;
+                newer = at;
+            }
+            let up = svc.consent_catch_up(peer, chunk, backlog).await?;
+            self.send_frames(tx, up.frames).await?;
+            keys.extend(up.backlog);
+        }
+        self.pos = self.pos.max(position);
+        Ok((keys, position))
+    }
+
+    /// Sends the frames not sent yet in this session.
+    async fn send_frames(
+        &mut self,
+        tx: &mpsc::Sender<pb::Frame>,
+        frames: Vec<(String, Frame)>,
+    ) -> Result<()> {
+        for (id, frame) in frames {
             if !self.ids.contains(&id) {
                 tx.send(to_pb(frame)).await.map_err(|_| closed())?;
                 self.ids.insert(id);
             }
         }
-        self.pos = self.pos.max(up.position);
-        Ok((up.backlog, up.position))
+        Ok(())
     }
 
     /// When the consent log moved past the last send, sends the records that changed after
@@ -1150,6 +1178,10 @@ impl RecordsSent {
         Ok(true)
     }
 }
+
+/// The children whose consents a pump's catch-up reads at a time (see `RecordsSent::send`):
+/// a few hundred signature checks and reads between two chances to send a revocation.
+const CATCH_UP_CHUNK: usize = 256;
 
 /// The most plans a pump remembers [`NodeService::may_send_plan`] of.
 const NAMED_KEPT: usize = 1 << 16;

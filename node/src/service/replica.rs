@@ -77,8 +77,6 @@ pub struct SectionChanges {
 /// See [`NodeService::consent_catch_up`].
 #[derive(Debug, Default)]
 pub struct ConsentCatchUp {
-    /// The consent-log position this covers.
-    pub position: u64,
     /// Consent records and revocations to send, with their ids.
     pub frames: Vec<(String, Frame)>,
     /// Sections the peer may now hold and was never sent.
@@ -587,26 +585,35 @@ impl NodeService {
             .await
     }
 
-    /// What `peer` should get for the consents that changed after log position `after`: the
-    /// consent records and revocations this node recorded that name it, and the sections it
-    /// may now hold but was never sent. Costs O(subjects changed), not O(all consents).
-    /// With `backlog` false only the records are gathered (cheap: no signature checks), for
-    /// a flush between two sections.
-    pub async fn consent_catch_up(
+    /// The children whose consents changed after log position `after` and a stored record
+    /// of which names `peer` (the rest can send it nothing), with the position read. Costs
+    /// O(subjects changed), not O(all consents); from the start, O(children naming `peer`).
+    pub async fn consent_subjects(
         &self,
         peer: &AgencyId,
         after: u64,
+    ) -> Result<(Vec<SubjectId>, u64)> {
+        self.store.consent_changes_naming(peer, after).await
+    }
+
+    /// What `peer` should get for the consents of `subjects` (from
+    /// [`NodeService::consent_subjects`]): the consent records and revocations this node
+    /// recorded that name it, and the sections it may now hold but was never sent. With
+    /// `backlog` false only the records are gathered (cheap: no signature checks), for a
+    /// flush between two sections.
+    ///
+    /// The children to look at come from [`NodeService::consent_subjects`]; a caller with
+    /// many hands them over a few at a time, so it can send what was recorded meanwhile (a
+    /// revocation) between two calls.
+    pub async fn consent_catch_up(
+        &self,
+        peer: &AgencyId,
+        subjects: &[SubjectId],
         backlog: bool,
     ) -> Result<ConsentCatchUp> {
         let now = self.now();
-        // Only the children a record names the peer in: the rest can send it nothing.
-        let (subjects, position) = self.store.consent_changes_naming(peer, after).await?;
-        let mut out = ConsentCatchUp {
-            position,
-            frames: Vec::new(),
-            backlog: Vec::new(),
-        };
-        for subject in subjects {
+        let mut out = ConsentCatchUp::default();
+        for &subject in subjects {
             // Held until this set is cached (see `consent_refresh`).
             let refresh = self.consent_refresh.lock().await;
             let entries = self.store.consent_entries(Some(subject)).await?;
