@@ -264,7 +264,6 @@ pub fn restore_into(file: &Path, data_dir: &Path) -> Result<(BackupHeader, Backu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditAction, AuditDraft, Outcome};
     use crate::model::{PlanId, SectionKey, SectionName, Timestamp};
     use crate::storage::{
         memory::MemoryBackend, CommitBatch, FeedEntry, SectionWrite, FORMAT_VERSION,
@@ -298,17 +297,7 @@ mod tests {
                         bytes: vec![n],
                         heads: vec![],
                     }],
-                    ..CommitBatch::audit_only(AuditDraft {
-                        time: Timestamp::from_millis(n.into()),
-                        agency: "school.test".into(),
-                        user: "u".into(),
-                        action: AuditAction::Write,
-                        outcome: Outcome::Ok,
-                        plan: None,
-                        sections: vec![],
-                        detail: String::new(),
-                        basis: String::new(),
-                    })
+                    ..CommitBatch::audit_only(crate::storage::tests::draft(n.into()))
                 })
                 .unwrap();
         }

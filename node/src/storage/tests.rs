@@ -6,7 +6,8 @@ use super::*;
 use crate::audit::{AuditAction, Outcome};
 use crate::model::{AgencyId, Caller, Role, SubjectId};
 
-fn draft(n: i64) -> AuditDraft {
+/// An audit draft of a write at time `n` (ms), for tests.
+pub(crate) fn draft(n: i64) -> AuditDraft {
     AuditDraft {
         time: Timestamp::from_millis(n),
         agency: "school.test".into(),
