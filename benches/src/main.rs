@@ -249,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
             // Last: it takes plans away from the clinic that scenarios 2 and 4 edit.
             // A slow purge is a figure, not the end of the run: wait long, report a failure.
             let n = if args.quick { 3 } else { 10 };
-            let r = weft::revocations_at_scale(&fed, n, Duration::from_secs(600)).await;
+            let r = weft::revocations_at_scale(&fed, n, Duration::from_secs(120)).await;
             eprintln!("scenario 7 at scale: {r:?}");
             let base = format!(
                 "scenario 1's clinic, holding the cold copy's N={} sections, after whichever of scenarios 2, 4 and 5 ran; {n} revocations one at a time, each a plan's four sections",

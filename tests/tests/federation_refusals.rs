@@ -553,8 +553,9 @@ async fn a_revocation_does_not_wait_for_the_rest_of_a_long_consent_catch_up() ->
         .consents[0]
         .consent_id
         .clone();
-    // Each child's consents take a while to read, as in a large store.
-    faults.slow_scans(weft_node::storage::Tree::Consents, Duration::from_millis(2));
+    // Each child's consents take a while to read, as in a large store: the catch-up's
+    // three chunks take seconds, and the revocation lands during the second.
+    faults.slow_scans(weft_node::storage::Tree::Consents, Duration::from_millis(5));
     let (_tx, mut rx) = greeted(&cluster, &[7u8; 32]).await?;
     // Once the catch-up is under way (its first records arrived), the revocation.
     let mut records = next(&mut rx, |k| {

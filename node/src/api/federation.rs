@@ -1140,7 +1140,10 @@ impl RecordsSent {
             self.send_frames(tx, up.frames).await?;
             keys.extend(up.backlog);
         }
-        self.pos = self.pos.max(position);
+        // Every record up to `newer` has gone (the flushes), so `send_new` need not read
+        // those changes again; the position returned, which the peer's acknowledgement
+        // persists, stays the one whose backlog this send worked out.
+        self.pos = self.pos.max(newer);
         Ok((keys, position))
     }
 
