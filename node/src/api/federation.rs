@@ -905,7 +905,7 @@ async fn pump(
         let generation = svc.consent_generation();
         if consents_at != Some(generation) {
             named.clear();
-            let (keys, position) = records.send(&svc, &peer, &tx, consent_pos, true).await?;
+            let (keys, position) = records.send(&svc, &peer, &tx, consent_pos).await?;
             backlog = keys;
             if position != consent_pos {
                 positions_in_flight.push((position, cursors_sent + 1));
@@ -1111,14 +1111,13 @@ struct RecordsSent {
 impl RecordsSent {
     /// Sends the records and revocations naming `peer` that changed after consent-log
     /// position `from` and have not gone yet; returns the sections it may now hold but was
-    /// never sent (with `backlog`: their signatures are checked) and the position read.
+    /// never sent (their signatures are checked) and the position read.
     async fn send(
         &mut self,
         svc: &NodeService,
         peer: &AgencyId,
         tx: &mpsc::Sender<pb::Frame>,
         from: u64,
-        backlog: bool,
     ) -> Result<(Vec<SectionKey>, u64)> {
         let (subjects, position) = svc.consent_subjects(peer, from).await?;
         let mut keys = Vec::new();
@@ -1131,12 +1130,9 @@ impl RecordsSent {
             // Records only; the next round takes their backlog (the consent generation
             // moved).
             if i > 0 && svc.consent_head().await? > newer {
-                let (changed, at) = svc.consent_subjects(peer, newer).await?;
-                let up = svc.consent_catch_up(peer, &changed, false).await?;
-                self.send_frames(tx, up.frames).await?;
-                newer = at;
+                newer = self.send_records_since(svc, peer, tx, newer).await?;
             }
-            let up = svc.consent_catch_up(peer, chunk, backlog).await?;
+            let up = svc.consent_catch_up(peer, chunk, true).await?;
             self.send_frames(tx, up.frames).await?;
             keys.extend(up.backlog);
         }
@@ -1145,6 +1141,21 @@ impl RecordsSent {
         // persists, stays the one whose backlog this send worked out.
         self.pos = self.pos.max(newer);
         Ok((keys, position))
+    }
+
+    /// Sends the records (only: no backlog, no signature checks) of the children whose
+    /// consents changed after `from` and have not gone yet; returns the position read.
+    async fn send_records_since(
+        &mut self,
+        svc: &NodeService,
+        peer: &AgencyId,
+        tx: &mpsc::Sender<pb::Frame>,
+        from: u64,
+    ) -> Result<u64> {
+        let (changed, position) = svc.consent_subjects(peer, from).await?;
+        let up = svc.consent_catch_up(peer, &changed, false).await?;
+        self.send_frames(tx, up.frames).await?;
+        Ok(position)
     }
 
     /// Sends the frames not sent yet in this session.
@@ -1177,7 +1188,8 @@ impl RecordsSent {
         if svc.consent_head().await? <= self.pos {
             return Ok(false);
         }
-        self.send(svc, peer, tx, self.pos, false).await?;
+        let position = self.send_records_since(svc, peer, tx, self.pos).await?;
+        self.pos = self.pos.max(position);
         Ok(true)
     }
 }

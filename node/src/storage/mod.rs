@@ -243,6 +243,9 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version this binary opens (and upgrades to [`FORMAT_VERSION`]).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
+/// The format version from which the feed holds each section's last change only.
+const FEED_LAST_ONLY_FORMAT: u32 = 2;
+
 const KEY_FEED_SEQ: &[u8] = b"feed_seq";
 const KEY_AUDIT_HEAD: &[u8] = b"audit_head";
 const KEY_FORMAT: &[u8] = b"format_version";
@@ -735,7 +738,7 @@ impl Store {
         store.log_existing_consents()?;
         store.index_existing_consent_ends()?;
         store.index_existing_consent_ids_and_grantees()?;
-        if found < 2 {
+        if found < FEED_LAST_ONLY_FORMAT {
             store.drop_superseded_feed_entries()?;
         }
         if found < FORMAT_VERSION {
