@@ -17,6 +17,7 @@
 //! [storage]
 //! compact_after_chunks = 64       # fold a section's change chunks into a snapshot
 //! cache_mib = 16                  # sled's page cache, MiB
+//! doc_cache = 4096                # section documents kept loaded (~17 KiB each)
 //!
 //! [consent]
 //! signing_key = "certs/signing.key" # Ed25519 key that signs consents (default: in data_dir)
@@ -173,6 +174,9 @@ pub struct StorageSection {
     /// sled's page cache in MiB (1–65536).
     #[serde(default = "default_cache_mib")]
     pub cache_mib: u64,
+    /// Section documents kept loaded between edits (0–1000000).
+    #[serde(default = "default_doc_cache")]
+    pub doc_cache: usize,
 }
 
 impl Default for StorageSection {
@@ -180,6 +184,7 @@ impl Default for StorageSection {
         Self {
             compact_after_chunks: default_compact(),
             cache_mib: default_cache_mib(),
+            doc_cache: default_doc_cache(),
         }
     }
 }
@@ -190,6 +195,13 @@ fn default_compact() -> u64 {
 
 fn default_cache_mib() -> u64 {
     crate::storage::sled::DEFAULT_CACHE_MIB
+}
+
+/// The most section documents `[storage] doc_cache` may keep loaded (~17 GiB at ~17 KiB each).
+const MAX_DOC_CACHE: usize = 1_000_000;
+
+fn default_doc_cache() -> usize {
+    crate::storage::DEFAULT_DOC_CACHE
 }
 
 /// Where the node keeps its data.
@@ -227,6 +239,8 @@ pub struct Config {
     pub compact_after_chunks: u64,
     /// sled's page cache, MiB (a store in a directory).
     pub cache_mib: u64,
+    /// Section documents kept loaded between edits.
+    pub doc_cache: usize,
     /// The consent signing key's file (`None`: `signing.key` in the data directory, or a
     /// throwaway key for an in-memory node).
     pub signing_key: Option<PathBuf>,
@@ -424,6 +438,11 @@ impl FileConfig {
         if !(1..=65_536).contains(&self.storage.cache_mib) {
             problems.push("storage.cache_mib: must be between 1 and 65536".into());
         }
+        if self.storage.doc_cache > MAX_DOC_CACHE {
+            problems.push(format!(
+                "storage.doc_cache: must be between 0 and {MAX_DOC_CACHE}"
+            ));
+        }
         match (agency, api_listen, problems.is_empty()) {
             (Some(agency), Some(api_listen), true) => Ok(Config {
                 agency,
@@ -432,6 +451,7 @@ impl FileConfig {
                 tls,
                 compact_after_chunks: self.storage.compact_after_chunks,
                 cache_mib: self.storage.cache_mib,
+                doc_cache: self.storage.doc_cache,
                 signing_key: self.consent.signing_key.as_deref().map(resolve),
                 federation: federation.flatten(),
                 metrics_listen,
@@ -585,6 +605,31 @@ mod tests {
             let err = cache(&format!("{base}[storage]\ncache_mib = {bad}\n")).unwrap_err();
             assert_eq!(err, ["storage.cache_mib: must be between 1 and 65536"]);
         }
+    }
+
+    #[test]
+    fn the_document_cache_defaults_and_is_bounded() {
+        let base = "agency = \"a.test\"\ndata_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
+        let docs = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .unwrap()
+                .validate_with(Path::new("/nonexistent"), false)
+                .map(|c| c.doc_cache)
+        };
+        assert_eq!(docs(base).unwrap(), crate::storage::DEFAULT_DOC_CACHE);
+        for good in [0, 20_000, MAX_DOC_CACHE] {
+            assert_eq!(
+                docs(&format!("{base}[storage]\ndoc_cache = {good}\n")).unwrap(),
+                good
+            );
+        }
+        let err = docs(&format!("{base}[storage]\ndoc_cache = 1000001\n")).unwrap_err();
+        assert_eq!(err, ["storage.doc_cache: must be between 0 and 1000000"]);
+        // A negative count is refused when the file is read, naming the key.
+        let err = toml::from_str::<FileConfig>(&format!("{base}[storage]\ndoc_cache = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("doc_cache"), "{err}");
     }
 
     #[test]

@@ -25,14 +25,15 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Opens the store a config names, a sled store with a page cache of `cache_mib` MiB.
-pub fn open_store(data: &DataLocation, cache_mib: u64) -> Result<StoreHandle> {
+/// Opens the store a config names (a sled store with a page cache of `cache_mib` MiB), keeping
+/// up to `doc_cache` section documents loaded.
+pub fn open_store(config: &Config) -> Result<StoreHandle> {
     let started = std::time::Instant::now();
-    let backend: Arc<dyn Backend> = match data {
+    let backend: Arc<dyn Backend> = match &config.data {
         DataLocation::Dir(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-            Arc::new(SledBackend::open_with_cache(dir, cache_mib)?)
+            Arc::new(SledBackend::open_with_cache(dir, config.cache_mib)?)
         }
         DataLocation::Memory => Arc::new(MemoryBackend::new()),
     };
@@ -43,9 +44,10 @@ pub fn open_store(data: &DataLocation, cache_mib: u64) -> Result<StoreHandle> {
     tracing::info!(
         engine_ms = engine.as_millis() as u64,
         store_ms = (started.elapsed() - engine).as_millis() as u64,
+        doc_cache = config.doc_cache,
         "opened the store"
     );
-    Ok(StoreHandle::new(store))
+    Ok(StoreHandle::with_doc_cache(store, config.doc_cache))
 }
 
 /// The node's consent signing key: read from its file, or created there (mode 0600) on
@@ -120,7 +122,7 @@ impl Node {
 
     /// Like [`Node::bind`], with a clock of the caller's choosing (tests).
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<Node> {
-        let store = open_store(&config.data, config.cache_mib)?;
+        let store = open_store(&config)?;
         Self::bind_with_store(config, store, clock).await
     }
 

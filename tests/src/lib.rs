@@ -224,6 +224,7 @@ impl TestNode {
             tls: self.tls.clone(),
             compact_after_chunks: 8,
             cache_mib: weft_node::storage::sled::DEFAULT_CACHE_MIB,
+            doc_cache: weft_node::storage::DEFAULT_DOC_CACHE,
             signing_key: None,
             federation: self.federation.clone(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -321,7 +322,7 @@ impl TestNode {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
         let config = self.config(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let store = open_store(&config.data, config.cache_mib)?;
+        let store = open_store(&config)?;
         // Peers dial the federation address, so it stays the same across restarts.
         let api = tokio::net::TcpListener::bind(config.api_listen).await?;
         let fed = match &config.federation {

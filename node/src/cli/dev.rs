@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{Config, DataLocation, FamilyConfig, FederationConfig, PeerConfig, TlsFiles};
+use crate::config::{Config, FamilyConfig, FederationConfig, PeerConfig, TlsFiles};
 use crate::model::{now, AgencyId, Caller, Role};
 use crate::server::{open_store, Node};
 use crate::service::bootstrap_user;
@@ -120,7 +120,7 @@ pub async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
         let env_path = dir.join(format!("{short}.env"));
         let node_url = format!("https://127.0.0.1:{api_port}");
         let first_run = !env_path.is_file();
-        let store = open_store(&DataLocation::Dir(data_dir.clone()), config.cache_mib)?;
+        let store = open_store(&config)?;
         if first_run {
             let (_, token) =
                 bootstrap_user(&store, &agency, "coordinator", Role::Coordinator, now())?;

@@ -471,7 +471,7 @@ async fn seed(
         pick,
         only_for,
     };
-    let store = crate::server::open_store(&config.data, config.cache_mib)?;
+    let store = crate::server::open_store(&config)?;
     let svc =
         crate::server::service_for(&config, store, std::sync::Arc::new(crate::model::now)).await?;
     let started = std::time::Instant::now();
@@ -493,7 +493,7 @@ fn offline_user_add(config: &std::path::Path, args: &UserAddArgs) -> anyhow::Res
     if !args.plans.is_empty() {
         anyhow::bail!("offline `user add` makes operators (admin, coordinator, caseworker, auditor); add guardians through the running node");
     }
-    let store = crate::server::open_store(&config.data, config.cache_mib)?;
+    let store = crate::server::open_store(&config)?;
     let (user, token) = crate::service::bootstrap_user(
         &store,
         &config.agency,

@@ -1563,18 +1563,26 @@ pub struct StoreHandle {
     docs: Arc<DocCache>,
 }
 
-/// Section documents kept loaded (see [`DocCache`]): ~40 KiB each at most for the catalogue's
-/// sections, so ~40 MiB when full.
-const DOC_CACHE: usize = 1024;
+/// Section documents kept loaded by default (see [`DocCache`], `[storage] doc_cache`). A
+/// loaded document of a sample plan holds ~17 KiB, so ~70 MiB when full. It should hold the
+/// sections a node edits, sends and merges over a few seconds: an LRU cache smaller than that
+/// working set misses on every access, when edits go round it (scenario 3 of the benchmark,
+/// from 1,024 sections on, when this was 1,024).
+pub const DEFAULT_DOC_CACHE: usize = 4096;
 /// How many of a section's newest chunks [`StoreHandle::stored_after`] looks back over.
 const TAIL_CHUNKS: u64 = 16;
 
 impl StoreHandle {
-    /// Wraps a store.
+    /// Wraps a store, with a cache of [`DEFAULT_DOC_CACHE`] section documents.
     pub fn new(store: Store) -> Self {
+        Self::with_doc_cache(store, DEFAULT_DOC_CACHE)
+    }
+
+    /// Wraps a store, keeping up to `docs` section documents loaded (0: none).
+    pub fn with_doc_cache(store: Store, docs: usize) -> Self {
         Self {
             store: Arc::new(store),
-            docs: Arc::new(DocCache::new(DOC_CACHE)),
+            docs: Arc::new(DocCache::new(docs)),
         }
     }
 

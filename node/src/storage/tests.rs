@@ -1192,3 +1192,65 @@ fn a_format_1_store_keeps_only_each_sections_last_change_once_it_opens() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_store_keeps_as_many_section_documents_loaded_as_it_is_told() {
+    use crate::catalogue::spec_for;
+    use crate::section::Edit;
+    for capacity in [0, 2, DEFAULT_DOC_CACHE] {
+        let store = StoreHandle::with_doc_cache(
+            Store::open(Arc::new(memory::MemoryBackend::new())).unwrap(),
+            capacity,
+        );
+        // Three plans' profiles, each edited, committed and handed back, as an edit does.
+        let mut kept = Vec::new();
+        for n in 0..3 {
+            let p = plan();
+            let k = key(&p, "profile");
+            let coordinator = Caller {
+                agency: p.home.clone(),
+                user: "u".into(),
+                role: Role::Coordinator,
+                subjects: vec![],
+            };
+            let permit = crate::gate::read(
+                &coordinator,
+                &p,
+                &k.section,
+                &weft_consent::ConsentSet::new(),
+                Timestamp::from_millis(2),
+            )
+            .unwrap();
+            let spec = spec_for("profile").unwrap();
+            let f = spec.field("grade").unwrap();
+            let mut doc = SectionDoc::new();
+            let change = doc
+                .apply(
+                    spec,
+                    &coordinator,
+                    &Edit::Set(vec![(f, f.parse("profile", "3").unwrap())]),
+                    Timestamp::from_millis(3),
+                )
+                .unwrap();
+            let mut batch = CommitBatch::audit_only(draft(4 + n));
+            batch.changes = vec![write(k.clone(), change)];
+            batch.new_plans = vec![p.clone()];
+            store.store.commit(batch).unwrap();
+            let seq = store.store.section_meta(&k).unwrap().unwrap().last_seq;
+            store.keep_doc(&permit, seq, doc).await;
+            kept.push((k, seq));
+        }
+        assert_eq!(store.docs_cached(), capacity.min(3), "capacity {capacity}");
+        // The least recently kept leaves first.
+        let held: Vec<bool> = kept
+            .iter()
+            .map(|(k, s)| store.docs.contains(k, *s))
+            .collect();
+        let expected = match capacity {
+            0 => [false, false, false],
+            2 => [false, true, true],
+            _ => [true, true, true],
+        };
+        assert_eq!(held, expected, "capacity {capacity}");
+    }
+}
