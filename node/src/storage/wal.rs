@@ -24,6 +24,9 @@
 //! next sync, and the newest log file ends in zeros; an older one was cut to its records when
 //! the log moved on ([`Wal::rotate`]).
 //!
+//! Where the filesystem allows it, appends bypass the page cache ([`Direct`]), which leaves
+//! the sync less to do; the bytes on disk are the same either way.
+//!
 //! File format: `WEFTWAL1`, then records `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload`,
 //! payload `seq: u64 LE` then per write `tree: u8 ‖ key_len: u32 LE ‖ key ‖ present: u8`
 //! (`‖ value_len: u32 LE ‖ value` when present). A record that is short or fails its checksum
@@ -70,6 +73,9 @@ pub(super) struct Wal {
 
 struct Current {
     file: Arc<File>,
+    /// The same file opened for direct I/O, which appends go through when the filesystem
+    /// allows it (see [`Direct`]).
+    direct: Option<Direct>,
     number: u64,
     /// Where the next record goes: the end of the records.
     bytes: u64,
@@ -80,11 +86,12 @@ struct Current {
 }
 
 impl Current {
-    /// A file that [`create`] has just made: its magic and nothing else.
-    fn new(file: File, number: u64) -> Self {
+    /// A file that [`create`] has just made at `path`: its magic and nothing else.
+    fn new(file: File, number: u64, path: &Path) -> Self {
         let start = MAGIC.len() as u64;
         Current {
             file: Arc::new(file),
+            direct: Direct::open(path),
             number,
             bytes: start,
             zeroed: start,
@@ -96,8 +103,24 @@ impl Current {
     /// first grows by a step of zeros past its end (the next sync makes the new size durable).
     fn write(&mut self, record: &[u8]) -> std::io::Result<()> {
         let end = self.bytes + record.len() as u64;
+        if let Some(direct) = &mut self.direct {
+            match direct.write(self.bytes, self.zeroed, record) {
+                Ok(zeroed) => {
+                    self.bytes = end;
+                    self.zeroed = zeroed;
+                    return Ok(());
+                }
+                // A filesystem that opens files for direct I/O but refuses the writes: the
+                // first write fails before anything is written, and the log goes on buffered.
+                Err(e) if !direct.wrote && e.raw_os_error() == Some(EINVAL) => {
+                    tracing::info!(error = %e, "the write-ahead log appends through the page cache");
+                    self.direct = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if end > self.zeroed {
-            let step = self.zeroed.clamp(ZEROS_FIRST, ZEROS_MOST);
+            let step = zeros_step(self.zeroed);
             let size = end.max(self.zeroed + step);
             // Zeros where the record will not be (it may be larger than what was left).
             let from = end.max(self.zeroed);
@@ -109,6 +132,99 @@ impl Current {
         self.bytes = end;
         Ok(())
     }
+}
+
+/// How much a log file grows by when an append passes its zeros, once it holds `zeroed` bytes.
+fn zeros_step(zeroed: u64) -> u64 {
+    zeroed.clamp(ZEROS_FIRST, ZEROS_MOST)
+}
+
+/// The unit of a direct write: offsets, lengths and the memory written from are multiples of
+/// it (every Linux filesystem and drive in use takes 4 KiB direct I/O).
+const BLOCK: u64 = 4096;
+
+#[cfg(target_os = "linux")]
+const EINVAL: i32 = libc::EINVAL;
+#[cfg(not(target_os = "linux"))]
+const EINVAL: i32 = 22;
+
+/// Appends with `O_DIRECT`: each append writes the log's last block (the records already in
+/// it, kept here, then the new record and zeros to the block's end) straight to the drive, so
+/// the sync that follows only has the drive flush its cache. Through the page cache the sync
+/// also had to find and write the dirty pages: about 80 µs more per sync on an idle
+/// benchmark machine (p50 ~470 against ~390 µs, one 700 B append every 100 ms) and ~25 µs
+/// back to back. Rewriting the records already in the last block is safe: a crash during the
+/// write leaves each sector old or new, and their bytes are the same in both.
+struct Direct {
+    file: File,
+    /// Whether a write succeeded (after that, a refusal is an error, not a fallback).
+    wrote: bool,
+    /// The log's bytes from the start of the block that holds its end, up to its end.
+    tail: Vec<u8>,
+    /// Room for one write, with slack to start it at an aligned address.
+    buf: Vec<u8>,
+}
+
+impl Direct {
+    /// The file at `path` opened for direct writes, if the filesystem allows it.
+    fn open(path: &Path) -> Option<Self> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+            {
+                Ok(file) => Some(Direct {
+                    file,
+                    wrote: false,
+                    tail: MAGIC.to_vec(),
+                    buf: Vec::new(),
+                }),
+                Err(e) => {
+                    tracing::info!(error = %e, "the write-ahead log appends through the page cache");
+                    None
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// Writes `record` at `bytes`, the log's end, in a file of `zeroed` bytes; when the record
+    /// passes them, the same write adds a step of zeros. Returns the file's size after.
+    fn write(&mut self, bytes: u64, zeroed: u64, record: &[u8]) -> std::io::Result<u64> {
+        let start = bytes - self.tail.len() as u64;
+        let end = bytes + record.len() as u64;
+        let size = if end > zeroed {
+            align_up(end.max(zeroed + zeros_step(zeroed)))
+        } else {
+            zeroed
+        };
+        let upto = if end > zeroed { size } else { align_up(end) };
+        let len = usize::try_from(upto - start).map_err(std::io::Error::other)?;
+        self.buf.clear();
+        self.buf.resize(len + BLOCK as usize, 0);
+        let at = self.buf.as_ptr().align_offset(BLOCK as usize);
+        let out = &mut self.buf[at..at + len];
+        let (old, rest) = out.split_at_mut(self.tail.len());
+        old.copy_from_slice(&self.tail);
+        rest[..record.len()].copy_from_slice(record);
+        self.file.write_all_at(out, start)?;
+        self.wrote = true;
+        let last = (end / BLOCK * BLOCK - start) as usize;
+        let kept = out[last..(end - start) as usize].to_vec();
+        self.tail = kept;
+        Ok(size)
+    }
+}
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(BLOCK) * BLOCK
 }
 
 fn io<'a>(what: &'a str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
@@ -182,7 +298,7 @@ impl Wal {
         remove(dir, old)?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            current: Mutex::new(Current::new(file, number)),
+            current: Mutex::new(Current::new(file, number, &dir.join(file_name(number)))),
             failed: AtomicBool::new(false),
         })
     }
@@ -249,6 +365,19 @@ impl Wal {
         Ok(())
     }
 
+    /// The log appending through the page cache, as on a filesystem that refuses direct I/O.
+    #[cfg(test)]
+    fn buffered(self) -> Self {
+        self.current().unwrap().direct = None;
+        self
+    }
+
+    /// Whether appends go through direct I/O.
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
+        self.current().unwrap().direct.is_some()
+    }
+
     /// Bytes appended but not yet synced.
     #[cfg(test)]
     pub(super) fn unsynced(&self) -> u64 {
@@ -274,7 +403,7 @@ impl Wal {
         let number = current.number + 1;
         let file = create(&self.dir, number)?;
         let old = current.number;
-        *current = Current::new(file, number);
+        *current = Current::new(file, number, &self.dir.join(file_name(number)));
         Ok(old)
     }
 
@@ -450,10 +579,64 @@ mod tests {
         ])
     }
 
+    /// A log in `dir` appending directly (where the filesystem allows it, as it must then) or
+    /// through the page cache.
+    fn start(dir: &Path, direct: bool) -> Wal {
+        let wal = Wal::start(dir, &[]).unwrap();
+        if !direct {
+            return wal.buffered();
+        }
+        let probe = dir.join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        assert_eq!(wal.is_direct(), Direct::open(&probe).is_some());
+        std::fs::remove_file(probe).unwrap();
+        wal
+    }
+
+    #[test]
+    fn both_ways_of_appending_write_the_same_bytes() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (direct, buffered) = (start(a.path(), true), start(b.path(), false));
+        // Records that end inside a block, on a block's end, span blocks, and pass the
+        // zeros written ahead (a whole section's worth).
+        let sizes = [300, 4_000, 8_192, 5, 200_000, 70_000, 1, 3_000];
+        for (i, n) in sizes.iter().enumerate() {
+            let w = Writes::from([((Tree::Chunks, vec![i as u8]), Some(vec![i as u8 + 1; *n]))]);
+            for wal in [&direct, &buffered] {
+                wal.append(i as u64 + 1, &w).unwrap();
+                wal.sync().unwrap();
+            }
+            assert_eq!(direct.bytes(), buffered.bytes());
+            let read = |d: &Path| std::fs::read(d.join(file_name(1))).unwrap();
+            let (x, y) = (read(a.path()), read(b.path()));
+            let end = direct.bytes() as usize;
+            assert_eq!(x[..end], y[..end], "after record {i}");
+            assert!(x[end..].iter().all(|b| *b == 0) && x.len() >= end);
+        }
+        let (records, _) = Wal::read(a.path()).unwrap();
+        assert_eq!(records.len(), sizes.len());
+        // Moving on and appending again, both ways.
+        for wal in [&direct, &buffered] {
+            wal.rotate().unwrap();
+            wal.append(99, &writes(9)).unwrap();
+            wal.sync().unwrap();
+        }
+        for d in [a.path(), b.path()] {
+            let (records, files) = Wal::read(d).unwrap();
+            assert_eq!((records.len(), files), (sizes.len() + 1, vec![1, 2]));
+        }
+    }
+
     #[test]
     fn records_come_back_in_order_and_a_torn_tail_is_dropped() {
+        for direct in [true, false] {
+            records_come_back_in_order_and_a_torn_tail_is_dropped_(direct);
+        }
+    }
+
+    fn records_come_back_in_order_and_a_torn_tail_is_dropped_(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path(), &[]).unwrap();
+        let wal = start(dir.path(), direct);
         for seq in 1..=3 {
             wal.append(seq, &writes(seq as u8)).unwrap();
         }
@@ -481,8 +664,14 @@ mod tests {
 
     #[test]
     fn appends_overwrite_zeros_written_ahead_and_the_zeros_are_not_a_torn_tail() {
+        for direct in [true, false] {
+            appends_overwrite_zeros_written_ahead_and_the_zeros_are_not_a_torn_tail_(direct);
+        }
+    }
+
+    fn appends_overwrite_zeros_written_ahead_and_the_zeros_are_not_a_torn_tail_(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path(), &[]).unwrap();
+        let wal = start(dir.path(), direct);
         let path = dir.path().join(file_name(1));
         let size = || std::fs::metadata(&path).unwrap().len();
         assert_eq!(
@@ -492,7 +681,14 @@ mod tests {
         );
         wal.append(1, &writes(1)).unwrap();
         let first = size();
-        assert_eq!(first, MAGIC.len() as u64 + ZEROS_FIRST);
+        // Direct writes end on a block's end.
+        let expected = MAGIC.len() as u64 + ZEROS_FIRST;
+        let expected = if wal.is_direct() {
+            align_up(expected)
+        } else {
+            expected
+        };
+        assert_eq!(first, expected);
         // Appends within the zeros leave the size alone.
         wal.append(2, &writes(2)).unwrap();
         assert_eq!(size(), first);
