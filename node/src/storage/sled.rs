@@ -451,7 +451,7 @@ mod tests {
         b.transact_hints(&|t| t.put(Tree::Replication, b"h", b"1"))
             .unwrap();
         assert_eq!(b.get(Tree::Replication, b"h").unwrap(), Some(b"1".to_vec()));
-        assert!(b.wal.unsynced() > 0, "a hint does not wait for the disk");
+        assert!(b.wal.unsynced() > 0, "a hint does not wait for a sync");
         b.sync().unwrap();
         assert!(
             b.wal.unsynced() > 0,

@@ -25,7 +25,8 @@
 //! the log moved on ([`Wal::rotate`]).
 //!
 //! Where the filesystem allows it, appends bypass the page cache ([`Direct`]), which leaves
-//! the sync less to do; the bytes on disk are the same either way.
+//! the sync less to do; the records and zeros on disk are the same either way (the newest
+//! file's length is then a whole number of 4 KiB blocks).
 //!
 //! File format: `WEFTWAL1`, then records `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload`,
 //! payload `seq: u64 LE` then per write `tree: u8 ‖ key_len: u32 LE ‖ key ‖ present: u8`
@@ -69,6 +70,8 @@ pub(super) struct Wal {
     /// later one succeed over a hole; after a short append, later records would sit behind a
     /// torn one that recovery stops at.)
     failed: AtomicBool,
+    /// Whether new files try [`Direct`] (always, but in tests of the page cache's path).
+    try_direct: bool,
 }
 
 struct Current {
@@ -86,38 +89,30 @@ struct Current {
 }
 
 impl Current {
-    /// A file that [`create`] has just made at `path`: its magic and nothing else.
-    fn new(file: File, number: u64, path: &Path) -> Self {
+    /// A file that [`create`] has just made at `path`: its magic and nothing else (then
+    /// zeros to the end of its first block, when appends go through [`Direct`]).
+    fn new(file: File, number: u64, path: &Path, try_direct: bool) -> Self {
         let start = MAGIC.len() as u64;
+        let direct = try_direct.then(|| Direct::open(path)).flatten();
         Current {
             file: Arc::new(file),
-            direct: Direct::open(path),
+            zeroed: if direct.is_some() { BLOCK } else { start },
+            direct,
             number,
             bytes: start,
-            zeroed: start,
             synced: start,
         }
     }
 
     /// Writes `record` after the last one, over zeros: when it would pass them, the file
-    /// first grows by a step of zeros past its end (the next sync makes the new size durable).
+    /// grows by a step of zeros past its end, before the record or, through [`Direct`], in the
+    /// same write (the next sync makes the new size durable).
     fn write(&mut self, record: &[u8]) -> std::io::Result<()> {
         let end = self.bytes + record.len() as u64;
         if let Some(direct) = &mut self.direct {
-            match direct.write(self.bytes, self.zeroed, record) {
-                Ok(zeroed) => {
-                    self.bytes = end;
-                    self.zeroed = zeroed;
-                    return Ok(());
-                }
-                // A filesystem that opens files for direct I/O but refuses the writes: the
-                // first write fails before anything is written, and the log goes on buffered.
-                Err(e) if !direct.wrote && e.raw_os_error() == Some(EINVAL) => {
-                    tracing::info!(error = %e, "the write-ahead log appends through the page cache");
-                    self.direct = None;
-                }
-                Err(e) => return Err(e),
-            }
+            self.zeroed = direct.write(self.bytes, self.zeroed, record)?;
+            self.bytes = end;
+            return Ok(());
         }
         if end > self.zeroed {
             let step = zeros_step(self.zeroed);
@@ -143,22 +138,20 @@ fn zeros_step(zeroed: u64) -> u64 {
 /// it (every Linux filesystem and drive in use takes 4 KiB direct I/O).
 const BLOCK: u64 = 4096;
 
-#[cfg(target_os = "linux")]
-const EINVAL: i32 = libc::EINVAL;
-#[cfg(not(target_os = "linux"))]
-const EINVAL: i32 = 22;
-
 /// Appends with `O_DIRECT`: each append writes the log's last block (the records already in
 /// it, kept here, then the new record and zeros to the block's end) straight to the drive, so
-/// the sync that follows only has the drive flush its cache. Through the page cache the sync
-/// also had to find and write the dirty pages: about 80 µs more per sync on an idle
-/// benchmark machine (p50 ~470 against ~390 µs, one 700 B append every 100 ms) and ~25 µs
-/// back to back. Rewriting the records already in the last block is safe: a crash during the
-/// write leaves each sector old or new, and their bytes are the same in both.
+/// the sync that follows only has the drive flush its cache (and commit the file's size when
+/// it grew). Through the page cache the sync also had to find and write the dirty pages: a
+/// 700 B append and its sync took p50 ~470 µs that way against ~390 µs direct, one every
+/// 100 ms, and ~100 against ~75 µs back to back (a Python probe on the benchmark machine's
+/// ext4). The append itself now waits for the drive's write, so a hint transaction (which
+/// skips the sync) no longer returns before the disk has its bytes; only the flush is left
+/// to the next sync. Rewriting the records already in the last block is safe: a crash during
+/// the write leaves each sector old or new, and their bytes are the same in both. The records
+/// and zeros are the bytes the page cache would have written; the newest file's length is a
+/// whole number of blocks.
 struct Direct {
     file: File,
-    /// Whether a write succeeded (after that, a refusal is an error, not a fallback).
-    wrote: bool,
     /// The log's bytes from the start of the block that holds its end, up to its end.
     tail: Vec<u8>,
     /// Room for one write, with slack to start it at an aligned address.
@@ -166,22 +159,29 @@ struct Direct {
 }
 
 impl Direct {
-    /// The file at `path` opened for direct writes, if the filesystem allows it.
+    /// The new log file at `path` (its magic only) opened for direct writes, if the
+    /// filesystem allows it: its first block (the magic, then zeros) is written through the
+    /// new handle at once, so a filesystem that opens files for direct I/O but refuses the
+    /// writes is found here, not at an append.
     fn open(path: &Path) -> Option<Self> {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::fs::OpenOptionsExt;
-            match OpenOptions::new()
+            let opened = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_DIRECT)
                 .open(path)
-            {
-                Ok(file) => Some(Direct {
-                    file,
-                    wrote: false,
-                    tail: MAGIC.to_vec(),
-                    buf: Vec::new(),
-                }),
+                .and_then(|file| {
+                    let mut direct = Direct {
+                        file,
+                        tail: Vec::new(),
+                        buf: Vec::new(),
+                    };
+                    direct.write(0, 0, MAGIC)?;
+                    Ok(direct)
+                });
+            match opened {
+                Ok(direct) => Some(direct),
                 Err(e) => {
                     tracing::info!(error = %e, "the write-ahead log appends through the page cache");
                     None
@@ -195,15 +195,16 @@ impl Direct {
         }
     }
 
-    /// Writes `record` at `bytes`, the log's end, in a file of `zeroed` bytes; when the record
-    /// passes them, the same write adds a step of zeros. Returns the file's size after.
+    /// Writes `record` at `bytes`, the log's end, in a file of `zeroed` bytes (a whole number
+    /// of blocks, or 0 for the magic); when the record passes them, the same write adds a step
+    /// of zeros. Returns the file's size after.
     fn write(&mut self, bytes: u64, zeroed: u64, record: &[u8]) -> std::io::Result<u64> {
         let start = bytes - self.tail.len() as u64;
         let end = bytes + record.len() as u64;
-        let size = if end > zeroed {
+        let size = if end > zeroed && zeroed > 0 {
             align_up(end.max(zeroed + zeros_step(zeroed)))
         } else {
-            zeroed
+            zeroed.max(align_up(end))
         };
         let upto = if end > zeroed { size } else { align_up(end) };
         let len = usize::try_from(upto - start).map_err(std::io::Error::other)?;
@@ -215,7 +216,6 @@ impl Direct {
         old.copy_from_slice(&self.tail);
         rest[..record.len()].copy_from_slice(record);
         self.file.write_all_at(out, start)?;
-        self.wrote = true;
         let last = (end / BLOCK * BLOCK - start) as usize;
         let kept = out[last..(end - start) as usize].to_vec();
         self.tail = kept;
@@ -293,13 +293,20 @@ impl Wal {
     /// Starts a fresh file after `old` (whose records the caller has made durable in the
     /// engine) and deletes the old files.
     pub(super) fn start(dir: &Path, old: &[u64]) -> Result<Self> {
+        Self::start_with(dir, old, true)
+    }
+
+    /// [`Wal::start`], trying direct I/O or not.
+    fn start_with(dir: &Path, old: &[u64], try_direct: bool) -> Result<Self> {
         let number = old.iter().max().map_or(1, |n| n + 1);
         let file = create(dir, number)?;
         remove(dir, old)?;
+        let path = dir.join(file_name(number));
         Ok(Self {
             dir: dir.to_path_buf(),
-            current: Mutex::new(Current::new(file, number, &dir.join(file_name(number)))),
+            current: Mutex::new(Current::new(file, number, &path, try_direct)),
             failed: AtomicBool::new(false),
+            try_direct,
         })
     }
 
@@ -365,13 +372,6 @@ impl Wal {
         Ok(())
     }
 
-    /// The log appending through the page cache, as on a filesystem that refuses direct I/O.
-    #[cfg(test)]
-    fn buffered(self) -> Self {
-        self.current().unwrap().direct = None;
-        self
-    }
-
     /// Whether appends go through direct I/O.
     #[cfg(test)]
     fn is_direct(&self) -> bool {
@@ -403,7 +403,8 @@ impl Wal {
         let number = current.number + 1;
         let file = create(&self.dir, number)?;
         let old = current.number;
-        *current = Current::new(file, number, &self.dir.join(file_name(number)));
+        let path = self.dir.join(file_name(number));
+        *current = Current::new(file, number, &path, self.try_direct);
         Ok(old)
     }
 
@@ -582,24 +583,29 @@ mod tests {
     /// A log in `dir` appending directly (where the filesystem allows it, as it must then) or
     /// through the page cache.
     fn start(dir: &Path, direct: bool) -> Wal {
-        let wal = Wal::start(dir, &[]).unwrap();
-        if !direct {
-            return wal.buffered();
-        }
+        let wal = Wal::start_with(dir, &[], direct).unwrap();
+        assert_eq!(wal.is_direct(), direct && direct_io_works(dir));
+        wal
+    }
+
+    /// Whether a file in `dir` can be opened and written for direct I/O.
+    fn direct_io_works(dir: &Path) -> bool {
         let probe = dir.join("probe");
         std::fs::write(&probe, b"").unwrap();
-        assert_eq!(wal.is_direct(), Direct::open(&probe).is_some());
+        let works = Direct::open(&probe).is_some();
         std::fs::remove_file(probe).unwrap();
-        wal
+        works
     }
 
     #[test]
     fn both_ways_of_appending_write_the_same_bytes() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (direct, buffered) = (start(a.path(), true), start(b.path(), false));
-        // Records that end inside a block, on a block's end, span blocks, and pass the
-        // zeros written ahead (a whole section's worth).
-        let sizes = [300, 4_000, 8_192, 5, 200_000, 70_000, 1, 3_000];
+        // Records of 27 bytes and their value: ending on the first block's end, on the
+        // second's, inside one, spanning several, passing the zeros written ahead (a whole
+        // section's worth), and small again.
+        let sizes = [4_061, 4_069, 300, 5, 8_192, 200_000, 70_000, 1, 3_000];
+        let mut ends = Vec::new();
         for (i, n) in sizes.iter().enumerate() {
             let w = Writes::from([((Tree::Chunks, vec![i as u8]), Some(vec![i as u8 + 1; *n]))]);
             for wal in [&direct, &buffered] {
@@ -607,12 +613,19 @@ mod tests {
                 wal.sync().unwrap();
             }
             assert_eq!(direct.bytes(), buffered.bytes());
+            ends.push(direct.bytes());
             let read = |d: &Path| std::fs::read(d.join(file_name(1))).unwrap();
             let (x, y) = (read(a.path()), read(b.path()));
             let end = direct.bytes() as usize;
             assert_eq!(x[..end], y[..end], "after record {i}");
             assert!(x[end..].iter().all(|b| *b == 0) && x.len() >= end);
         }
+        assert_eq!(
+            ends[..2],
+            [BLOCK, 2 * BLOCK],
+            "records ending on a block's end"
+        );
+        assert_eq!(direct.is_direct(), direct_io_works(a.path()));
         let (records, _) = Wal::read(a.path()).unwrap();
         assert_eq!(records.len(), sizes.len());
         // Moving on and appending again, both ways.
@@ -625,6 +638,7 @@ mod tests {
             let (records, files) = Wal::read(d).unwrap();
             assert_eq!((records.len(), files), (sizes.len() + 1, vec![1, 2]));
         }
+        assert_eq!(direct.is_direct(), direct_io_works(a.path()));
     }
 
     #[test]
@@ -672,23 +686,23 @@ mod tests {
     fn appends_overwrite_zeros_written_ahead_and_the_zeros_are_not_a_torn_tail_(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
         let wal = start(dir.path(), direct);
+        let direct = wal.is_direct();
         let path = dir.path().join(file_name(1));
         let size = || std::fs::metadata(&path).unwrap().len();
-        assert_eq!(
-            size(),
-            MAGIC.len() as u64,
-            "a new file holds its magic only"
-        );
+        // A new file holds its magic only (through `Direct`, zeros to its first block's end).
+        let new = std::fs::read(&path).unwrap();
+        assert!(new.starts_with(MAGIC) && new[MAGIC.len()..].iter().all(|b| *b == 0));
+        assert_eq!(size(), if direct { BLOCK } else { MAGIC.len() as u64 });
         wal.append(1, &writes(1)).unwrap();
         let first = size();
-        // Direct writes end on a block's end.
-        let expected = MAGIC.len() as u64 + ZEROS_FIRST;
-        let expected = if wal.is_direct() {
-            align_up(expected)
-        } else {
-            expected
-        };
-        assert_eq!(first, expected);
+        assert_eq!(
+            first,
+            if direct {
+                BLOCK
+            } else {
+                MAGIC.len() as u64 + ZEROS_FIRST
+            }
+        );
         // Appends within the zeros leave the size alone.
         wal.append(2, &writes(2)).unwrap();
         assert_eq!(size(), first);
