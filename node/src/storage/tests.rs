@@ -46,6 +46,25 @@ fn key(plan: &PlanRecord, section: &str) -> SectionKey {
     }
 }
 
+/// A coordinator of `plan`'s home, and the gate's permit for them to read `key`.
+fn home_reads(plan: &PlanRecord, key: &SectionKey) -> (Caller, crate::gate::ReadPermit) {
+    let coordinator = Caller {
+        agency: plan.home.clone(),
+        user: "u".into(),
+        role: Role::Coordinator,
+        subjects: vec![],
+    };
+    let permit = crate::gate::read(
+        &coordinator,
+        plan,
+        &key.section,
+        &weft_consent::ConsentSet::new(),
+        Timestamp::from_millis(2),
+    )
+    .unwrap();
+    (coordinator, permit)
+}
+
 fn backends() -> Vec<(&'static str, Arc<dyn Backend>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let sled = Arc::new(sled::SledBackend::open(dir.path()).unwrap());
@@ -677,20 +696,7 @@ fn the_store_tells_what_a_peer_lacks_from_the_heads_it_notes() {
     let store = StoreHandle::new(Store::open(Arc::new(memory::MemoryBackend::new())).unwrap());
     let p = plan();
     let k = key(&p, "profile");
-    let coordinator = Caller {
-        agency: p.home.clone(),
-        user: "u".into(),
-        role: Role::Coordinator,
-        subjects: vec![],
-    };
-    let permit = crate::gate::read(
-        &coordinator,
-        &p,
-        &k.section,
-        &weft_consent::ConsentSet::new(),
-        Timestamp::from_millis(2),
-    )
-    .unwrap();
+    let (coordinator, permit) = home_reads(&p, &k);
     let spec = spec_for("profile").unwrap();
     let mut doc = SectionDoc::new();
     let edit = |doc: &mut SectionDoc, grade: &str| {
@@ -1207,20 +1213,7 @@ async fn a_store_keeps_as_many_section_documents_loaded_as_it_is_told() {
         for n in 0..3 {
             let p = plan();
             let k = key(&p, "profile");
-            let coordinator = Caller {
-                agency: p.home.clone(),
-                user: "u".into(),
-                role: Role::Coordinator,
-                subjects: vec![],
-            };
-            let permit = crate::gate::read(
-                &coordinator,
-                &p,
-                &k.section,
-                &weft_consent::ConsentSet::new(),
-                Timestamp::from_millis(2),
-            )
-            .unwrap();
+            let (coordinator, permit) = home_reads(&p, &k);
             let spec = spec_for("profile").unwrap();
             let f = spec.field("grade").unwrap();
             let mut doc = SectionDoc::new();
