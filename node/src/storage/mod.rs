@@ -1566,8 +1566,8 @@ pub struct StoreHandle {
 /// Section documents kept loaded by default (see [`DocCache`], `[storage] doc_cache`). A
 /// loaded document of a sample plan holds ~17 KiB, so ~70 MiB when full. It should hold the
 /// sections a node edits, sends and merges over a few seconds: an LRU cache smaller than that
-/// working set misses on every access, when edits go round it (scenario 3 of the benchmark,
-/// from 1,024 sections on, when this was 1,024).
+/// working set misses on every access when edits go round it (as scenario 3 of the benchmark
+/// did from 1,250 edits/s on, going round 1,250 sections or more, when this was 1,024).
 pub const DEFAULT_DOC_CACHE: usize = 4096;
 /// How many of a section's newest chunks [`StoreHandle::stored_after`] looks back over.
 const TAIL_CHUNKS: u64 = 16;
