@@ -400,6 +400,8 @@ impl Wal {
                     &self.dir.join(file_name(current.number)),
                 )(e))
             })?;
+        // If the next file cannot be made, appends go on here, past the records.
+        current.zeroed = current.bytes;
         let number = current.number + 1;
         let file = create(&self.dir, number)?;
         let old = current.number;
@@ -780,6 +782,38 @@ mod tests {
         assert!(wal.sync().is_err());
         assert!(wal.rotate().is_err());
         assert_eq!(Wal::read(dir.path()).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn a_log_that_cannot_move_on_keeps_appending_over_zeros() {
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = start(dir.path(), direct);
+            wal.append(1, &writes(1)).unwrap();
+            // The next file's name is taken: the log cuts its zeros, then cannot move on.
+            let next = dir.path().join(file_name(2));
+            std::fs::create_dir(&next).unwrap();
+            assert!(wal.rotate().is_err());
+            let path = dir.path().join(file_name(1));
+            let size = || std::fs::metadata(&path).unwrap().len();
+            assert_eq!(size(), wal.bytes(), "cut to its records");
+            // Appends go on in the same file: the first grows it by a step of zeros, the
+            // next overwrite them (not a file that grows, and syncs its size, at each one).
+            wal.append(2, &writes(2)).unwrap();
+            let grown = size();
+            assert!(grown > wal.bytes(), "direct {direct}: {grown}");
+            wal.append(3, &writes(3)).unwrap();
+            assert_eq!(size(), grown, "direct {direct}");
+            wal.sync().unwrap();
+            std::fs::remove_dir(next).unwrap();
+            let seqs: Vec<u64> = Wal::read(dir.path())
+                .unwrap()
+                .0
+                .iter()
+                .map(|r| r.0)
+                .collect();
+            assert_eq!(seqs, [1, 2, 3]);
+        }
     }
 
     #[test]
