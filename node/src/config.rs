@@ -555,78 +555,59 @@ mod tests {
         assert!(err.contains("colour"), "{err}");
     }
 
+    /// A minimal valid config file, to which a test adds sections.
+    const MINIMAL: &str = "agency = \"a.test\"\ndata_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
+
+    /// [`MINIMAL`] followed by `more`, read and validated.
+    fn validated(more: &str) -> std::result::Result<Config, Vec<String>> {
+        toml::from_str::<FileConfig>(&format!("{MINIMAL}{more}"))
+            .unwrap()
+            .validate_with(Path::new("/nonexistent"), false)
+    }
+
     #[test]
     fn the_family_section_is_checked() {
-        let base = "agency = \"a.test\"\ndata_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
-        let bad = format!(
-            "{base}[family]\nlisten = \"somewhere\"\npublic_url = \"http://x\"\nname = \"\"\n"
-        );
-        let file: FileConfig = toml::from_str(&bad).unwrap();
-        let all = file
-            .validate_with(Path::new("/nonexistent"), false)
-            .unwrap_err()
-            .join("\n");
+        let all =
+            validated("[family]\nlisten = \"somewhere\"\npublic_url = \"http://x\"\nname = \"\"\n")
+                .unwrap_err()
+                .join("\n");
         for needle in ["family.listen", "family.public_url", "family.name"] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
-        let good = format!("{base}[family]\nlisten = \"127.0.0.1:7430\"\npublic_url = \"https://family.a.test/\"\n");
-        let file: FileConfig = toml::from_str(&good).unwrap();
-        let config = file
-            .validate_with(Path::new("/nonexistent"), false)
-            .unwrap();
+        let config = validated(
+            "[family]\nlisten = \"127.0.0.1:7430\"\npublic_url = \"https://family.a.test/\"\n",
+        )
+        .unwrap();
         let family = config.family.expect("enabled");
         assert_eq!(family.public_url.as_deref(), Some("https://family.a.test"));
-        let without: FileConfig = toml::from_str(base).unwrap();
-        assert!(without
-            .validate_with(Path::new("/nonexistent"), false)
-            .unwrap()
-            .family
-            .is_none());
+        assert!(validated("").unwrap().family.is_none());
     }
 
     #[test]
     fn the_store_cache_defaults_and_is_bounded() {
-        let base = "agency = \"a.test\"\ndata_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
-        let cache = |text: &str| {
-            toml::from_str::<FileConfig>(text)
-                .unwrap()
-                .validate_with(Path::new("/nonexistent"), false)
-                .map(|c| c.cache_mib)
-        };
-        assert_eq!(
-            cache(base).unwrap(),
-            crate::storage::sled::DEFAULT_CACHE_MIB
-        );
-        assert_eq!(
-            cache(&format!("{base}[storage]\ncache_mib = 256\n")).unwrap(),
-            256
-        );
+        let cache = |more: &str| validated(more).map(|c| c.cache_mib);
+        assert_eq!(cache("").unwrap(), crate::storage::sled::DEFAULT_CACHE_MIB);
+        assert_eq!(cache("[storage]\ncache_mib = 256\n").unwrap(), 256);
         for bad in [0, 65_537] {
-            let err = cache(&format!("{base}[storage]\ncache_mib = {bad}\n")).unwrap_err();
+            let err = cache(&format!("[storage]\ncache_mib = {bad}\n")).unwrap_err();
             assert_eq!(err, ["storage.cache_mib: must be between 1 and 65536"]);
         }
     }
 
     #[test]
     fn the_document_cache_defaults_and_is_bounded() {
-        let base = "agency = \"a.test\"\ndata_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert=\"c\"\nkey=\"k\"\nca=\"a\"\n";
-        let docs = |text: &str| {
-            toml::from_str::<FileConfig>(text)
-                .unwrap()
-                .validate_with(Path::new("/nonexistent"), false)
-                .map(|c| c.doc_cache)
-        };
-        assert_eq!(docs(base).unwrap(), crate::storage::DEFAULT_DOC_CACHE);
+        let docs = |more: &str| validated(more).map(|c| c.doc_cache);
+        assert_eq!(docs("").unwrap(), crate::storage::DEFAULT_DOC_CACHE);
         for good in [0, 20_000, MAX_DOC_CACHE] {
             assert_eq!(
-                docs(&format!("{base}[storage]\ndoc_cache = {good}\n")).unwrap(),
+                docs(&format!("[storage]\ndoc_cache = {good}\n")).unwrap(),
                 good
             );
         }
-        let err = docs(&format!("{base}[storage]\ndoc_cache = 1000001\n")).unwrap_err();
+        let err = docs("[storage]\ndoc_cache = 1000001\n").unwrap_err();
         assert_eq!(err, ["storage.doc_cache: must be between 0 and 1000000"]);
         // A negative count is refused when the file is read, naming the key.
-        let err = toml::from_str::<FileConfig>(&format!("{base}[storage]\ndoc_cache = -1\n"))
+        let err = toml::from_str::<FileConfig>(&format!("{MINIMAL}[storage]\ndoc_cache = -1\n"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("doc_cache"), "{err}");

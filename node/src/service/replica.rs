@@ -599,12 +599,10 @@ impl NodeService {
     /// What `peer` should get for the consents of `subjects` (from
     /// [`NodeService::consent_subjects`]): the consent records and revocations this node
     /// recorded that name it, and the sections it may now hold but was never sent. With
-    /// `backlog` false only the records are gathered (cheap: no signature checks), for a
-    /// flush between two sections.
-    ///
-    /// The children to look at come from [`NodeService::consent_subjects`]; a caller with
-    /// many hands them over a few at a time, so it can send what was recorded meanwhile (a
-    /// revocation) between two calls.
+    /// `backlog` false only the records are gathered (cheap: no signature checks), for the
+    /// records recorded since a pump's last send. A caller with many children hands them
+    /// over a few at a time, so it can send what was recorded meanwhile (a revocation)
+    /// between two calls.
     pub async fn consent_catch_up(
         &self,
         peer: &AgencyId,

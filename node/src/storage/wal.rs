@@ -217,8 +217,9 @@ impl Direct {
         rest[..record.len()].copy_from_slice(record);
         self.file.write_all_at(out, start)?;
         let last = (end / BLOCK * BLOCK - start) as usize;
-        let kept = out[last..(end - start) as usize].to_vec();
-        self.tail = kept;
+        self.tail.clear();
+        self.tail
+            .extend_from_slice(&out[last..(end - start) as usize]);
         Ok(size)
     }
 }
