@@ -586,3 +586,53 @@ async fn a_revocation_does_not_wait_for_the_rest_of_a_long_consent_catch_up() ->
     faults.clear();
     cluster.stop().await
 }
+
+/// A peer's first round sends the sections it may hold in the order of the store's keys
+/// (plan by plan), not in the order of the children whose consents name it: the home then
+/// reads its trees front to back, and the peer writes its own the same way. (In the
+/// children's order, every read and every write went to a random place in trees far larger
+/// than the page cache: cold replication of a million sections ran at 2,399 docs/s, and at
+/// 3,070 in the store's order.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_round_sends_what_the_peer_may_hold_in_the_stores_order() -> anyhow::Result<()> {
+    const PLANS: u64 = 60;
+    let cluster = school_and_played_clinic().await?;
+    weft_node::seed::seed(
+        cluster.node("school.test").node().service(),
+        PLANS,
+        &weft_node::seed::SeedConsents::to_all(
+            vec![weft_node::model::AgencyId::parse("clinic.test")?],
+            "read",
+            "2099-12-31",
+        ),
+    )
+    .await?;
+    let (_tx, mut rx) = greeted(&cluster, &[7u8; 32]).await?;
+    let changes = |f: pb::Frame| match f.kind {
+        Some(pb::frame::Kind::Changes(c)) => vec![(c.plan_id, c.section)],
+        Some(pb::frame::Kind::Batch(b)) => b
+            .frames
+            .into_iter()
+            .filter_map(|f| match f.kind {
+                Some(pb::frame::Kind::Changes(c)) => Some((c.plan_id, c.section)),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    };
+    // Every consent covers the four sections of its plan.
+    let mut sent = Vec::new();
+    while sent.len() < 4 * PLANS as usize {
+        let f = tokio::time::timeout(DEADLINE, rx.message())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("stream ended after {} sections", sent.len()))?;
+        sent.extend(changes(f));
+    }
+    let mut in_order = sent.clone();
+    in_order.sort();
+    in_order.dedup();
+    assert_eq!(in_order.len(), sent.len(), "a section went twice");
+    // Plan ids are UUIDs in lowercase hex, which sort as their bytes do in the store's keys.
+    assert!(sent == in_order, "sent out of the store's order: {sent:?}");
+    cluster.stop().await
+}

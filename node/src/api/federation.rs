@@ -1140,6 +1140,11 @@ impl RecordsSent {
         // those changes again; the position returned, which the peer's acknowledgement
         // persists, stays the one whose backlog this send worked out.
         self.pos = self.pos.max(newer);
+        // In the store's key order (plan by plan), not the children's: the home then reads
+        // its trees, and the peer writes its own, front to back instead of at random places
+        // in trees far larger than sled's page cache. Cold replication of a million
+        // sections: 2,399 and 2,723 docs/s in the children's order, 3,070 and 3,198 in this.
+        keys.sort_unstable();
         Ok((keys, position))
     }
 
