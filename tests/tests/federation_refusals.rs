@@ -73,6 +73,22 @@ async fn greeted(
     Ok((tx, rx))
 }
 
+/// Seeds `plans` sample plans at the school, each consented to the clinic (read, all four
+/// sections).
+async fn seed_for_the_clinic(cluster: &Cluster, plans: u64) -> anyhow::Result<()> {
+    weft_node::seed::seed(
+        cluster.node("school.test").node().service(),
+        plans,
+        &weft_node::seed::SeedConsents::to_all(
+            vec![weft_node::model::AgencyId::parse("clinic.test")?],
+            "read",
+            "2099-12-31",
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
 fn heads(h: &[ChangeHash]) -> Vec<Vec<u8>> {
     h.iter().map(|h| h.0.to_vec()).collect()
 }
@@ -520,17 +536,8 @@ async fn a_revocation_does_not_wait_for_the_rest_of_a_long_consent_catch_up() ->
         .faults("school.test", faults.clone())
         .start()
         .await?;
+    seed_for_the_clinic(&cluster, PLANS).await?;
     let school = cluster.node("school.test");
-    weft_node::seed::seed(
-        school.node().service(),
-        PLANS,
-        &weft_node::seed::SeedConsents::to_all(
-            vec![weft_node::model::AgencyId::parse("clinic.test")?],
-            "read",
-            "2099-12-31",
-        ),
-    )
-    .await?;
     let plan = school
         .plans(&school.coordinator_token)
         .await?
@@ -597,16 +604,7 @@ async fn a_revocation_does_not_wait_for_the_rest_of_a_long_consent_catch_up() ->
 async fn a_first_round_sends_what_the_peer_may_hold_in_the_stores_order() -> anyhow::Result<()> {
     const PLANS: u64 = 60;
     let cluster = school_and_played_clinic().await?;
-    weft_node::seed::seed(
-        cluster.node("school.test").node().service(),
-        PLANS,
-        &weft_node::seed::SeedConsents::to_all(
-            vec![weft_node::model::AgencyId::parse("clinic.test")?],
-            "read",
-            "2099-12-31",
-        ),
-    )
-    .await?;
+    seed_for_the_clinic(&cluster, PLANS).await?;
     let (_tx, mut rx) = greeted(&cluster, &[7u8; 32]).await?;
     let changes = |f: pb::Frame| match f.kind {
         Some(pb::frame::Kind::Changes(c)) => vec![(c.plan_id, c.section)],
