@@ -580,14 +580,17 @@ async fn run_session(
                 Some(Frame::Ack { key, heads }) => {
                     // The first heads noted of a section (it went whole) say the peer holds
                     // it, which lets the home record the disclosure of its next change with
-                    // the change: written at once. Later ones only move them on.
+                    // the change: written soon (see `Held`). Later ones only move them on.
                     let first = sent.lock().map_or(true, |m| !m.contains_key(&key));
-                    held.ack(key, heads);
-                    (None, first || held.is_full())
+                    held.ack(key, heads, first);
+                    (None, held.is_full())
                 }
                 // Cursors say nothing about sections: held acknowledgements may wait past
-                // them.
-                Some(Frame::CursorAck(seq)) => (Some(Frame::CursorAck(seq)), held.cursor(seq)),
+                // them, but not first heads (the peer has had the frames before it).
+                Some(Frame::CursorAck(seq)) => {
+                    let first = held.has_first();
+                    (Some(Frame::CursorAck(seq)), held.cursor(seq) || first)
+                }
                 Some(f @ Frame::Cursor(_)) => (Some(f), false),
                 // Any other frame may change what is noted of a section (a refusal forgets
                 // it, the peer's own changes note newer heads): they are written first.
@@ -764,6 +767,10 @@ const HELD_ACKS: usize = 512;
 /// means sending a section's older changes again.
 const ACKS_HELD_FOR: Duration = Duration::from_millis(250);
 
+/// How long the first heads of a section sent whole are held, at most (see [`Held`]): long
+/// enough for a cold copy's acknowledgements to go a few dozen to a write.
+const FIRST_HELD_FOR: Duration = Duration::from_millis(20);
+
 /// How often the peer's acknowledged cursor is stored while its session runs, at most (see
 /// [`Held`]). A peer acknowledges a cursor after every page the pump sends (in scenario 3 of
 /// the benchmark, ~1.7 per edit at every node), and each was a transaction of its own. A
@@ -775,8 +782,12 @@ const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
 ///
 /// - a section's heads, held for up to [`ACKS_HELD_FOR`] (or until [`HELD_ACKS`] are held).
 ///   A peer acknowledges every section it stores, and one write each was a transaction of
-///   its own (in scenario 3 of the benchmark, one per edit per peer at the home). Only
-///   acknowledgements of changes sent after heads the peer had are held.
+///   its own (in scenario 3 of the benchmark, one per edit per peer at the home).
+/// - the first heads of a section the peer was sent whole, for up to [`FIRST_HELD_FOR`], or
+///   until the next acknowledged cursor. Written one at a time, a cold copy's 100,000 of them
+///   kept the home's session loop ~7 s behind the copy (scenario 1 of the benchmark), and
+///   with them the cursor and consent position the peer acknowledged: a peer restarted
+///   meanwhile was sent every consent record again.
 /// - the cursor: the session's first is stored at once, then at most once every
 ///   [`CURSOR_SAVE_EVERY`]. One lower than the last stored goes at once: the pump lowers it
 ///   to have a section it could not send read again, and a stored cursor past that
@@ -788,6 +799,8 @@ struct Held {
     acks: Vec<(SectionKey, Vec<ChangeHash>)>,
     /// When the oldest held acknowledgement is due.
     acks_due: Option<tokio::time::Instant>,
+    /// Some of `acks` are first heads.
+    first: bool,
     /// The newest cursor acknowledged and not stored yet.
     cursor: Option<u64>,
     /// When this session last stored a cursor, and which.
@@ -795,10 +808,22 @@ struct Held {
 }
 
 impl Held {
-    fn ack(&mut self, key: SectionKey, heads: Vec<ChangeHash>) {
+    /// Holds a section's acknowledged heads; `first` when they are the first noted of it.
+    fn ack(&mut self, key: SectionKey, heads: Vec<ChangeHash>, first: bool) {
         self.acks.push((key, heads));
-        self.acks_due
-            .get_or_insert_with(|| tokio::time::Instant::now() + ACKS_HELD_FOR);
+        let held_for = if first {
+            self.first = true;
+            FIRST_HELD_FOR
+        } else {
+            ACKS_HELD_FOR
+        };
+        let due = tokio::time::Instant::now() + held_for;
+        self.acks_due = Some(self.acks_due.map_or(due, |at| at.min(due)));
+    }
+
+    /// Whether first heads are held.
+    fn has_first(&self) -> bool {
+        self.first
     }
 
     /// Holds the cursor the peer acknowledged; whether to write what is held now.
@@ -819,6 +844,7 @@ impl Held {
     /// Everything held, to write.
     fn take(&mut self) -> (Vec<(SectionKey, Vec<ChangeHash>)>, Option<u64>) {
         self.acks_due = None;
+        self.first = false;
         let cursor = self.cursor.take();
         if let Some(seq) = cursor {
             self.stored = Some((tokio::time::Instant::now(), seq));
@@ -1349,9 +1375,9 @@ mod tests {
         assert!(!due_within(&held, Duration::from_secs(3600)).await);
 
         // Heads are due ACKS_HELD_FOR after the first of them, not after each.
-        held.ack(key(1), vec![]);
+        held.ack(key(1), vec![], false);
         tokio::time::advance(ACKS_HELD_FOR / 2).await;
-        held.ack(key(2), vec![]);
+        held.ack(key(2), vec![], false);
         assert!(!due_within(&held, ACKS_HELD_FOR / 2 - Duration::from_millis(1)).await);
         assert!(due_within(&held, Duration::from_millis(1)).await);
         let (acks, cursor) = held.take();
@@ -1373,7 +1399,7 @@ mod tests {
         // Written with heads written sooner, it restarts the period.
         tokio::time::advance(CURSOR_SAVE_EVERY / 2).await;
         assert!(!held.cursor(13));
-        held.ack(key(3), vec![]);
+        held.ack(key(3), vec![], false);
         let (acks, cursor) = held.take();
         assert_eq!((acks.len(), cursor), (1, Some(13)));
         assert!(!held.cursor(14));
@@ -1389,14 +1415,27 @@ mod tests {
         assert_eq!(held.take(), (vec![], Some(7)));
         assert!(!held.cursor(30));
         // What is held when the session ends is all written.
-        held.ack(key(4), vec![]);
+        held.ack(key(4), vec![], false);
         let (acks, cursor) = held.take();
         assert_eq!((acks.len(), cursor), (1, Some(30)));
+
+        // A section's first heads (it went whole) are due FIRST_HELD_FOR after they came,
+        // even behind others held longer, and go with the next acknowledged cursor.
+        held.ack(key(5), vec![], false);
+        tokio::time::advance(ACKS_HELD_FOR / 2).await;
+        assert!(!held.has_first());
+        held.ack(key(6), vec![], true);
+        assert!(held.has_first());
+        assert!(!due_within(&held, FIRST_HELD_FOR - Duration::from_millis(1)).await);
+        assert!(due_within(&held, Duration::from_millis(1)).await);
+        let (acks, _) = held.take();
+        assert_eq!(acks.len(), 2);
+        assert!(!held.has_first());
 
         // Full at HELD_ACKS.
         for n in 0..HELD_ACKS {
             assert!(!held.is_full());
-            held.ack(key(n), vec![]);
+            held.ack(key(n), vec![], false);
         }
         assert!(held.is_full());
     }
