@@ -586,11 +586,8 @@ async fn run_session(
                     (None, held.is_full())
                 }
                 // Cursors say nothing about sections: held acknowledgements may wait past
-                // them, but not first heads (the peer has had the frames before it).
-                Some(Frame::CursorAck(seq)) => {
-                    let first = held.has_first();
-                    (Some(Frame::CursorAck(seq)), held.cursor(seq) || first)
-                }
+                // them, but not first heads (see `Held::cursor`).
+                Some(Frame::CursorAck(seq)) => (Some(Frame::CursorAck(seq)), held.cursor(seq)),
                 Some(f @ Frame::Cursor(_)) => (Some(f), false),
                 // Any other frame may change what is noted of a section (a refusal forgets
                 // it, the peer's own changes note newer heads): they are written first.
@@ -811,26 +808,30 @@ impl Held {
     /// Holds a section's acknowledged heads; `first` when they are the first noted of it.
     fn ack(&mut self, key: SectionKey, heads: Vec<ChangeHash>, first: bool) {
         self.acks.push((key, heads));
-        let held_for = if first {
-            self.first = true;
-            FIRST_HELD_FOR
-        } else {
-            ACKS_HELD_FOR
-        };
-        let due = tokio::time::Instant::now() + held_for;
-        self.acks_due = Some(self.acks_due.map_or(due, |at| at.min(due)));
+        // Heads held already are due within ACKS_HELD_FOR: only first heads bring it closer.
+        if first || self.acks_due.is_none() {
+            self.first |= first;
+            let held_for = if first { FIRST_HELD_FOR } else { ACKS_HELD_FOR };
+            let due = tokio::time::Instant::now() + held_for;
+            self.acks_due = Some(self.acks_due.map_or(due, |at| at.min(due)));
+        }
     }
 
     /// Whether first heads are held.
+    #[cfg(test)]
     fn has_first(&self) -> bool {
         self.first
     }
 
-    /// Holds the cursor the peer acknowledged; whether to write what is held now.
+    /// Holds the cursor the peer acknowledged; whether to write what is held now: first
+    /// heads go with it (the peer has had the frames before it), else the cursor is stored
+    /// at most once a period.
     fn cursor(&mut self, seq: u64) -> bool {
         self.cursor = Some(seq);
-        self.stored
-            .is_none_or(|(at, stored)| seq < stored || at.elapsed() >= CURSOR_SAVE_EVERY)
+        self.first
+            || self
+                .stored
+                .is_none_or(|(at, stored)| seq < stored || at.elapsed() >= CURSOR_SAVE_EVERY)
     }
 
     fn is_full(&self) -> bool {
@@ -1424,8 +1425,10 @@ mod tests {
         held.ack(key(5), vec![], false);
         tokio::time::advance(ACKS_HELD_FOR / 2).await;
         assert!(!held.has_first());
+        assert!(!held.cursor(31), "heads held longer wait past a cursor");
         held.ack(key(6), vec![], true);
         assert!(held.has_first());
+        assert!(held.cursor(32), "first heads go with the next cursor");
         assert!(!due_within(&held, FIRST_HELD_FOR - Duration::from_millis(1)).await);
         assert!(due_within(&held, Duration::from_millis(1)).await);
         let (acks, _) = held.take();
